@@ -1,0 +1,30 @@
+# Two commands for a newcomer; each builds its own environment in .venv on first use.
+#   make demo              harmonize the demo composite (downloads Stable Diffusion 2 base on first use)
+#   make demo MODEL=tiny   the same on tiny random weights: checks the machinery, offline, no GPU
+#   make test              the test suite (offline, CPU)
+PYTHON ?= python3
+VENV   ?= .venv
+MODEL  ?= stabilityai/stable-diffusion-2-base
+OUT    ?= demo_harmonized.png
+BIN     = $(VENV)/bin
+
+.PHONY: demo test env clean
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,notebooks]"
+	# open-clip ships CLIP's BPE vocabulary: the offline tokenizer of the tiny model reads it (its own deps are not needed).
+	$(BIN)/pip install -q --no-deps -c constraints.txt open_clip_torch
+	touch $@
+
+demo: env
+	$(BIN)/zsharm harmonize data/demo/composite.png --mask data/demo/mask.png --model $(MODEL) --out $(OUT)
+
+test: env
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV)

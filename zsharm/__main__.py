@@ -1,0 +1,5 @@
+import sys
+
+from zsharm.cli import main
+
+sys.exit(main())

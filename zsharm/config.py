@@ -1,0 +1,88 @@
+"""Every hyperparameter of stage 2 in one place, defaulting to the paper (METHOD.md).
+
+Two named schedules:
+- `paper`: the authors' pipeline, number for number (their Diff-Harmonization code, run as published).
+- `fast`: zsharm's default; the same method with cheaper arithmetic and fewer, better spent model calls.
+"""
+
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass
+class HarmonizeConfig:
+    schedule: str = "paper"
+
+    # diffusion
+    model: str = "stabilityai/stable-diffusion-2-base"
+    steps: int = 50                    # DDIM steps
+    guidance: float = 2.5              # classifier-free guidance of null-text and editing
+    inversion_guidance: float = 0.0    # DDIM inversion runs unconditionally
+    seed: int = 8888                   # seeds the VAE posterior sample
+    size: int = 512                    # long side of the work resolution (multiple of 64)
+    mask_threshold: float = 100 / 255  # mask binarisation
+
+    # stage 2.2: text-embedding refinement
+    refine: bool = True
+    refine_lr: float = 5e-4
+    refine_iters: int = 2              # AdamW steps per timestep
+    refine_reg_weight: float = 1000.0  # weight of MSE(Emb, Emb_0)
+    attention_res_divisor: int = 32    # L_Emb uses the image/32 cross-attention maps
+
+    # stage 2.3: null-text optimisation with the edge loss
+    nulltext_lr: float = 0.1
+    nulltext_latent_weight: float = 10.0
+    nulltext_max_inner: int = 5        # inner steps i//10 + 1, capped (the cap is reached only beyond 50 steps)
+    nulltext_early_stop: float = 0.0   # stop inner steps once the latent MSE is below this (0 = never)
+    use_edges: bool = True
+    edge_pidinet_weight: float = 0.1   # gamma
+    edge_sobel_weight: float = 1.0
+    pidinet_variant: str = "tiny"
+    pidinet_grad: bool = False         # the authors run PiDiNet under no_grad: its term adds to the loss value only
+
+    # stage 2.4: Prompt-to-Prompt editing
+    cross_replace_steps: float = 1.0   # fraction of steps whose cross-attention maps are replaced
+    self_replace_steps: float = 1.0    # fraction of steps whose self-attention maps are replaced (all resolutions)
+
+    # arithmetic
+    dtype: str = "auto"                # "auto" = fp16 on GPU for fast, fp32 otherwise
+    fused_attention: bool = False      # fast: SDPA where no attention map is needed
+    inversion_batch_uncond_only: bool = False  # fast: guidance 0 needs only the unconditional half
+    refine_cond_only: bool = False     # fast: the guidance-0 refinement step needs only the conditional rows' maps
+
+    # resolution
+    transfer: str = "guided"           # "guided" (edge-aware colour transfer), "resize" or "none" (work size out)
+
+    def __post_init__(self):
+        if self.size % 64 or self.size < 64:
+            raise ValueError(f"size must be a positive multiple of 64, got {self.size}")
+        if self.steps < 2:
+            raise ValueError(f"steps must be at least 2, got {self.steps}")
+
+    @classmethod
+    def paper(cls, **overrides) -> "HarmonizeConfig":
+        return cls(schedule="paper", **overrides)
+
+    @classmethod
+    def fast(cls, **overrides) -> "HarmonizeConfig":
+        base = dict(schedule="fast", steps=20, refine_iters=1, nulltext_max_inner=1, nulltext_early_stop=1e-6,
+                    fused_attention=True, inversion_batch_uncond_only=True, refine_cond_only=True)
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def named(cls, schedule: str, **overrides) -> "HarmonizeConfig":
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; choose one of {sorted(SCHEDULES)}")
+        return SCHEDULES[schedule](**overrides)
+
+    def replace(self, **changes) -> "HarmonizeConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def nulltext_inner_steps(self, index: int) -> int:
+        return min(index // 10 + 1, self.nulltext_max_inner)
+
+
+SCHEDULES = {"paper": HarmonizeConfig.paper, "fast": HarmonizeConfig.fast}

@@ -1,0 +1,169 @@
+"""What every stage shares: model calls (counted), DDIM steps, VAE encode/decode, prompt embeddings.
+
+Each stage module (inversion, refinement, structure, editing) is written against these few functions, so the
+maths of the paper reads in one place per stage and the bookkeeping lives here.
+"""
+
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from zsharm.config import HarmonizeConfig
+
+
+@dataclass
+class CallCounter:
+    """Counts model work per stage: UNet calls and image evaluations (batch rows), with and without
+    gradients, VAE encodes/decodes, PiDiNet passes, text-encoder calls."""
+    calls: Counter = field(default_factory=Counter)
+
+    def add(self, stage: str, what: str, batch: int = 1, grad: bool = False):
+        self.calls[(stage, what, "grad" if grad else "nograd")] += 1
+        if what == "unet":
+            self.calls[(stage, "unet_images", "grad" if grad else "nograd")] += batch
+
+    def total(self, what: str, stage: str = None, grad: bool = None) -> int:
+        return sum(n for (s, w, g), n in self.calls.items()
+                   if w == what and (stage is None or s == stage) and (grad is None or g == ("grad" if grad else "nograd")))
+
+    def table(self) -> dict:
+        return {f"{s}/{w}/{g}": n for (s, w, g), n in sorted(self.calls.items())}
+
+
+@dataclass
+class Run:
+    """One harmonization iteration's shared state: the models, the hyperparameters and the counters."""
+    pipe: object
+    config: HarmonizeConfig
+    counter: CallCounter = field(default_factory=CallCounter)
+    progress: bool = True
+
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    @property
+    def vae(self):
+        return self.pipe.vae
+
+    @property
+    def scheduler(self):
+        return self.pipe.scheduler
+
+    @property
+    def device(self):
+        return self.pipe.unet.device
+
+    @property
+    def dtype(self):
+        return self.pipe.unet.dtype
+
+    @property
+    def paper(self) -> bool:
+        return self.config.schedule == "paper"
+
+
+def unet_noise(run: Run, stage: str, latents, t, context, guidance: float, rows: str = "both"):
+    """The classifier-free-guided noise prediction for `latents` (B rows), as the authors' diffusion_step.
+
+    context holds B unconditional rows then B conditional rows. rows="uncond" or "cond" runs only that half:
+    with guidance 0 only the unconditional prediction matters, so the conditional half can be skipped.
+    """
+    grad = torch.is_grad_enabled() and (context.requires_grad or latents.requires_grad)
+    b = latents.shape[0]
+    if rows == "both":
+        x, ctx = torch.cat([latents] * 2), context
+    elif rows == "uncond":
+        x, ctx = latents, context[:b]
+    else:
+        x, ctx = latents, context[b:]
+    run.counter.add(stage, "unet", batch=x.shape[0], grad=grad)
+    out = run.unet(x.to(run.dtype), t, encoder_hidden_states=ctx.to(run.dtype)).sample.to(latents.dtype)
+    if rows != "both":
+        return out
+    uncond, cond = out.chunk(2)
+    return uncond + guidance * (cond - uncond)
+
+
+def ddim_step(run: Run, noise, t, latents):
+    """One denoising DDIM step (eta 0) with the scheduler the checkpoint came with."""
+    return run.scheduler.step(noise, t, latents).prev_sample
+
+
+def epsilon(run: Run, model_output, t, latents):
+    """The noise the model predicts, whatever its parameterisation (SD 2 768-v predicts v)."""
+    if run.scheduler.config.prediction_type == "epsilon":
+        return model_output
+    a = run.scheduler.alphas_cumprod[t]
+    if run.scheduler.config.prediction_type == "v_prediction":
+        return a.sqrt() * model_output + (1 - a).sqrt() * latents
+    raise ValueError(f"unsupported prediction type {run.scheduler.config.prediction_type}")
+
+
+def encode_image(run: Run, image, generator: torch.Generator):
+    """VAE posterior *sample* (as the authors do), scaled to latent units. image: 1x3xHxW in [-1, 1]."""
+    run.counter.add("inversion", "vae_encode")
+    posterior = run.vae.encode(image.to(run.device, run.vae.dtype)).latent_dist
+    return (run.vae.config.scaling_factor * posterior.sample(generator=generator)).float()
+
+
+def decode_latents(run: Run, stage: str, latents):
+    """Latents -> image in [0, 1] (Bx3xHxW float), differentiable when gradients are on."""
+    run.counter.add(stage, "vae_decode", batch=latents.shape[0], grad=torch.is_grad_enabled())
+    image = run.vae.decode((latents / run.vae.config.scaling_factor).to(run.vae.dtype)).sample.float()
+    return (image / 2 + 0.5).clamp(0, 1)
+
+
+def to_uint8(image01):
+    """Bx3xHxW in [0,1] -> BxHxWx3 uint8 by truncation, as the authors' latent2image."""
+    return (image01.detach().cpu().permute(0, 2, 3, 1).numpy() * 255).astype("uint8")
+
+
+def tokenize(run: Run, prompts):
+    tok = run.pipe.tokenizer
+    return tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+               return_tensors="pt").input_ids.to(run.device)
+
+
+def text_embeddings(run: Run, stage: str, prompts):
+    """CLIP last hidden states for a list of prompts (B x 77 x D), float32."""
+    ids = tokenize(run, prompts)
+    run.counter.add(stage, "text_encoder", batch=len(prompts), grad=torch.is_grad_enabled())
+    return run.pipe.text_encoder(ids)[0].float()
+
+
+def embedding_layer(text_encoder):
+    # transformers 5 puts the embeddings on the model itself; 4.x under .text_model
+    return getattr(text_encoder, "text_model", text_encoder).embeddings
+
+
+@contextmanager
+def overridden_token_embeddings(text_encoder, overrides):
+    """Within the block, the input embeddings (token + position) at the given (row, position) pairs are
+    replaced by the given tensors, so gradients reach them through the text encoder.
+
+    overrides: list of (row, position, tensor of shape 1xD). Uses a forward hook, not patching.
+    """
+    def hook(module, args, output):
+        output = output.clone()
+        for row, pos, value in overrides:
+            output[row:row + 1, pos] = value.to(output.dtype)
+        return output
+
+    handle = embedding_layer(text_encoder).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def timesteps(run: Run):
+    run.scheduler.set_timesteps(run.config.steps)
+    return run.scheduler.timesteps
+
+
+def progress(run: Run, iterable, desc: str):
+    from tqdm.auto import tqdm
+    return tqdm(iterable, desc=desc, disable=not run.progress, leave=False)

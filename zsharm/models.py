@@ -1,0 +1,187 @@
+"""Loading Stable Diffusion, and the tiny random-weight models the tests and the offline demo use.
+
+`load_pipeline` takes a hub id, a local diffusers folder, a single checkpoint file or `tiny`. Tiny models are
+written to a cache folder as an ordinary diffusers folder and loaded through the same `from_pretrained` path
+as real weights, so nothing in zsharm special-cases them.
+"""
+
+import gzip
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from zsharm.errors import ZsharmError
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-base"
+TINY_SPECS = {"tiny": 0.1, "tiny-tamed": 1e-3}  # spec -> scale of the UNet output layer
+TINY_VERSION = 1  # bump when the tiny architecture or seeding changes, so caches are rebuilt
+
+
+def cache_dir(*parts: str) -> Path:
+    root = os.environ.get("ZSHARM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "zsharm")
+    path = Path(root, *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if torch.device(device).type in ("cuda", "mps") else torch.float32
+
+
+def load_pipeline(spec: str = DEFAULT_MODEL, device=None, dtype=None):
+    """A diffusers StableDiffusionPipeline with a DDIM scheduler, on `device` in `dtype`.
+
+    spec: a hub id (fetched and cached by diffusers on first use), a local diffusers folder, a single
+    `.safetensors`/`.ckpt` file (any SD 1.x/2.x checkpoint), `tiny` or `tiny-tamed` (random weights).
+    """
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype if dtype is not None else default_dtype(device)
+    if isinstance(dtype, str):
+        dtype = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
+                 "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}[dtype]
+    # dtype is applied after loading with .to(): the loading keyword was renamed across diffusers versions.
+    kwargs = dict(safety_checker=None, requires_safety_checker=False)
+    kwargs["dtype" if _diffusers_at_least("0.36") else "torch_dtype"] = dtype
+    spec = str(spec)
+    try:
+        if spec in TINY_SPECS:
+            pipe = StableDiffusionPipeline.from_pretrained(str(tiny_pipeline_dir(spec)), **kwargs)
+        elif os.path.isfile(spec):
+            if not spec.endswith((".safetensors", ".ckpt")):
+                raise ZsharmError(f"model file {spec} is neither .safetensors nor .ckpt")
+            pipe = StableDiffusionPipeline.from_single_file(spec, **kwargs)
+        elif os.path.isdir(spec):
+            if not os.path.isfile(os.path.join(spec, "model_index.json")):
+                raise ZsharmError(f"model folder {spec} has no model_index.json (not a diffusers pipeline folder)")
+            pipe = StableDiffusionPipeline.from_pretrained(spec, **kwargs)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(spec, **kwargs)
+    except ZsharmError:
+        raise
+    except OSError as exc:  # hub unreachable, repo missing, files missing
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ZsharmError(f"could not load model {spec!r}: {first}") from exc
+    # The method is defined on DDIM; the scheduler's betas and offsets come from the checkpoint's own config.
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    return pipe.to(device, dtype)
+
+
+def _diffusers_at_least(version: str) -> bool:
+    import diffusers
+    from packaging.version import Version
+    return Version(diffusers.__version__) >= Version(version)
+
+
+# --- tiny random-weight models -----------------------------------------------------------------------------
+
+def tiny_pipeline_dir(spec: str = "tiny") -> Path:
+    """Build (once) and return the cache folder of a tiny SD-2-shaped pipeline."""
+    scale = TINY_SPECS[spec]
+    path = cache_dir("models") / f"{spec}-v{TINY_VERSION}"
+    if not (path / "model_index.json").is_file():
+        build_tiny_pipeline(path, unet_out_scale=scale)
+    return path
+
+
+def clip_tokenizer_files(out_dir: Path) -> Path:
+    """Write CLIP's real BPE tokenizer (vocab.json + merges.txt) from the vocabulary open-clip ships.
+
+    open-clip is installed without its dependencies (it needs torchvision), so its file is located without
+    importing the package.
+    """
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ZsharmError("the tiny model needs CLIP's BPE vocabulary: pip install --no-deps open_clip_torch")
+    bpe = Path(spec.submodule_search_locations[0], "bpe_simple_vocab_16e6.txt.gz")
+    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    byte_chars = _bytes_to_unicode()
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return out_dir
+
+
+def _bytes_to_unicode() -> list:
+    # GPT-2/CLIP byte-level BPE: printable bytes map to themselves, the rest to code points from 256 on.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in printable]
+    codes = printable + [256 + i for i in range(len(extra))]
+    return [chr(c) for c in codes]
+
+
+def tiny_configs() -> dict:
+    """The tiny architecture: SD 2 base's layout (4 levels, cross-attention in the first three down blocks and
+    last three up blocks, linear projections) at toy widths, so 16x16 maps exist at 512 px like the real model."""
+    unet = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=1,
+                block_out_channels=(32, 32, 64, 64), attention_head_dim=(2, 2, 4, 4), cross_attention_dim=32,
+                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                                  "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                use_linear_projection=True, norm_num_groups=32)
+    vae = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 64, 64),
+               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+               layers_per_block=1, norm_num_groups=32, sample_size=512, scaling_factor=0.18215)
+    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=77, projection_dim=32, hidden_act="gelu",
+                bos_token_id=49406, eos_token_id=49407, pad_token_id=0)
+    scheduler = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                     clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+    return dict(unet=unet, vae=vae, text_encoder=text, scheduler=scheduler)
+
+
+def build_tiny_pipeline(out_dir, seed: int = 0, unet_out_scale: float = 0.1) -> Path:
+    """Write a seeded random-weight SD-2-shaped pipeline folder (safetensors) to `out_dir`.
+
+    A random UNet predicts noise of unit size whatever its input, so DDIM inversion drifts; scaling its output
+    layer (`unet_out_scale`) tames it: 1e-3 inverts almost exactly, 0.1 lets prompts visibly move the image.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    cfg = tiny_configs()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**cfg["unet"])
+    with torch.no_grad():
+        unet.conv_out.weight.mul_(unet_out_scale)
+        unet.conv_out.bias.mul_(unet_out_scale)
+    vae = AutoencoderKL(**cfg["vae"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
+    tok_dir = clip_tokenizer_files(tmp / "_bpe")
+    # SD 2's tokenizer pads with "!" (id 0); the authors' tiny fixture pads with <|endoftext|>.
+    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), pad_token="!",
+                              model_max_length=77)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(**cfg["scheduler"]), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    for name in ("vocab.json", "merges.txt"):
+        (tok_dir / name).unlink()
+    tok_dir.rmdir()
+    if out_dir.exists():  # another process finished first: keep its copy
+        import shutil
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, out_dir)
+    return out_dir
