@@ -31,3 +31,47 @@ def reference_dir(shared_dir) -> Path:
     if not (path / "golden_steps10" / "arrays.npz").is_file():
         pytest.skip("the reference fixture is absent")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Tiny models and downloads go to a per-session cache, never the user's."""
+    if "ZSHARM_TEST_CACHE" in os.environ:  # reuse between local runs
+        os.environ["ZSHARM_CACHE"] = os.environ["ZSHARM_TEST_CACHE"]
+    else:
+        os.environ["ZSHARM_CACHE"] = str(tmp_path_factory.mktemp("zsharm-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    import torch
+    from zsharm.models import load_pipeline
+    return load_pipeline("tiny", device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tamed_pipe():
+    import torch
+    from zsharm.models import load_pipeline
+    return load_pipeline("tiny-tamed", device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def random_edges():
+    """A random-weight PiDiNet: the edge loss's machinery without the published weights."""
+    from zsharm.pidinet import random_pidinet
+    return random_pidinet("tiny", seed=0).eval().requires_grad_(False)
+
+
+def make_composite(width=160, height=128, seed=0):
+    """A smooth synthetic photo with a reddish square pasted on it, and the square's mask."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    image = np.stack([0.3 + 0.4 * x, 0.4 + 0.3 * y, 0.6 - 0.3 * x * y], -1)
+    image += 0.03 * rng.standard_normal(image.shape)
+    mask = np.zeros((height, width), bool)
+    mask[height // 4: 3 * height // 4, width // 3: 2 * width // 3] = True
+    image[mask] = image[mask] * [1.4, 0.8, 0.6] + 0.1
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8), mask

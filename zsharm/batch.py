@@ -1,0 +1,284 @@
+"""Harmonizing a folder: finding the image/mask pairs, sharding, resuming, and reporting bad images.
+
+Layouts `find_batch_items` understands:
+- the authors' (their `demo/`): `composite/`, `mask/` and an optional `caption.txt`. A mask is matched by
+  name (`003.png` <- `003_mask.png` or `003.png`); if no name matches at all and the counts agree, by sorted
+  order, as the authors do. Line i of `caption.txt` belongs to the i-th composite in natural order and holds
+  candidate descriptions `source,target` separated by `;`, e.g. `cat bright,cat winter;cat dim,cat dusk`.
+- a plain folder of pairs: `x.png` beside `x_mask.png`, or `images/x.png` beside `masks/x.png`
+  (a `caption.txt` there works the same way).
+
+`run_batch` writes `<name>.png` and then a `<name>.done.json` marker; a rerun skips names that have both, so
+an interrupted batch resumes without redoing anything. A bad image is recorded in `summary.json` (name and a
+one-line reason) and the rest go on. `--shard I/N` (or the RANK/WORLD_SIZE that `accelerate launch` and
+`torchrun` export) picks every N-th item, so N processes or machines can share one output folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from zsharm.errors import ZsharmError
+from zsharm.loop import atomic_path, write_json
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+MASK_SUFFIX = "_mask"
+
+# What one bad item may raise without stopping the batch: the user's problems and unreadable files
+# (PIL reports damaged files as OSError, SyntaxError, ValueError or struct.error).
+ITEM_ERRORS = (ZsharmError, OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError)
+
+
+class Caption(NamedTuple):
+    """One candidate description from `caption.txt`: the two prompts stage 2 uses."""
+
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One image of a batch: `name` (the composite's file stem, unique in the batch), the composite, its mask
+    (None when none was found: the item is then reported, not run) and the candidate descriptions from
+    `caption.txt` (empty when there is none)."""
+
+    name: str
+    composite: Path
+    mask: Path | None
+    captions: tuple[Caption, ...] = ()
+
+
+@dataclass
+class BatchSummary:
+    """What a `run_batch` call did: names done now, names skipped as already done, failures (name, reason)."""
+
+    shard: tuple[int, int]
+    total: int
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    summary_path: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+# ---------------------------------------------------------------- finding items
+
+
+def natural_key(text: str):
+    """Sort key that orders `2.png` before `10.png` (the authors use natsort)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS
+                   and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+
+
+def find_batch_items(folder) -> list[BatchItem]:
+    """Every image/mask pair in `folder`, in natural order of the names (see the module docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ZsharmError(f"batch folder {folder} does not exist or is not a folder")
+    if (folder / "composite").is_dir():
+        if not (folder / "mask").is_dir():
+            raise ZsharmError(f"{folder} has composite/ but no mask/ folder")
+        composites = _images(folder / "composite")
+        pairs = _match_masks(composites, _images(folder / "mask"), by_order=True)
+    elif (folder / "images").is_dir() and (folder / "masks").is_dir():
+        composites = _images(folder / "images")
+        pairs = _match_masks(composites, _images(folder / "masks"), by_order=False)
+    else:
+        files = _images(folder)
+        masks = [p for p in files if p.stem.endswith(MASK_SUFFIX)]
+        composites = [p for p in files if not p.stem.endswith(MASK_SUFFIX)]
+        pairs = _match_masks(composites, masks, by_order=False)
+    if not composites:
+        raise ZsharmError(f"no images found in {folder} (expected composite/ + mask/, images/ + masks/, "
+                          f"or x.png beside x_mask.png)")
+    names = [p.stem for p in composites]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ZsharmError(f"{folder} holds several images named {duplicates[0]!r} (different extensions); "
+                          f"names must be unique")
+    captions = _read_captions(folder / "caption.txt", len(composites))
+    return [BatchItem(p.stem, p, mask, captions[i] if captions else ()) for i, (p, mask) in enumerate(pairs)]
+
+
+def _match_masks(composites: list[Path], masks: list[Path], by_order: bool) -> list[tuple[Path, Path | None]]:
+    by_name = {}
+    for m in masks:
+        by_name.setdefault(m.stem, m)
+    matched = [by_name.get(p.stem + MASK_SUFFIX) or by_name.get(p.stem) for p in composites]
+    if by_order and not any(matched) and len(masks) == len(composites):
+        matched = list(masks)  # the authors pair the i-th composite with the i-th mask
+    return list(zip(composites, matched))
+
+
+def _read_captions(path: Path, count: int) -> list[tuple[Caption, ...]]:
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if len(lines) != count:
+        raise ZsharmError(f"{path} has {len(lines)} lines but there are {count} images: one line per image, "
+                          f"in natural name order")
+    captions = []
+    for number, line in enumerate(lines, 1):
+        candidates = []
+        for part in line.split(";"):
+            prompts = [p.strip() for p in part.split(",")]
+            if len(prompts) != 2 or not all(prompts):
+                raise ZsharmError(f"{path} line {number}: expected `source,target` pairs separated by `;`, "
+                                  f"got {part.strip()!r}")
+            candidates.append(Caption(*prompts))
+        captions.append(tuple(candidates))
+    return captions
+
+
+# ---------------------------------------------------------------- shards
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`"I/N"` -> (I, N): this process does every N-th item starting at I (0 <= I < N)."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match:
+        raise ZsharmError(f"--shard must look like I/N (e.g. 0/4), got {text!r}")
+    index, count = int(match[1]), int(match[2])
+    if count < 1:
+        raise ZsharmError(f"--shard {text}: N must be at least 1")
+    if index >= count:
+        raise ZsharmError(f"--shard {text}: I must be 0..{count - 1} (shards count from 0)")
+    return index, count
+
+
+def shard_from_env(environ=None) -> tuple[int, int]:
+    """The shard of this process from the launcher's variables, (0, 1) when there are none.
+
+    `accelerate launch` starts multi-process runs through torchrun, which exports RANK and WORLD_SIZE (also
+    read: the OpenMPI and MPICH/Intel MPI variables an MPI launch sets).
+    """
+    env = os.environ if environ is None else environ
+    for rank_key, size_key in (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+                               ("PMI_RANK", "PMI_SIZE")):
+        if env.get(rank_key) is not None and env.get(size_key) is not None:
+            try:
+                return parse_shard(f"{env[rank_key]}/{env[size_key]}")
+            except ZsharmError:
+                raise ZsharmError(f"bad launcher variables {rank_key}={env[rank_key]!r} "
+                                  f"{size_key}={env[size_key]!r}") from None
+    return 0, 1
+
+
+def select_shard(items: Sequence[BatchItem], shard: tuple[int, int]) -> list[BatchItem]:
+    """The items of shard (i, n): sorted by name, every n-th starting at i. Shards partition the items."""
+    index, count = shard
+    ordered = sorted(items, key=lambda item: natural_key(item.name))
+    return [item for k, item in enumerate(ordered) if k % count == index]
+
+
+# ---------------------------------------------------------------- running
+
+
+def output_path(out_dir, name: str) -> Path:
+    return Path(out_dir) / f"{name}.png"
+
+
+def marker_path(out_dir, name: str) -> Path:
+    return Path(out_dir) / f"{name}.done.json"
+
+
+def is_done(out_dir, name: str) -> bool:
+    return output_path(out_dir, name).is_file() and marker_path(out_dir, name).is_file()
+
+
+def run_batch(items: Sequence[BatchItem], out_dir, process_one: Callable, shard: tuple[int, int] | None = None,
+              progress: bool = True) -> BatchSummary:
+    """Run `process_one(item, out_path) -> dict` on this shard's items, writing `<name>.png` into `out_dir`.
+
+    `out_path` is a temporary PNG path in `out_dir`: process_one writes the harmonized image there and
+    returns a JSON-able dict (scores, timings...); on success the file is moved to `<name>.png` and the dict,
+    with the time taken, is written to `<name>.done.json`. Items whose output and marker both exist are
+    skipped. An item raising one of ITEM_ERRORS is recorded (name + one-line reason) and the batch goes on;
+    anything else (a bug, Ctrl-C) stops it, leaving no partial file. The summary goes to `summary.json`
+    (`summary.shardIofN.json` when sharded), rewritten after each item.
+    shard: (i, n); None reads the launcher's RANK/WORLD_SIZE (see `shard_from_env`).
+    """
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ZsharmError(f"cannot create the output folder {out_dir}: {error.strerror or error}") from None
+    shard = tuple(shard) if shard is not None else shard_from_env()
+    index, count = parse_shard(f"{shard[0]}/{shard[1]}")
+    mine = select_shard(items, (index, count))
+    summary = BatchSummary((index, count), len(mine))
+    name = "summary.json" if count == 1 else f"summary.shard{index}of{count}.json"
+    summary.summary_path = out_dir / name
+    start = time.perf_counter()
+
+    def save_summary(interrupted=False):
+        summary.seconds = time.perf_counter() - start
+        write_json(summary.summary_path, {
+            "shard": f"{index}/{count}", "total": summary.total, "done": summary.done,
+            "skipped": summary.skipped, "failed": [{"name": n, "error": e} for n, e in summary.failed],
+            "remaining": summary.total - len(summary.done) - len(summary.skipped) - len(summary.failed),
+            "interrupted": interrupted, "seconds": round(summary.seconds, 3)})
+
+    bar = tqdm(mine, desc=f"batch {index}/{count}" if count > 1 else "batch", disable=not progress, unit="image")
+    try:
+        for item in bar:
+            if is_done(out_dir, item.name):
+                summary.skipped.append(item.name)
+                continue
+            try:
+                _process(item, out_dir, process_one)
+            except ITEM_ERRORS as error:
+                summary.failed.append((item.name, _one_line(error)))
+                bar.write(f"zsharm: {item.name}: {_one_line(error)}")
+            else:
+                summary.done.append(item.name)
+                bar.set_postfix(done=len(summary.done), failed=len(summary.failed))
+            save_summary()
+    except BaseException:
+        save_summary(interrupted=True)
+        raise
+    finally:
+        bar.close()
+    save_summary()
+    return summary
+
+
+def _process(item: BatchItem, out_dir: Path, process_one: Callable) -> dict:
+    if item.mask is None:
+        raise ZsharmError(f"no mask found for {item.composite.name}")
+    start = time.perf_counter()
+    final = output_path(out_dir, item.name)
+    with atomic_path(final) as temp:
+        info = process_one(item, temp)
+        if not temp.is_file():
+            raise ZsharmError(f"{item.name}: nothing was written")
+    info = dict(info or {})
+    info.update(name=item.name, composite=str(item.composite), mask=str(item.mask), output=final.name,
+                seconds=round(time.perf_counter() - start, 3))
+    write_json(marker_path(out_dir, item.name), info)
+    return info
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    return f"{type(error).__name__}: {text}" if not isinstance(error, ZsharmError) else text

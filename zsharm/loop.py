@@ -1,0 +1,362 @@
+"""The decision loop around stage 2: harmonize, score, then Continue, Regenerate or Conclude.
+
+Iteration 0 runs every candidate description on the composite and keeps the best-scoring one. Each later
+iteration harmonizes the previous output again with the current description, and the evaluator's score decides
+what comes next (`decide`). The final output is the best-scoring image seen; without an evaluator the loop
+runs a fixed number of iterations with the first description and returns the last image.
+
+Every run can keep its history: each iteration's image, `history.json` and `contact_sheet.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from tqdm.auto import tqdm
+
+from zsharm.errors import ZsharmError
+
+CONTINUE, REGENERATE, CONCLUDE = "continue", "regenerate", "conclude"
+DROP = "drop"  # an iteration-0 candidate that was not kept
+STOP = "stop"  # the iteration budget ran out
+
+# contact sheet geometry: one cell per history record
+THUMB = 192          # thumbnails fit in THUMB x THUMB
+CAPTION_LINES = 3
+LINE_HEIGHT = 14
+PAD = 6
+SHEET_COLUMNS = 5
+CELL_W = THUMB + 2 * PAD
+CELL_H = THUMB + 2 * PAD + CAPTION_LINES * LINE_HEIGHT
+
+
+def decide(scores: Sequence[float], regenerated: bool) -> str:
+    """What to do after an iteration, from the scores of the current run.
+
+    `scores` holds the current run's scores in order: for the first run the kept iteration-0 score then one
+    score per iteration; after a Regenerate, only the scores of iterations run with the new description.
+    If the score fell twice in a row (s[-1] < s[-2] < s[-3]) the answer is "regenerate" the first time
+    (`regenerated` False) and "conclude" afterwards; otherwise "continue".
+
+    Compared with the authors' main.py (`run_harmonization`):
+    - Same test, same once-only Regenerate. They keep one score list per candidate and append 0 to every
+      candidate not used in an iteration; scores are probabilities (>= 0), so those zeros can never be part
+      of a strict fall, and a fresh run needs three scores of its own before it can end, as here.
+    - Both go back to the image from two iterations earlier (the one scored s[-3]) on Regenerate, and both
+      return the best-scoring image over all iterations (iteration-0 candidates included).
+    - Their offline fallback picks the new description at random among the other candidates; `run_loop`
+      takes the best-scoring other candidate, or asks `regenerate` (stage 1) for a new one as the paper does.
+    """
+    s = list(scores)
+    if len(s) >= 3 and s[-1] < s[-2] < s[-3]:
+        return CONCLUDE if regenerated else REGENERATE
+    return CONTINUE
+
+
+@dataclass
+class IterationRecord:
+    """One harmonization run of the loop.
+
+    `candidate` indexes the descriptions (the given candidates, then any made by Regenerate, in order);
+    `image_path` is the PNG's name inside the history folder (None without one); `seconds` is the time of
+    the harmonization step, `score_seconds` that of the evaluator; `note` explains a forced decision.
+    """
+
+    iteration: int
+    candidate: int
+    source: str
+    target: str
+    score: float | None
+    decision: str
+    seconds: float
+    score_seconds: float = 0.0
+    image_path: str | None = None
+    note: str = ""
+
+
+@dataclass
+class LoopResult:
+    """The final image (best-scoring, or the last one without an evaluator) and the whole history.
+
+    `best_iteration` is the iteration that made it; `best_index` its position in `history` (iteration 0 has
+    one record per candidate); `stop_reason` says why the loop ended.
+    """
+
+    image: Image.Image
+    best_iteration: int
+    history: list[IterationRecord]
+    best_index: int = 0
+    stop_reason: str = ""
+
+    @property
+    def best(self) -> IterationRecord:
+        return self.history[self.best_index]
+
+
+def run_loop(image: Image.Image, mask: np.ndarray, candidates: Sequence, step: Callable, score: Callable | None = None,
+             regenerate: Callable | None = None, iterations: int = 10, history_dir=None,
+             progress: bool = True) -> LoopResult:
+    """Harmonize `image` (PIL RGB, any size) inside `mask` (bool, same size) with the decision loop.
+
+    candidates: descriptions with `.source` and `.target` prompts (stage 1's output).
+    step(image, source, target) -> PIL image: one harmonization iteration (stage 2).
+    score(image, mask) -> float in [0, 1]: the evaluator; None runs `iterations` iterations with the first
+        candidate and returns the last image.
+    regenerate(tried) -> description: asked for a new description on Regenerate, `tried` being every
+        description used so far; None picks the best-scoring other candidate (the authors' offline fallback),
+        and concludes if there is none. A `regenerate` that returns None also concludes.
+    iterations: the budget, iteration 0 included (the authors' `harmonize_iterations`, 10 by default).
+    history_dir: where to write every image, `history.json` and `contact_sheet.png` (atomically).
+    """
+    if iterations < 1:
+        raise ZsharmError(f"the loop needs at least 1 iteration, got {iterations}")
+    descriptions = list(candidates)
+    if not descriptions:
+        raise ZsharmError("the loop needs at least one candidate description")
+    mask = np.asarray(mask)
+    if mask.shape != (image.size[1], image.size[0]):
+        raise ZsharmError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.size[0]}x{image.size[1]}")
+    history = _History(Path(history_dir)) if history_dir is not None else None
+
+    records: list[IterationRecord] = []
+    thumbs: list[Image.Image] = []
+    best = {"index": None, "score": -math.inf, "image": None}
+    bar = tqdm(total=iterations, desc="harmonize loop", disable=not progress, leave=False)
+
+    def run(iteration, candidate, current):
+        description = descriptions[candidate]
+        start = time.perf_counter()
+        out = step(current, description.source, description.target)
+        seconds = time.perf_counter() - start
+        if not isinstance(out, Image.Image):
+            raise TypeError(f"step must return a PIL image, got {type(out).__name__}")
+        value, score_seconds = None, 0.0
+        if score is not None:
+            start = time.perf_counter()
+            value = _check_score(score(out, mask))
+            score_seconds = time.perf_counter() - start
+        record = IterationRecord(iteration, candidate, description.source, description.target, value, CONTINUE,
+                                 seconds, score_seconds)
+        if history is not None:
+            record.image_path = history.save_image(out, f"iter{iteration:02d}_cand{candidate}.png")
+        records.append(record)
+        thumbs.append(_thumbnail(out))
+        # the first of equal scores wins, so an image is only replaced by a strictly better one
+        if value is None or value > best["score"]:
+            best.update(index=len(records) - 1, score=-math.inf if value is None else value, image=out)
+        return out, record
+
+    # iteration 0: every candidate (only the first without an evaluator), keep the best
+    first = []
+    for k in range(len(descriptions) if score is not None else 1):
+        first.append(run(0, k, image))
+    kept = max(range(len(first)), key=lambda k: (first[k][1].score or 0.0, -k))
+    for k, (_, record) in enumerate(first):
+        record.decision = CONTINUE if k == kept else DROP
+    current_candidate = kept
+    run_images = [first[kept][0]]
+    run_scores = [first[kept][1].score]
+    regenerated = False
+    stop_reason = "budget"
+    _finish_iteration(first[kept][1], iterations, 0)
+    if history is not None:
+        history.write_json(descriptions, records, best["index"], done=False)
+    bar.update(1)
+    bar.set_postfix(score=_fmt(first[kept][1].score), decision=first[kept][1].decision)
+
+    current = first[kept][0]
+    for iteration in range(1, iterations):
+        out, record = run(iteration, current_candidate, current)
+        run_images.append(out)
+        run_scores.append(record.score)
+        record.decision = decide(run_scores, regenerated) if score is not None else CONTINUE
+        _finish_iteration(record, iterations, iteration)
+        if record.decision == REGENERATE:
+            new = _next_description(descriptions, current_candidate, records, regenerate)
+            if new is None:
+                record.decision, record.note = CONCLUDE, "no other description to switch to"
+            else:
+                current_candidate = new
+                current = run_images[-3]  # back to the image from two iterations earlier (scored s[-3])
+                run_images, run_scores, regenerated = [], [], True
+                record.note = f"switch to description {new}"
+        elif record.decision == CONTINUE:
+            current = out
+        run_images = run_images[-3:]  # only the last three can be gone back to
+        if history is not None:
+            history.write_json(descriptions, records, best["index"], done=False)
+        bar.update(1)
+        bar.set_postfix(score=_fmt(record.score), decision=record.decision)
+        if record.decision == CONCLUDE:
+            stop_reason = "concluded"
+            break
+    bar.close()
+
+    best_index = best["index"]
+    if history is not None:
+        history.write_json(descriptions, records, best_index, done=True, stop_reason=stop_reason)
+        history.write_sheet(records, thumbs, best_index)
+    return LoopResult(best["image"], records[best_index].iteration, records, best_index, stop_reason)
+
+
+def _finish_iteration(record: IterationRecord, iterations: int, iteration: int) -> None:
+    """On the last iteration of the budget nothing can follow: Continue and Regenerate become Stop."""
+    if iteration == iterations - 1 and record.decision in (CONTINUE, REGENERATE):
+        if record.decision == REGENERATE:
+            record.note = "the budget ran out before the new description could run"
+        record.decision = STOP
+
+
+def _next_description(descriptions: list, current: int, records: list[IterationRecord], regenerate) -> int | None:
+    """Index of the description to switch to, appending a new one when `regenerate` makes it."""
+    if regenerate is not None:
+        new = regenerate(list(descriptions))
+        if new is None:
+            return None
+        descriptions.append(new)
+        return len(descriptions) - 1
+    # the authors' offline fallback: another of the given candidates; we take the best-scoring one
+    first_scores = {r.candidate: r.score for r in records if r.iteration == 0 and r.candidate != current}
+    if not first_scores:
+        return None
+    return max(sorted(first_scores), key=lambda k: first_scores[k] if first_scores[k] is not None else -1.0)
+
+
+def _check_score(value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ZsharmError(f"the evaluator returned {value!r}, not a number") from None
+    if not math.isfinite(value):
+        raise ZsharmError(f"the evaluator returned {value}, not a finite score")
+    return value
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+# ---------------------------------------------------------------- history
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path` (same suffix, so writers infer the format); move it into place
+    when the block succeeds, remove it when it fails. Nothing half-written is ever left under `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_json(path, data) -> None:
+    """Write `data` as indented JSON, atomically."""
+    with atomic_path(path) as temp:
+        temp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+class _History:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ZsharmError(f"cannot create the history folder {folder}: {error.strerror or error}") from None
+
+    def save_image(self, image: Image.Image, name: str) -> str:
+        with atomic_path(self.folder / name) as temp:
+            image.save(temp)
+        return name
+
+    def write_json(self, descriptions, records, best_index, done, stop_reason=None):
+        best = records[best_index] if best_index is not None else None
+        data = {
+            "done": done,
+            "stop_reason": stop_reason,
+            "best_index": best_index,
+            "best_iteration": best.iteration if best else None,
+            "best_candidate": best.candidate if best else None,
+            "best_score": best.score if best else None,
+            "best_image": best.image_path if best else None,
+            "descriptions": [_describe(d) for d in descriptions],
+            "iterations": [asdict(r) for r in records],
+        }
+        write_json(self.folder / "history.json", data)
+
+    def write_sheet(self, records, thumbs, best_index):
+        sheet = contact_sheet(records, thumbs, best_index)
+        with atomic_path(self.folder / "contact_sheet.png") as temp:
+            sheet.save(temp)
+
+
+def _describe(description) -> dict:
+    data = {"source": description.source, "target": description.target}
+    to_json = getattr(description, "to_json", None)
+    if callable(to_json):
+        value = to_json()
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        data["description"] = value
+    return data
+
+
+def _thumbnail(image: Image.Image) -> Image.Image:
+    thumb = image.convert("RGB")
+    thumb.thumbnail((THUMB, THUMB))
+    return thumb
+
+
+def contact_sheet(records: Sequence[IterationRecord], thumbs: Sequence[Image.Image],
+                  best_index: int | None = None) -> Image.Image:
+    """A grid of the history: one cell per record, its thumbnail over three caption lines (iteration and
+    candidate; prompts; score and decision). The best image is framed in green.
+
+    The sheet is min(n, SHEET_COLUMNS) * CELL_W wide and ceil(n / SHEET_COLUMNS) * CELL_H high.
+    """
+    n = len(records)
+    columns = max(1, min(n, SHEET_COLUMNS))
+    rows = max(1, math.ceil(n / columns))
+    sheet = Image.new("RGB", (columns * CELL_W, rows * CELL_H), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for i, (record, thumb) in enumerate(zip(records, thumbs)):
+        x0, y0 = (i % columns) * CELL_W, (i // columns) * CELL_H
+        left = x0 + PAD + (THUMB - thumb.width) // 2
+        top = y0 + PAD + (THUMB - thumb.height) // 2
+        sheet.paste(thumb, (left, top))
+        if i == best_index:
+            draw.rectangle([left - 3, top - 3, left + thumb.width + 2, top + thumb.height + 2], outline=(0, 170, 0),
+                           width=3)
+        lines = [
+            f"iter {record.iteration}  cand {record.candidate}" + ("  BEST" if i == best_index else ""),
+            _clip(f"{record.source} -> {record.target}", draw, font, THUMB),
+            f"score {_fmt(record.score)}  {record.decision}",
+        ]
+        for j, line in enumerate(lines):
+            draw.text((x0 + PAD, y0 + 2 * PAD + THUMB + j * LINE_HEIGHT - PAD), line, fill="black", font=font)
+    return sheet
+
+
+def _clip(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
