@@ -20,8 +20,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps -c constraints.txt open_clip_torch
 	touch $@
 
+# The demo's first description from data/demo/caption.txt; drop --source/--target to ask the VLM instead.
 demo: env
-	$(BIN)/zsharm harmonize data/demo/composite.png --mask data/demo/mask.png --model $(MODEL) --out $(OUT)
+	$(BIN)/zsharm harmonize data/demo/composite.png --mask data/demo/mask.png --model $(MODEL) --out $(OUT) \
+		--source "astronaut bright warm indoor" --target "astronaut dim blue twilight" $(ARGS)
 
 test: env
 	$(BIN)/python -m pytest -q

@@ -10,7 +10,7 @@ from zsharm.errors import ZsharmError
 
 # module -> subcommands it registers (the order is the order of `zsharm --help`)
 COMMAND_MODULES = [
-    "zsharm.harmonize",   # harmonize
+    "zsharm.pipeline",    # harmonize (all three stages)
     "zsharm.describe",    # describe
     "zsharm.evaluator",   # train-evaluator
     "zsharm.evaluate",    # evaluate

@@ -44,13 +44,13 @@ class HarmonizeConfig:
     self_replace_steps: float = 1.0    # fraction of steps whose self-attention maps are replaced (all resolutions)
 
     # arithmetic
-    dtype: str = "auto"                # "auto" = fp16 on GPU for fast, fp32 otherwise
+    dtype: str = "auto"                # "auto": fp32 for paper; for fast fp16 on a GPU, fp32 on CPU
     fused_attention: bool = False      # fast: SDPA where no attention map is needed
     inversion_batch_uncond_only: bool = False  # fast: guidance 0 needs only the unconditional half
     refine_cond_only: bool = False     # fast: the guidance-0 refinement step needs only the conditional rows' maps
 
     # resolution
-    transfer: str = "guided"           # "guided" (edge-aware colour transfer), "resize" or "none" (work size out)
+    transfer: str = "guided"           # "guided" (edge-aware colour transfer) or "resize"
 
     def __post_init__(self):
         if self.size % 64 or self.size < 64:
@@ -65,7 +65,8 @@ class HarmonizeConfig:
     @classmethod
     def fast(cls, **overrides) -> "HarmonizeConfig":
         base = dict(schedule="fast", steps=20, refine_iters=1, nulltext_max_inner=1, nulltext_early_stop=1e-6,
-                    fused_attention=True, inversion_batch_uncond_only=True, refine_cond_only=True)
+                    fused_attention=True, inversion_batch_uncond_only=True, refine_cond_only=True,
+                    pidinet_grad=True)
         base.update(overrides)
         return cls(**base)
 
@@ -80,6 +81,14 @@ class HarmonizeConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def torch_dtype(self, device):
+        """The model precision this schedule asks for on `device` (None: the loader's default)."""
+        import torch
+        names = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+        if self.dtype in names:
+            return names[self.dtype]
+        return torch.float32 if self.schedule == "paper" else None
 
     def nulltext_inner_steps(self, index: int) -> int:
         return min(index // 10 + 1, self.nulltext_max_inner)

@@ -1,4 +1,4 @@
-"""Stage 2 end to end: one harmonization iteration, N iterations, and the `zsharm harmonize` command.
+"""Stage 2 end to end: one harmonization iteration, and N of them without the evaluator.
 
     result = run_iteration(pipe, image, mask, "cat bright", "cat winter dull")
     result.image            # PIL, the input's size; background pixels untouched
@@ -9,12 +9,9 @@ work size, as the authors' do; the change found there is carried onto the full-r
 the end, by an edge-aware colour transfer (zsharm.transfer), so the output keeps the input's detail.
 """
 
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +23,7 @@ from zsharm.diffusion import CallCounter, Run
 from zsharm.editing import Edit, edit_with_prompt_to_prompt
 from zsharm.errors import ZsharmError
 from zsharm.inversion import Inversion, ddim_invert, image_to_tensor
-from zsharm.io import Picture, load_image, load_mask, save_picture, work_size
+from zsharm.io import Picture, load_image, load_mask, work_size
 from zsharm.prompts import condition_vocabulary, description_positions, split_object
 from zsharm.refinement import Refinement, refine_embeddings
 from zsharm.structure import EdgeLoss, NullText, optimize_null_text
@@ -155,89 +152,24 @@ def finish(picture: Picture, mask: np.ndarray, work_before: Image.Image, work_af
 
 def harmonize(pipe, image, mask, source: str, target: str, config: HarmonizeConfig = None, iterations: int = 1,
               progress: bool = True, history_dir=None, pidinet=None) -> HarmonizeResult:
-    """`iterations` harmonization iterations without the evaluator; each starts from the last one's blend."""
+    """`iterations` harmonization iterations without the evaluator; each starts from the last one's blend.
+
+    history_dir keeps every iteration's image, history.json and a contact sheet (zsharm.loop's format)."""
+    from zsharm.describe import Description
+    from zsharm.loop import run_loop
     config = config or HarmonizeConfig()
     picture = _as_picture(image)
     mask = _as_mask(mask, picture.size)
     work_wh = work_size(picture.size, config.size)
     start = picture.to_pil_rgb8().resize(work_wh, resample=Image.LANCZOS)
     mask_work = mask_at(mask, work_wh, config.mask_threshold)
-    current, results = start, []
-    for i in range(iterations):
-        result = _iterate_at_work_size(pipe, current, mask_work, source, target, config, progress, False, pidinet)
-        results.append(result)
-        current = result.work_image
-        if history_dir is not None:
-            _write_history(history_dir, results, config)
-    final = finish(picture, mask, start, current, config)
-    return HarmonizeResult(image=final.to_pil_rgb8(), picture=final, work_image=current, iterations=results)
+    results = []
 
+    def step(current, src, tgt):
+        results.append(_iterate_at_work_size(pipe, current, mask_work, src, tgt, config, progress, False, pidinet))
+        return results[-1].work_image
 
-def _write_history(folder, results, config):
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    i = len(results) - 1
-    results[-1].work_image.save(folder / f"iteration_{i:02d}.png")
-    record = dict(config=config.to_dict(), iterations=[
-        dict(iteration=k, source=r.source, target=r.target, image=f"iteration_{k:02d}.png", seconds=r.seconds,
-             counts=r.counts) for k, r in enumerate(results)])
-    tmp = folder / f".history.json.{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, folder / "history.json")
-
-
-# --- command line --------------------------------------------------------------------------------------------
-
-def register(subparsers):
-    p = subparsers.add_parser("harmonize", help="harmonize a composite's foreground with its background",
-                              description="Harmonize COMPOSITE's masked foreground with its background.")
-    p.add_argument("composite", help="the composite image")
-    p.add_argument("--mask", required=True, help="the foreground mask (white = foreground), same size")
-    p.add_argument("--out", required=True, help="where to write the result (png, jpg, tif, webp)")
-    p.add_argument("--source", help='description of the foreground, e.g. "cat bright" (else asked of the VLM)')
-    p.add_argument("--target", help='description of the background, e.g. "cat winter dull"')
-    p.add_argument("--model", default="stabilityai/stable-diffusion-2-base",
-                   help="hub id, diffusers folder, .safetensors/.ckpt file, or tiny")
-    p.add_argument("--schedule", default="paper", choices=["paper", "fast"])
-    p.add_argument("--iterations", type=int, default=1)
-    p.add_argument("--steps", type=int, help="DDIM steps (paper: 50)")
-    p.add_argument("--seed", type=int, help="seed of the VAE posterior sample (paper: 8888)")
-    p.add_argument("--size", type=int, help="long side of the work resolution, a multiple of 64 (512)")
-    p.add_argument("--no-edges", action="store_true", help="drop the edge loss from null-text optimisation")
-    p.add_argument("--transfer", choices=["guided", "resize"], help="how the change reaches full resolution")
-    p.add_argument("--history", help="folder keeping every iteration's image and a JSON record")
-    p.add_argument("--device", help="cuda, cpu, mps (default: the best available)")
-    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="model precision (fp16 on GPU by default)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cli_harmonize)
-
-
-def cli_harmonize(args) -> int:
-    picture = load_image(args.composite)
-    mask = load_mask(args.mask, size=picture.size)
-    out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"):
-        raise ZsharmError(f"--out {out}: unknown image format {out.suffix!r} (use .png, .jpg, .tif, .webp)")
-    if (args.source is None) != (args.target is None):
-        raise ZsharmError("give both --source and --target, or neither (then the VLM describes the composite)")
-    overrides = {k: v for k, v in dict(steps=args.steps, seed=args.seed, size=args.size, transfer=args.transfer,
-                                         model=args.model).items() if v is not None}
-    if args.no_edges:
-        overrides["use_edges"] = False
-    config = HarmonizeConfig.named(args.schedule, **overrides)
-    if args.source is None:
-        from zsharm.describe import get_describer
-        description = get_describer().describe(picture.to_pil_rgb8(), mask, n=1)[0]
-        args.source, args.target = description.source, description.target
-    pipe = _load_for_cli(args)
-    result = harmonize(pipe, picture, mask, args.source, args.target, config=config, iterations=args.iterations,
-                       progress=not args.quiet, history_dir=args.history)
-    save_picture(result.picture, out)
-    if not args.quiet:
-        print(f"{out}  ({args.source!r} -> {args.target!r}, {args.iterations} iteration(s))")
-    return 0
-
-
-def _load_for_cli(args):
-    from zsharm.models import load_pipeline
-    return load_pipeline(args.model, device=args.device, dtype=args.dtype)
+    loop = run_loop(start, mask_work, [Description.from_prompts(source, target)], step, iterations=iterations,
+                    history_dir=history_dir, progress=progress and iterations > 1)
+    final = finish(picture, mask, start, loop.image, config)
+    return HarmonizeResult(image=final.to_pil_rgb8(), picture=final, work_image=loop.image, iterations=results)

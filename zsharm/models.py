@@ -68,11 +68,13 @@ def load_pipeline(spec: str = DEFAULT_MODEL, device=None, dtype=None):
             if not os.path.isfile(os.path.join(spec, "model_index.json")):
                 raise ZsharmError(f"model folder {spec} has no model_index.json (not a diffusers pipeline folder)")
             pipe = StableDiffusionPipeline.from_pretrained(spec, **kwargs)
+        elif spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith((".safetensors", ".ckpt")):
+            raise ZsharmError(f"model {spec}: no such file or folder")
         else:
             pipe = StableDiffusionPipeline.from_pretrained(spec, **kwargs)
     except ZsharmError:
         raise
-    except OSError as exc:  # hub unreachable, repo missing, files missing
+    except (OSError, ValueError) as exc:  # hub unreachable, repo missing, files missing
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ZsharmError(f"could not load model {spec!r}: {first}") from exc
     # The method is defined on DDIM; the scheduler's betas and offsets come from the checkpoint's own config.
@@ -81,7 +83,10 @@ def load_pipeline(spec: str = DEFAULT_MODEL, device=None, dtype=None):
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
         module.eval()
-    return pipe.to(device, dtype)
+    pipe = pipe.to(device)
+    if pipe.unet.dtype != dtype:  # diffusers versions that ignored the loading keyword
+        pipe = pipe.to(dtype=dtype)
+    return pipe
 
 
 def _diffusers_at_least(version: str) -> bool:

@@ -42,7 +42,6 @@ class EdgeLoss:
 
     def __init__(self, run: Run, image_pil, mask_full: torch.Tensor, pidinet):
         from zsharm.edges import pidinet_edges, sobel
-        cfg = run.config
         self.run, self.mask, self.pidinet = run, mask_full.to(run.device), pidinet
         self.sobel, self.pidinet_edges = sobel, pidinet_edges
         image01 = (image_to_tensor(image_pil).to(run.device) + 1) / 2
@@ -50,8 +49,10 @@ class EdgeLoss:
         sobel_input = image01 * 2 - 1 if run.paper else image01
         with torch.no_grad():
             self.ref_sobel = sobel(sobel_input)
-            self.ref_pidinet = self._pidinet(image01) if pidinet is not None else None
-            run.counter.add("nulltext", "pidinet")
+            self.ref_pidinet = None
+            if pidinet is not None:
+                self.ref_pidinet = self._pidinet(image01)
+                run.counter.add("nulltext", "pidinet")
 
     def _pidinet(self, image01):
         return self.pidinet_edges(self.pidinet, image01)

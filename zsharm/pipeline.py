@@ -1,0 +1,230 @@
+"""The whole method: describe (stage 1), harmonize (stage 2), evaluate and decide (stage 3).
+
+    from zsharm.pipeline import Harmonizer
+    harmonizer = Harmonizer(model="stabilityai/stable-diffusion-2-base", evaluator=None)
+    result = harmonizer("composite.png", "mask.png")            # descriptions from the VLM
+    result = harmonizer("composite.png", "mask.png", source="cat bright", target="cat winter dull")
+    result.picture, result.image, result.loop.history
+
+The decision loop runs at work size; the final, best-scoring image is carried to the input's resolution once.
+This module also holds the `zsharm harmonize` command (single image or `--batch`).
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from zsharm.blending import mask_at
+from zsharm.config import HarmonizeConfig
+from zsharm.errors import ZsharmError
+from zsharm.harmonize import IterationResult, _iterate_at_work_size, finish
+from zsharm.io import Picture, load_image, load_mask, save_picture, work_size
+
+
+@dataclass
+class PipelineResult:
+    image: Image.Image       # 8-bit RGB view at the input's size
+    picture: Picture         # the input's size, mode and depth
+    loop: object             # zsharm.loop.LoopResult: per-iteration descriptions, scores, decisions
+    last_iteration: IterationResult  # the intermediates of the last stage-2 iteration
+
+
+class Harmonizer:
+    """All three stages with their models loaded once; call it on (image, mask)."""
+
+    def __init__(self, model="stabilityai/stable-diffusion-2-base", config: HarmonizeConfig = None,
+                 evaluator=None, describer=None, device=None, dtype=None, pipe=None, pidinet=None,
+                 progress: bool = True):
+        from zsharm.models import load_pipeline
+        self.config = config or HarmonizeConfig.fast()
+        if dtype is None:
+            dtype = self.config.torch_dtype(device)
+        self.pipe = pipe if pipe is not None else load_pipeline(model, device=device, dtype=dtype)
+        if isinstance(evaluator, str):
+            from zsharm.evaluator import load_evaluator
+            evaluator = load_evaluator(evaluator, device=device)
+        self.evaluator, self.describer, self.pidinet, self.progress = evaluator, describer, pidinet, progress
+
+    def __call__(self, image, mask, source: str = None, target: str = None, candidates=None,
+                 iterations: int = None, history_dir=None, name: str = None) -> PipelineResult:
+        picture = image if isinstance(image, Picture) else load_image(image)
+        mask = mask if isinstance(mask, np.ndarray) else load_mask(mask, size=picture.size)
+        cfg = self.config
+        if iterations is None:
+            iterations = 10 if self.evaluator is not None else 1
+        work_wh = work_size(picture.size, cfg.size)
+        start = picture.to_pil_rgb8().resize(work_wh, resample=Image.LANCZOS)
+        mask_work = mask_at(mask, work_wh, cfg.mask_threshold)
+        from_vlm = source is None and not candidates
+        candidates = self._candidates(picture, mask, source, target, candidates, name)
+        last = {}
+
+        def step(current, src, tgt):
+            last["result"] = _iterate_at_work_size(self.pipe, current, mask_work, src, tgt, cfg, self.progress,
+                                                   False, self.pidinet)
+            return last["result"].work_image
+
+        score = None
+        if self.evaluator is not None:
+            score = self.evaluator.score
+        regenerate = self._regenerator(picture, mask, name) if from_vlm else None
+        from zsharm.loop import run_loop
+        loop = run_loop(start, mask_work, candidates, step, score=score, regenerate=regenerate,
+                        iterations=iterations, history_dir=history_dir, progress=self.progress)
+        final = finish(picture, mask, start, loop.image, cfg)
+        return PipelineResult(image=final.to_pil_rgb8(), picture=final, loop=loop,
+                              last_iteration=last.get("result"))
+
+    def _regenerator(self, picture, mask, name):
+        """Stage 1 asked again for a description unlike those tried (None when it has no new one)."""
+        from zsharm.describe import DescriptionExhaustedError
+
+        def regenerate(tried):
+            try:
+                return self.describer.regenerate(picture.to_pil_rgb8(), mask, tried, name=name)
+            except DescriptionExhaustedError:
+                return None
+        return regenerate
+
+    def _candidates(self, picture, mask, source, target, candidates, name):
+        from zsharm.describe import Description
+        if candidates:
+            return [c if hasattr(c, "source") else Description.from_prompts(*c) for c in candidates]
+        if (source is None) != (target is None):
+            raise ZsharmError("give both source and target descriptions, or neither (then the VLM describes)")
+        if source is not None:
+            return [Description.from_prompts(source, target)]
+        if self.describer is None:
+            from zsharm.describe import get_describer
+            self.describer = get_describer()
+        n = 2 if self.evaluator is not None else 1  # without an evaluator only the first would be used
+        return self.describer.describe(picture.to_pil_rgb8(), mask, n=n, name=name)
+
+
+# --- command line --------------------------------------------------------------------------------------------
+
+FORMATS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "harmonize", help="harmonize a composite's foreground with its background (all three stages)",
+        description="Harmonize COMPOSITE's masked foreground with its background: describe (a VLM, unless "
+                    "--source/--target), edit with Stable Diffusion, and let the evaluator decide when to stop.")
+    p.add_argument("composite", nargs="?", help="the composite image")
+    p.add_argument("--mask", help="the foreground mask (white = foreground), same size as the composite")
+    p.add_argument("--out", required=True, help="output image (png, jpg, tif, webp), or a folder with --batch")
+    p.add_argument("--batch", metavar="DIR", help="harmonize a folder: the authors' layout (composite/, mask/, "
+                   "caption.txt) or image + image_mask pairs; resumes where it stopped")
+    p.add_argument("--shard", metavar="I/N", help="with --batch: do the I-th of N shares (default: from RANK/WORLD_SIZE)")
+    p.add_argument("--source", help='description of the foreground, e.g. "cat bright" (skips stage 1)')
+    p.add_argument("--target", help='description of the background, e.g. "cat winter dull"')
+    p.add_argument("--candidates", type=int, default=2, help="descriptions asked of the VLM (default 2)")
+    p.add_argument("--model", default="stabilityai/stable-diffusion-2-base",
+                   help="hub id, diffusers folder, .safetensors/.ckpt file, or tiny (default: %(default)s)")
+    p.add_argument("--schedule", default="fast", choices=["paper", "fast"],
+                   help="paper: the authors' pipeline number for number; fast: the same method, faster (default)")
+    p.add_argument("--evaluator", default=os.environ.get("ZSHARM_EVALUATOR"),
+                   help="evaluator checkpoint (.safetensors/.pth), 'authors' or 'random' (default: $ZSHARM_EVALUATOR)")
+    p.add_argument("--no-evaluator", action="store_true", help="skip stage 3: a fixed number of iterations")
+    p.add_argument("--iterations", type=int, help="iteration budget (10 with an evaluator, else 1)")
+    p.add_argument("--steps", type=int, help="DDIM steps (paper: 50; fast: 20)")
+    p.add_argument("--seed", type=int, help="seed of the VAE posterior sample (8888)")
+    p.add_argument("--size", type=int, help="long side of the work resolution, a multiple of 64 (512)")
+    p.add_argument("--no-edges", action="store_true", help="drop the edge loss from null-text optimisation")
+    p.add_argument("--transfer", choices=["guided", "resize"], help="how the change reaches full resolution")
+    p.add_argument("--history", help="folder keeping every iteration's image, history.json and a contact sheet")
+    p.add_argument("--save-intermediates", metavar="NPZ",
+                   help="with one iteration: save every stage's arrays in the reference fixture's format")
+    p.add_argument("--device", help="cuda, cpu, mps (default: the best available)")
+    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="model precision (paper: fp32; fast: fp16 on a GPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from zsharm.describe import add_vlm_arguments
+    add_vlm_arguments(p)
+    p.set_defaults(func=cli_harmonize)
+
+
+def _config_from_args(args) -> HarmonizeConfig:
+    overrides = {k: v for k, v in dict(steps=args.steps, seed=args.seed, size=args.size, transfer=args.transfer,
+                                         model=args.model).items() if v is not None}
+    if args.no_edges:
+        overrides["use_edges"] = False
+    try:
+        return HarmonizeConfig.named(args.schedule, **overrides)
+    except ValueError as exc:
+        raise ZsharmError(str(exc)) from None
+
+
+def _check_out(path: Path):
+    if path.suffix.lower() not in FORMATS:
+        raise ZsharmError(f"--out {path}: unknown image format {path.suffix!r} (use .png, .jpg, .tif or .webp)")
+
+
+def cli_harmonize(args) -> int:
+    config = _config_from_args(args)
+    if (args.source is None) != (args.target is None):
+        raise ZsharmError("give both --source and --target, or neither (then the VLM describes the composite)")
+    if args.batch:
+        return _cli_batch(args, config)
+    if not args.composite:
+        raise ZsharmError("name a composite image (or a folder with --batch)")
+    if not args.mask:
+        raise ZsharmError(f"no --mask given for {args.composite}: zsharm needs the foreground mask")
+    out = Path(args.out)
+    _check_out(out)
+    picture = load_image(args.composite)
+    mask = load_mask(args.mask, size=picture.size)
+    harmonizer = _harmonizer(args, config)
+    result = harmonizer(picture, mask, source=args.source, target=args.target, iterations=args.iterations,
+                        history_dir=args.history, name=Path(args.composite).name)
+    if args.save_intermediates:
+        if len(result.loop.history) != 1:
+            raise ZsharmError("--save-intermediates needs exactly one iteration (--iterations 1 --no-evaluator)")
+        from zsharm.reference import save_intermediates
+        save_intermediates(result.last_iteration, args.save_intermediates)
+    save_picture(result.picture, out)
+    if not args.quiet:
+        best = result.loop.best
+        score = "" if best.score is None else f", score {best.score:.3f}"
+        print(f"{out}  ({best.source!r} -> {best.target!r}, iteration {best.iteration}{score})")
+    return 0
+
+
+def _harmonizer(args, config) -> Harmonizer:
+    evaluator = None if args.no_evaluator else args.evaluator
+    describer = None
+    if args.source is None:
+        from zsharm.describe import describer_from_args
+        describer = describer_from_args(args)
+    return Harmonizer(model=args.model, config=config, evaluator=evaluator, describer=describer,
+                      device=args.device, dtype=args.dtype, progress=not args.quiet)
+
+
+def _cli_batch(args, config) -> int:
+    from zsharm.batch import find_batch_items, parse_shard, run_batch
+    items = find_batch_items(args.batch)
+    shard = parse_shard(args.shard) if args.shard else None
+    harmonizer = _harmonizer(args, config)
+    out_dir = Path(args.out)
+
+    def process_one(item, out_path):
+        picture = load_image(item.composite)
+        mask = load_mask(item.mask, size=picture.size)
+        candidates = list(item.captions) or None
+        history = out_dir / "history" / item.name if args.history else None
+        result = harmonizer(picture, mask, source=args.source, target=args.target, candidates=candidates,
+                            iterations=args.iterations, history_dir=history, name=item.composite.name)
+        save_picture(result.picture, out_path)
+        best = result.loop.best
+        return dict(source=best.source, target=best.target, score=best.score, iteration=best.iteration)
+
+    summary = run_batch(items, out_dir, process_one, shard=shard, progress=not args.quiet)
+    if not args.quiet:
+        print(f"{len(summary.done)} done, {len(summary.skipped)} already done, {len(summary.failed)} failed "
+              f"(summary: {summary.summary_path})")
+        for name, reason in summary.failed:
+            print(f"  {name}: {reason}")
+    return 0 if summary.ok else 1

@@ -1,0 +1,154 @@
+"""Checking zsharm's `paper` schedule against what the authors' implementation computed.
+
+`../shared/reference/` (beside a development checkout) holds the authors' arrays and losses for one iteration on
+tiny SD-2-shaped models. `save_intermediates` writes zsharm's own arrays in the same format, and `compare`
+walks the stages in order, so the first stage that departs is the one named.
+
+Tolerances come from float32 arithmetic, not from fitting: the two implementations run the same operations
+with different library versions (diffusers 0.9 vs current, transformers 4.30 vs current), whose kernels sum in
+different orders. One float32 rounding of O(1) values is 6e-8; a UNet call compounds a few hundred of them, so
+latents may drift by ~1e-6 per step and optimised embeddings (lr 0.1, Adam's normalised steps) a little more.
+Images are uint8 by truncation (as the authors'), so a 1e-6 difference can flip a pixel by one grey level; a
+difference in the maths moves many pixels by many levels.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# (stage, array key, absolute tolerance) in the order the pipeline computes them
+ARRAY_STAGES = [
+    ("DDIM inversion", "inversion_latents", 5e-6),
+    ("text-embedding refinement", "refined_text_embeddings", 2e-5),
+    ("text-embedding refinement", "text_opt_step_latents", 5e-6),
+    ("null-text optimisation", "optimized_uncond_embeddings", 5e-5),
+    ("null-text optimisation", "nulltext_step_latents", 5e-6),
+    ("Prompt-to-Prompt editing", "p2p_step_latents", 5e-6),
+]
+IMAGE_STAGES = [
+    ("null-text optimisation", "nulltext_recon"),
+    ("Prompt-to-Prompt editing", "p2p_out"),
+    ("blending", "blend"),
+]
+LOSS_STAGES = [
+    ("text-embedding refinement", "text_opt", ("attn_fg", "attn_bg", "loss_emb", "loss_reg")),
+    ("null-text optimisation", "nulltext", ("null_text_mse", "sobel_mse", "pidinet_edge_mse", "total")),
+]
+LOSS_RTOL = 1e-4      # relative, on loss values of 1e-6 .. 1
+IMAGE_MAX_LEVELS = 1  # grey levels
+IMAGE_MAX_FRACTION = 1e-3  # of pixels allowed to differ by that one level
+
+
+def intermediates(result) -> dict:
+    """The arrays of one IterationResult, named as in the reference fixture."""
+    stack = lambda xs: torch.stack([x.detach().float().cpu() for x in xs]).numpy()
+    arrays = dict(
+        inversion_latents=stack(result.inversion.latents),
+        inversion_x_t=result.inversion.x_t.detach().cpu().numpy(),
+        timesteps=result.inversion.timesteps.cpu().numpy(),
+        nulltext_step_latents=stack(result.nulltext.latents),
+        optimized_uncond_embeddings=stack(result.nulltext.uncond),
+        p2p_step_latents=stack(result.edit.latents),
+        nulltext_recon=result.nulltext.reconstruction[None],
+        p2p_out=result.edit.images,
+        blend=np.asarray(result.work_image),
+    )
+    if result.refinement is not None:
+        arrays["refined_text_embeddings"] = stack(result.refinement.embeddings)
+        arrays["text_opt_step_latents"] = stack(result.refinement.latents)
+    losses = dict(text_opt=result.refinement.losses if result.refinement else [], nulltext=result.nulltext.losses)
+    return arrays, losses
+
+
+def save_intermediates(result, path):
+    """Write the arrays (npz) and, beside them, the losses (json) of one iteration."""
+    arrays, losses = intermediates(result)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    path.with_suffix(".losses.json").write_text(json.dumps(losses, indent=1))
+    path.with_suffix(".counts.json").write_text(json.dumps(result.counts, indent=1))
+
+
+def authors_counts(stats: dict) -> dict:
+    """The reference's call counts (stats.json) in zsharm's counter keys: UNet calls and image evaluations per
+    stage (their editing runs with autograd on but nothing requiring gradients: no-gradient work)."""
+    out = {}
+    for stage, ours in (("inversion", "inversion"), ("text_opt", "refinement"), ("nulltext", "nulltext"),
+                        ("p2p", "editing")):
+        for key, n in stats["unet_calls_by_stage"][stage].items():
+            fields = dict(part.split("=") for part in key.split("|"))
+            grad = "grad" if fields["grad"] == "True" and fields["ctx_requires_grad"] == "True" else "nograd"
+            out[f"{ours}/unet/{grad}"] = out.get(f"{ours}/unet/{grad}", 0) + n
+            out[f"{ours}/unet_images/{grad}"] = out.get(f"{ours}/unet_images/{grad}", 0) + n * int(fields["batch"])
+    for key, n in stats["vae_decode_by_stage"]["nulltext"].items():
+        grad = "grad" if "z_requires_grad=True" in key else "nograd"
+        out[f"nulltext/vae_decode/{grad}"] = out.get(f"nulltext/vae_decode/{grad}", 0) + n
+    out["nulltext/pidinet/nograd"] = sum(stats["pidinet_by_stage"]["nulltext"].values())
+    return out
+
+
+def load_intermediates(path):
+    path = Path(path)
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    losses_path = path.with_suffix(".losses.json") if path.suffix == ".npz" else path.parent / "losses.json"
+    if not losses_path.is_file():
+        losses_path = path.parent / "losses.json"
+    return arrays, json.loads(losses_path.read_text())
+
+
+@dataclass
+class StageCheck:
+    stage: str
+    what: str
+    difference: float   # the largest absolute difference (images: grey levels)
+    tolerance: float
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.difference <= self.tolerance)
+
+    def __str__(self):
+        mark = "ok " if self.ok else "FAIL"
+        return f"{mark} {self.stage:28s} {self.what:30s} max|diff| {self.difference:.3g} (tolerance {self.tolerance:g}) {self.detail}"
+
+
+def compare(ours, golden) -> list:
+    """Stage-by-stage checks of (arrays, losses) against the reference's (arrays, losses), in pipeline order."""
+    (a, la), (g, lg) = ours, golden
+    checks = []
+    for stage, key, tol in ARRAY_STAGES:
+        x, y = np.asarray(a[key], np.float64), np.asarray(g[key], np.float64)
+        if x.shape != y.shape:
+            checks.append(StageCheck(stage, key, float("inf"), tol, f"shape {x.shape} vs {y.shape}"))
+            continue
+        checks.append(StageCheck(stage, key, float(np.abs(x - y).max()), tol))
+    for stage, key, fields in LOSS_STAGES:
+        if len(la[key]) != len(lg[key]):
+            checks.append(StageCheck(stage, f"{key} losses", float("inf"), LOSS_RTOL,
+                                     f"{len(la[key])} vs {len(lg[key])} values"))
+            continue
+        worst = max((abs(p[f] - q[f]) / max(abs(q[f]), 1e-12) for p, q in zip(la[key], lg[key])
+                     for f in fields if f in q), default=0.0)
+        checks.append(StageCheck(stage, f"{key} losses (relative)", worst, LOSS_RTOL))
+    for stage, key in IMAGE_STAGES:
+        x, y = np.asarray(a[key], np.int16), np.asarray(g[key], np.int16)
+        x = x.reshape(y.shape) if x.size == y.size else x
+        if x.shape != y.shape:
+            checks.append(StageCheck(stage, key, float("inf"), IMAGE_MAX_LEVELS, f"shape {x.shape} vs {y.shape}"))
+            continue
+        diff = np.abs(x - y)
+        fraction = float((diff > 0).mean())
+        worst = float(diff.max()) if fraction <= IMAGE_MAX_FRACTION else float("inf")
+        checks.append(StageCheck(stage, key, worst, IMAGE_MAX_LEVELS,
+                                 f"{fraction:.2e} of values differ (allowed {IMAGE_MAX_FRACTION:g})"))
+    return checks
+
+
+def first_departure(checks):
+    return next((c for c in checks if not c.ok), None)
