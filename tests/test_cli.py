@@ -100,3 +100,43 @@ def test_batch_reports_a_bad_image_and_does_the_rest(tmp_path, capsys):
     assert (out / "000.png").is_file() and (out / "001.png").is_file() and not (out / "002.png").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert "002" in json.dumps(summary)
+
+
+def test_without_prompts_the_vlm_describes(composite, tmp_path, capsys, monkeypatch):
+    """Stage 1 feeds stage 2: a local OpenAI-compatible endpoint answers, the description reaches the prompts."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    answers = iter(["Sure! Here you go: cat & (foreground) bright & (background) dull winter",  # prose: refused
+                    "cat & (foreground) bright & (background) dull winter"] * 4)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": next(answers)}}]})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("ZSHARM_VLM_API_KEY", "test-key")
+    comp, mask = composite
+    out, history = tmp_path / "out.png", tmp_path / "hist"
+    try:
+        code, err = run_cli(capsys, "harmonize", comp, "--mask", mask, "--out", out, "--no-evaluator",
+                            "--base-url", f"http://127.0.0.1:{server.server_port}/v1", "--vlm-model", "test",
+                            "--no-vlm-cache", "--history", history, *QUICK)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0, err
+    record = json.loads((history / "history.json").read_text())
+    assert record["iterations"][0]["source"] == "cat bright"
+    assert record["iterations"][0]["target"] == "cat winter dull"
+    assert out.is_file()

@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from zsharm.errors import ZsharmError
-from zsharm.loop import atomic_path, write_json
+from zsharm.io import atomic_path, write_json
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MASK_SUFFIX = "_mask"

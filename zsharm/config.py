@@ -38,6 +38,8 @@ class HarmonizeConfig:
     edge_sobel_weight: float = 1.0
     pidinet_variant: str = "tiny"
     pidinet_grad: bool = False         # the authors run PiDiNet under no_grad: its term adds to the loss value only
+    edge_crop: bool = False            # fast: decode and compare edges in the mask's box only
+    edge_crop_margin: int = 4          # latent pixels around the box
 
     # stage 2.4: Prompt-to-Prompt editing
     cross_replace_steps: float = 1.0   # fraction of steps whose cross-attention maps are replaced
@@ -66,7 +68,7 @@ class HarmonizeConfig:
     def fast(cls, **overrides) -> "HarmonizeConfig":
         base = dict(schedule="fast", steps=20, refine_iters=1, nulltext_max_inner=1, nulltext_early_stop=1e-6,
                     fused_attention=True, inversion_batch_uncond_only=True, refine_cond_only=True,
-                    pidinet_grad=True)
+                    pidinet_grad=True, edge_crop=True)
         base.update(overrides)
         return cls(**base)
 

@@ -16,8 +16,6 @@ Metrics are taken at the images' own resolution (zsharm.metrics); the `zsharm` m
 import csv
 import io
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import numpy as np
 from zsharm.baselines import BASELINES
 from zsharm.datasets import LAYOUTS, load_dataset
 from zsharm.errors import ZsharmError
+from zsharm.io import write_bytes_atomic
 from zsharm.metrics import measure
 
 METRIC_NAMES = ("mse", "fmse", "psnr", "fpsnr", "ssim")
@@ -171,21 +170,7 @@ def _cell(value):
 
 
 def _write_text(path, text):
-    _write_bytes(Path(path), text.encode("utf-8"))
-
-
-def _write_bytes(path: Path, data: bytes):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(Path(path), text.encode("utf-8"))
 
 
 def _save_png(array, path: Path):
@@ -193,7 +178,7 @@ def _save_png(array, path: Path):
 
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, format="PNG")
-    _write_bytes(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------- command line

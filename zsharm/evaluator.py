@@ -42,7 +42,7 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from zsharm.errors import ZsharmError
-from zsharm.loop import atomic_path, write_json
+from zsharm.io import atomic_path, write_json
 
 SIZE = 256  # the authors' input size
 # name -> (bottleneck blocks per stage, stem width); the final feature size is width * 8 * 4

@@ -15,7 +15,9 @@ levels), "I;16"/"I" -> 16-bit "L", "P"/"PA" -> "RGB" or "RGBA", "CMYK"/"YCbCr"/"
 from __future__ import annotations
 
 import io
+import json
 import os
+from contextlib import contextmanager
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +198,31 @@ def save_picture(picture: Picture, path, *, quality: int = 95, convert: bool = F
 
     _write_atomic(path, encode)
     return path
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path` (same suffix, so writers infer the format); move it into place
+    when the block succeeds, remove it when it fails. Nothing half-written is ever left under `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    """Write `data` to `path` atomically (a temp file beside it, then a rename)."""
+    with atomic_path(path) as temp:
+        temp.write_bytes(data)
+
+
+def write_json(path, data) -> None:
+    """Write `data` as indented JSON, atomically."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 def work_size(size_wh: tuple[int, int], long_side: int = 512, multiple: int = 64) -> tuple[int, int]:

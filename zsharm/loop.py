@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-import uuid
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from zsharm.errors import ZsharmError
+from zsharm.io import atomic_path, write_json
 
 CONTINUE, REGENERATE, CONCLUDE = "continue", "regenerate", "conclude"
 DROP = "drop"  # an iteration-0 candidate that was not kept
@@ -247,26 +245,6 @@ def _fmt(value) -> str:
 
 
 # ---------------------------------------------------------------- history
-
-
-@contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path` (same suffix, so writers infer the format); move it into place
-    when the block succeeds, remove it when it fails. Nothing half-written is ever left under `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        yield temp
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def write_json(path, data) -> None:
-    """Write `data` as indented JSON, atomically."""
-    with atomic_path(path) as temp:
-        temp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 class _History:

@@ -37,6 +37,15 @@ class NullText:
     edges_last: dict = None                        # ... of the last prediction
 
 
+def mask_box(mask: torch.Tensor, margin: int):
+    """(y0, y1, x0, x1) in latent pixels: the box around a full-size mask, grown by `margin` latent pixels."""
+    rows = torch.nonzero(mask.any(1)).flatten() // 8
+    cols = torch.nonzero(mask.any(0)).flatten() // 8
+    h, w = mask.shape[0] // 8, mask.shape[1] // 8
+    return (max(int(rows.min()) - margin, 0), min(int(rows.max()) + 1 + margin, h),
+            max(int(cols.min()) - margin, 0), min(int(cols.max()) + 1 + margin, w))
+
+
 class EdgeLoss:
     """L_Edge against a fixed input image, inside the mask."""
 
@@ -45,6 +54,14 @@ class EdgeLoss:
         self.run, self.mask, self.pidinet = run, mask_full.to(run.device), pidinet
         self.sobel, self.pidinet_edges = sobel, pidinet_edges
         image01 = (image_to_tensor(image_pil).to(run.device) + 1) / 2
+        self.crop, self.area = None, 1.0
+        if run.config.edge_crop:
+            # fast: decode and compare only the mask's box (plus a margin), the loss scaled to the whole image's
+            # mean so its weight keeps its meaning; border effects stay in the margin, outside the mask
+            self.crop = mask_box(mask_full[0, 0], run.config.edge_crop_margin)
+            y0, y1, x0, x1 = (8 * v for v in self.crop)
+            self.area = (y1 - y0) * (x1 - x0) / (mask_full.shape[-1] * mask_full.shape[-2])
+            image01, self.mask = image01[..., y0:y1, x0:x1], self.mask[..., y0:y1, x0:x1]
         # the authors feed PiDiNet a bilinear resize and Sobel a Lanczos one; at work size both are the image
         sobel_input = image01 * 2 - 1 if run.paper else image01
         with torch.no_grad():
@@ -61,14 +78,14 @@ class EdgeLoss:
         cfg = self.run.config
         m = self.mask
         out_sobel = self.sobel(image01)
-        sobel_mse = F.mse_loss(out_sobel * m, self.ref_sobel * m)
+        sobel_mse = F.mse_loss(out_sobel * m, self.ref_sobel * m) * self.area
         loss = cfg.edge_sobel_weight * sobel_mse
         terms = dict(sobel_mse=sobel_mse.item())
         if self.pidinet is not None:
             self.run.counter.add("nulltext", "pidinet", grad=cfg.pidinet_grad)
             with torch.set_grad_enabled(cfg.pidinet_grad and torch.is_grad_enabled()):
                 out_edge = self._pidinet(image01)
-            pidinet_mse = F.mse_loss(out_edge * m, self.ref_pidinet * m)
+            pidinet_mse = F.mse_loss(out_edge * m, self.ref_pidinet * m) * self.area
             loss = cfg.edge_pidinet_weight * pidinet_mse + loss
             terms["pidinet_edge_mse"] = pidinet_mse.item()
             self.last = dict(sobel=out_sobel.detach().cpu(), pidinet=out_edge.detach().cpu())
@@ -98,7 +115,9 @@ def optimize_null_text(run: Run, inversion, embeddings, edge_loss: EdgeLoss = No
                 loss = cfg.nulltext_latent_weight * latent_mse
                 record = dict(step=index, iter=inner, null_text_mse=latent_mse.item())
                 if edge_loss is not None:
-                    edge, terms = edge_loss(decode_latents(run, "nulltext", out))
+                    box = out if edge_loss.crop is None else out[..., edge_loss.crop[0]:edge_loss.crop[1],
+                                                                  edge_loss.crop[2]:edge_loss.crop[3]]
+                    edge, terms = edge_loss(decode_latents(run, "nulltext", box))
                     loss = loss + edge
                     record.update(terms)
                 record["total"] = loss.item()

@@ -27,15 +27,14 @@ import itertools
 import json
 import math
 import mimetypes
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from zsharm.errors import ZsharmError
+from zsharm.io import write_bytes_atomic
 
 CHOICES = ("left", "right", "tie")
 VOTE_COLUMNS = ("participant", "trial", "item", "left_method", "right_method", "choice", "winner", "rt_ms", "time")
@@ -101,7 +100,7 @@ def _image_source(image, out_dir: Path, embed: bool, name: str) -> str:
         return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
     suffix = mimetypes.guess_extension(mime) or ".png"
     target = out_dir / "images" / (name + suffix)
-    _write_bytes(target, data)
+    write_bytes_atomic(target, data)
     return target.relative_to(out_dir).as_posix()
 
 
@@ -146,28 +145,14 @@ def make_study(results: dict, out_dir, composites: dict | None = None, pairs=Non
         trials=json.dumps(page_trials).replace("</", "<\\/"), images=json.dumps(images).replace("</", "<\\/"),
         columns=json.dumps(list(VOTE_COLUMNS)))
     path = out_dir / "index.html"
-    _write_bytes(path, page.encode("utf-8"))
+    write_bytes_atomic(path, page.encode("utf-8"))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["trial", "item", "left_method", "right_method"])
     for t in trials:
         writer.writerow([t["trial"], t["item"], t["left"], t["right"]])
-    _write_bytes(out_dir / "trials.csv", buffer.getvalue().encode("utf-8"))
+    write_bytes_atomic(out_dir / "trials.csv", buffer.getvalue().encode("utf-8"))
     return path
-
-
-def _write_bytes(path: Path, data: bytes):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # A plain page: no external resource, no server. Braces of CSS/JS are doubled for str.format.
