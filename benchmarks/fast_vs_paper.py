@@ -37,6 +37,7 @@ def main():
     parser.add_argument("--reference", default=str(Path(__file__).resolve().parents[2] / "shared" / "reference"))
     parser.add_argument("--case", default="golden_strong_cat10")
     parser.add_argument("--out")
+    parser.add_argument("--rows", default="all", help="comma list of row numbers to run (default: all)")
     args = parser.parse_args()
     ref = Path(args.reference)
     model = "tiny_sd2_strong" if "strong" in args.case else "tiny_sd2"
@@ -48,6 +49,8 @@ def main():
     configs = [(name, HarmonizeConfig.paper(steps=10, **kw)) for name, kw in SWITCHES]
     configs += [("fast, 10 steps", HarmonizeConfig.fast(steps=10, dtype="fp32")),
                 ("fast (20 steps)", HarmonizeConfig.fast(dtype="fp32"))]
+    if args.rows != "all":
+        configs = [configs[int(i)] for i in args.rows.split(",")]
     for name, cfg in configs:
         start = time.perf_counter()
         res = run_iteration(pipe, ref / "inputs" / "composite.png", ref / "inputs" / "mask.png", "cat bright",

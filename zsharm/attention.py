@@ -184,3 +184,24 @@ def controlled_attention(unet, controller: AttentionControl, fused: bool = False
         yield controller
     finally:
         unet.set_attn_processor(saved)
+
+
+@contextmanager
+def authors_arithmetic(unet, stage: str):
+    """The attention arithmetic the authors' code ran with, for the `paper` schedule's exact numbers.
+
+    Their DDIM inversion ran diffusers 0.9's own attention (scores by baddbmm, as diffusers' classic
+    AttnProcessor still computes them); every later stage ran their patched forward (einsum, softmax), which
+    ControlledAttnProcessor reproduces. The two round differently, and a strong UNet amplifies the difference.
+    """
+    from diffusers.models.attention_processor import AttnProcessor
+    if stage == "inversion":
+        saved = unet.attn_processors
+        unet.set_attn_processor(AttnProcessor())
+        try:
+            yield
+        finally:
+            unet.set_attn_processor(saved)
+    else:
+        with controlled_attention(unet, AttentionControl()):
+            yield

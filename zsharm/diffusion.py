@@ -64,6 +64,15 @@ class Run:
     def paper(self) -> bool:
         return self.config.schedule == "paper"
 
+    def arithmetic(self, stage: str):
+        """Within this block UNet calls of `stage` use the authors' attention arithmetic under `paper`, and the
+        UNet's own (fused) attention otherwise."""
+        from contextlib import nullcontext
+        if not self.paper:
+            return nullcontext()
+        from zsharm.attention import authors_arithmetic
+        return authors_arithmetic(self.unet, stage)
+
 
 def unet_noise(run: Run, stage: str, latents, t, context, guidance: float, rows: str = "both"):
     """The classifier-free-guided noise prediction for `latents` (B rows), as the authors' diffusion_step.

@@ -53,7 +53,8 @@ def ddim_invert(run: Run, image: torch.Tensor, prompt: str, generator: torch.Gen
     alphas = run.scheduler.alphas_cumprod
     all_latents = [latents]
     for t in progress(run, ts.flip(0)[:-1], "DDIM inversion"):
-        noise = unet_noise(run, "inversion", latents, t, context, cfg.inversion_guidance, rows=rows)
+        with run.arithmetic("inversion"):
+            noise = unet_noise(run, "inversion", latents, t, context, cfg.inversion_guidance, rows=rows)
         eps = epsilon(run, noise, t, latents)
         a_t = alphas[t]
         a_next = alphas[t + stride] if t + stride < len(alphas) else torch.tensor(0.0)

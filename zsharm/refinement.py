@@ -110,7 +110,8 @@ def refine_embeddings(run: Run, source: str, target: str, source_positions, targ
                 # the guidance-0 trajectory from x_T retraces the inversion: take its latents, save the calls
                 latents = inversion.target_for_step(index).expand(2, *latents.shape[1:])
             else:
-                noise = unet_noise(run, "refinement", latents, t, context, 0.0)
+                with run.arithmetic("refinement"):
+                    noise = unet_noise(run, "refinement", latents, t, context, 0.0)
                 latents = ddim_step(run, noise, t, latents)
         result.latents.append(latents)
     return result

@@ -110,7 +110,9 @@ def optimize_null_text(run: Run, inversion, embeddings, edge_loss: EdgeLoss = No
             context = torch.cat([uncond, embeddings[index][:1]])
         for inner in range(cfg.nulltext_inner_steps(index)):
             with torch.enable_grad():
-                out = ddim_step(run, unet_noise(run, "nulltext", latents, t, context, cfg.guidance), t, latents)
+                with run.arithmetic("nulltext"):
+                    noise = unet_noise(run, "nulltext", latents, t, context, cfg.guidance)
+                out = ddim_step(run, noise, t, latents)
                 latent_mse = F.mse_loss(out, target)
                 loss = cfg.nulltext_latent_weight * latent_mse
                 record = dict(step=index, iter=inner, null_text_mse=latent_mse.item())
@@ -128,7 +130,7 @@ def optimize_null_text(run: Run, inversion, embeddings, edge_loss: EdgeLoss = No
             context = torch.cat([uncond, embeddings[index][:1]])
             if latent_mse.item() < cfg.nulltext_early_stop:
                 break
-        with torch.no_grad():
+        with torch.no_grad(), run.arithmetic("nulltext"):
             latents = ddim_step(run, unet_noise(run, "nulltext", latents, t, context, cfg.guidance), t, latents)
         result.uncond.append(uncond.detach().clone())
         result.latents.append(latents)

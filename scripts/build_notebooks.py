@@ -1,0 +1,114 @@
+"""Build notebooks/*.ipynb from their sources, scripts/notebooks/*.py, with no outputs.
+
+    python scripts/build_notebooks.py            # rewrite notebooks/NN_*.ipynb
+    python scripts/build_notebooks.py --check    # exit 1 if a committed notebook differs from its source
+
+A source is a Python file in the "percent" format (as jupytext writes it, so editors and jupytext read it):
+`# %%` starts a code cell, `# %% [markdown]` a markdown cell (its lines start with "# "), and
+`# %% tags=["parameters"]` the papermill parameters cell; in code, `# %magic` lines become IPython magics.
+The line `# %% install` stands for the cell every notebook shares: on Colab, fetch zsharm (code and data)
+and install it; elsewhere, nothing.
+Cell ids are fixed (cell-00, cell-01, ...), so a rebuild of an unchanged source gives the same bytes.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = REPO / "scripts" / "notebooks"
+OUT = REPO / "notebooks"
+GIT_URL = "https://github.com/zsharm/zsharm"  # placeholder until the project's public home is known
+
+INSTALL_CELL = f'''# On Colab only: fetch zsharm (code and data) and install it, once. Elsewhere, install zsharm
+# first (see notebooks/README.md) and this cell does nothing.
+import os
+import sys
+
+if "google.colab" in sys.modules and not os.path.isfile("../pyproject.toml"):
+    import subprocess
+
+    if not os.path.isdir("zsharm"):
+        subprocess.run(["git", "clone", "--depth", "1", "{GIT_URL}"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "zsharm[notebooks]"], check=True)
+    sys.path.insert(0, os.path.abspath("zsharm"))
+    os.chdir("zsharm/notebooks")'''
+
+
+def parse(text: str) -> list:
+    """[(kind, source, tags)] of a percent-format file; kind is "code" or "markdown"."""
+    cells, kind, tags, lines = [], None, [], []
+
+    def close():
+        if kind is None:
+            return
+        body = "\n".join(lines).strip("\n")
+        if kind == "markdown":
+            body = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in body.split("\n"))
+        cells.append((kind, body, tags))
+
+    for line in text.split("\n"):
+        if line.startswith("# %%"):
+            close()
+            marker = line[4:].strip()
+            lines, tags = [], []
+            if marker == "[markdown]":
+                kind = "markdown"
+            elif marker == "install":
+                kind, lines = "code", INSTALL_CELL.split("\n")
+            elif marker.startswith("tags="):
+                kind, tags = "code", json.loads(marker[5:])
+            elif marker == "":
+                kind = "code"
+            else:
+                raise ValueError(f"unknown cell marker {line!r}")
+        elif kind == "code" and line.startswith("# %"):
+            lines.append(line[2:])  # a commented IPython magic, as jupytext writes it: "# %matplotlib inline"
+        elif kind is not None:
+            lines.append(line)
+    close()
+    return cells
+
+
+def build(source: Path) -> str:
+    """The notebook JSON (no outputs, fixed ids) for one source file."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                   "language_info": {"name": "python"}}
+    for i, (kind, body, tags) in enumerate(parse(source.read_text())):
+        cell = nbformat.v4.new_markdown_cell(body) if kind == "markdown" else nbformat.v4.new_code_cell(body)
+        cell.id = f"cell-{i:02d}"
+        if tags:
+            cell.metadata["tags"] = tags
+        nb.cells.append(cell)
+    nbformat.validate(nb)
+    return nbformat.writes(nb) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare with notebooks/ instead of writing")
+    args = parser.parse_args(argv)
+    stale = []
+    for source in sorted(SOURCES.glob("[0-9][0-9]_*.py")):
+        target = OUT / (source.stem + ".ipynb")
+        text = build(source)
+        if args.check:
+            if not target.is_file() or target.read_text() != text:
+                stale.append(target.name)
+        else:
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_text(text)
+            tmp.replace(target)
+            print(target.relative_to(REPO))
+    if stale:
+        print("out of date (run python scripts/build_notebooks.py): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

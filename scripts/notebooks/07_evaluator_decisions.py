@@ -1,0 +1,174 @@
+# %% [markdown]
+# # 07 · The evaluator and its decisions
+#
+# **What this notebook teaches.** One harmonization iteration rarely goes far enough, and too many overshoot
+# or drift. Stage 3 closes the loop: a classifier scores how harmonious each result looks, and simple rules
+# on the score history decide to *Continue*, *Regenerate* (switch to another description) or *Conclude*. We
+# take the rules apart, run them on a scripted history (the paper's evaluation figure), and then run the real
+# loop with stage 2 and an evaluator.
+
+# %% install
+
+# %% tags=["parameters"]
+import os
+
+MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")
+QUICK = os.environ.get("ZSHARM_QUICK") == "1"
+STEPS = 4 if QUICK else 50
+SIZE = 128 if QUICK else 512
+LOOP_ITERATIONS = 3 if QUICK else 10   # the loop's budget (the authors': 10)
+# The evaluator: a checkpoint trained with `zsharm train-evaluator` (or the authors' bestModel.pth), or
+# "random" / "random:tiny" (untrained: its scores mean nothing, it only exercises the loop).
+EVALUATOR = os.environ.get("ZSHARM_EVALUATOR", "random:tiny" if QUICK else "random")
+DEVICE = None
+
+# %%
+# %matplotlib inline
+import tempfile
+import warnings
+
+import matplotlib.pyplot as plt
+
+from zsharm.io import load_image, load_mask
+from zsharm.visualize import TINY_NOTE, is_tiny, repo_root
+
+ROOT = repo_root()
+DATA = ROOT / "data"
+plt.rcParams["figure.dpi"] = 90
+if is_tiny(MODEL):
+    print(TINY_NOTE)
+image = load_image(DATA / "demo" / "composite.png").to_pil_rgb8()
+mask = load_mask(DATA / "demo" / "mask.png", size=image.size)
+
+# %% [markdown]
+# ## The evaluator
+#
+# The authors' evaluator is a two-class classifier: a ResNet-50 whose first convolution takes four channels
+# (RGB and the mask) at 256x256, normalised with mean 0.5 and std 0.5, global average pooling and a
+# 2048 -> 2 linear layer. The score is the softmax probability of class 1, "harmonious":
+#
+# $$ s(I, M) = \mathrm{softmax}\big(f_\theta([I, M])\big)_1 \in [0, 1]. $$
+#
+# How they trained it is not published; `zsharm train-evaluator` trains one on iHarmony4 (real photos vs
+# composites) or on composites made on the fly from any photos and masks:
+#
+# ```bash
+# zsharm train-evaluator /path/to/iHarmony4/HCOCO --out evaluator.safetensors
+# ```
+#
+# ## The decision rules
+#
+# After each iteration the loop looks at the scores of the current run $s_1, s_2, \dots$ (METHOD.md,
+# stage 3):
+#
+# * iteration 0 runs **every** candidate description on the composite and keeps the best-scoring one;
+# * if the score fell twice in a row, $s_{-1} < s_{-2} < s_{-3}$: the first time **Regenerate** (switch to
+#   another description and go back to the image from two iterations earlier, the one scored $s_{-3}$);
+#   after that **Conclude**;
+# * otherwise **Continue**, up to the iteration budget (10).
+#
+# The final output is the best-scoring image seen, whenever it came. `zsharm.loop.decide` is the rule:
+
+# %%
+from zsharm.loop import decide
+
+for scores, regenerated in [([0.4, 0.5, 0.6], False), ([0.6, 0.5, 0.55], False), ([0.6, 0.5, 0.4], False),
+                            ([0.6, 0.5, 0.4], True), ([0.6, 0.6, 0.5], False), ([0.5, 0.4], False)]:
+    print(f"scores {scores}, regenerated before: {regenerated!s:<5} -> {decide(scores, regenerated)}")
+
+# %% [markdown]
+# Note the strict inequalities (equal scores never count as a fall) and that a fresh run needs three scores
+# of its own before it can end.
+#
+# ## A scripted history: the paper's evaluation figure
+#
+# To see every decision at once we script the scores and use a stand-in for stage 2 that moves the
+# foreground part of the way to a Reinhard colour transfer each time (no diffusion model needed). The loop
+# itself is the real `run_loop`. The figure is committed as `figures/decision_trace.png`.
+
+# %%
+from zsharm.figures import SCRIPTED_SCORES, decision_trace_figure, scripted_loop
+
+print("scripted scores, in the order the loop asks for them:", SCRIPTED_SCORES)
+scripted, scripted_images, original = scripted_loop()
+decision_trace_figure(scripted, scripted_images, original,
+                      title="Stage 3 on a scripted run (stand-in harmonizer, scripted scores)")
+plt.show()
+print(f"stopped: {scripted.stop_reason}; best image from iteration {scripted.best_iteration} "
+      f"(score {scripted.best.score:.2f})")
+
+# %% [markdown]
+# Read it left to right: iteration 0 tries both descriptions and drops the weaker (d0, 0.42). The score
+# rises, then falls twice (0.63 > 0.60 > 0.52): Regenerate, and the next run starts from iteration 2's image
+# with description d0. It rises again and falls twice again (0.71 > 0.66 > 0.62): Conclude. The answer is
+# iteration 7's image, the best seen.
+#
+# ## The real loop
+#
+# Now with stage 2 as the step and the evaluator as the score. `run_loop` takes three functions: a `step`
+# (image, source, target) -> image, a `score` (image, mask) -> float, and optionally `regenerate` (ask
+# stage 1 for a new description; without it the loop switches to the best other candidate, the authors'
+# offline fallback). With `history_dir` it writes every image, `history.json` and a contact sheet.
+
+# %%
+from zsharm.config import HarmonizeConfig
+from zsharm.describe import read_caption_file
+from zsharm.evaluator import load_evaluator
+from zsharm.harmonize import run_iteration
+from zsharm.loop import run_loop
+from zsharm.models import load_pipeline
+
+pipe = load_pipeline(MODEL, device=DEVICE)
+config = HarmonizeConfig.paper(steps=STEPS, size=SIZE)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # a random evaluator warns that its scores mean nothing: we know
+    evaluator = load_evaluator(EVALUATOR, device=DEVICE)
+if EVALUATOR.startswith("random"):
+    print(f"evaluator {EVALUATOR!r} is untrained: its scores (and so the decisions) are arbitrary here")
+candidates = read_caption_file(DATA / "demo" / "caption.txt")[0]
+print(f"composite scores {evaluator.score(image, mask):.3f}")
+
+outputs = []
+
+
+def step(current, source, target):
+    out = run_iteration(pipe, current, mask, source, target, config, progress=False).image
+    outputs.append(out)
+    return out
+
+
+history = tempfile.mkdtemp(prefix="zsharm-loop-")
+loop = run_loop(image, mask, candidates, step, evaluator.score, iterations=LOOP_ITERATIONS, history_dir=history)
+for record in loop.history:
+    print(f"iteration {record.iteration}, description {record.candidate}: score {record.score:.3f} -> "
+          f"{record.decision} {record.note}")
+print(f"best: iteration {loop.best_iteration}; stop reason: {loop.stop_reason}")
+
+# %%
+decision_trace_figure(loop, outputs, image, title=f"The loop with stage 2 and evaluator {EVALUATOR!r}")
+plt.show()
+
+# %% [markdown]
+# The history folder holds the same in files; its contact sheet frames the best image in green:
+
+# %%
+from PIL import Image
+
+sheet = Image.open(os.path.join(history, "contact_sheet.png"))
+fig, ax = plt.subplots(figsize=(min(16, sheet.width / 70), sheet.height / 70))
+ax.imshow(sheet)
+ax.axis("off")
+plt.show()
+print(sorted(os.listdir(history)))
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Write score lists for which the loop Concludes at the earliest possible iteration. Which iteration is
+#    it, with two candidates and a budget of 10?
+# 2. The rule needs *strict* falls. Construct a history where equal scores keep the loop running to the
+#    budget although the images stop improving. Would a tolerance help?
+# 3. Pass `regenerate=` to `run_loop`: a function that asks a `GivenDescriber` (notebook 01) for a new
+#    description. Script a history that triggers it.
+# 4. Train a tiny evaluator on `data/synthetic` (`zsharm train-evaluator data/synthetic --out ev.safetensors --arch tiny`)
+#    and rerun the real loop with it. Do its decisions look sensible?
