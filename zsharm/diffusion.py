@@ -61,6 +61,12 @@ class Run:
         return self.pipe.unet.dtype
 
     @property
+    def work_dtype(self):
+        """Latents, embeddings and losses: float32 (optimised in full precision under an fp16 model), or
+        float64 when the model itself runs in float64 (numerical analyses)."""
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
+
+    @property
     def paper(self) -> bool:
         return self.config.schedule == "paper"
 
@@ -115,13 +121,13 @@ def encode_image(run: Run, image, generator: torch.Generator):
     """VAE posterior *sample* (as the authors do), scaled to latent units. image: 1x3xHxW in [-1, 1]."""
     run.counter.add("inversion", "vae_encode")
     posterior = run.vae.encode(image.to(run.device, run.vae.dtype)).latent_dist
-    return (run.vae.config.scaling_factor * posterior.sample(generator=generator)).float()
+    return (run.vae.config.scaling_factor * posterior.sample(generator=generator)).to(run.work_dtype)
 
 
 def decode_latents(run: Run, stage: str, latents):
     """Latents -> image in [0, 1] (Bx3xHxW float), differentiable when gradients are on."""
     run.counter.add(stage, "vae_decode", batch=latents.shape[0], grad=torch.is_grad_enabled())
-    image = run.vae.decode((latents / run.vae.config.scaling_factor).to(run.vae.dtype)).sample.float()
+    image = run.vae.decode((latents / run.vae.config.scaling_factor).to(run.vae.dtype)).sample.to(run.work_dtype)
     return (image / 2 + 0.5).clamp(0, 1)
 
 
@@ -140,7 +146,7 @@ def text_embeddings(run: Run, stage: str, prompts):
     """CLIP last hidden states for a list of prompts (B x 77 x D), float32."""
     ids = tokenize(run, prompts)
     run.counter.add(stage, "text_encoder", batch=len(prompts), grad=torch.is_grad_enabled())
-    return run.pipe.text_encoder(ids)[0].float()
+    return run.pipe.text_encoder(ids)[0].to(run.work_dtype)
 
 
 def embedding_layer(text_encoder):

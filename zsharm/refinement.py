@@ -43,22 +43,22 @@ def refine_embeddings(run: Run, source: str, target: str, source_positions, targ
     cfg = run.config
     h, w = inversion.x_t.shape[-2:]
     shape = (h * 8 // cfg.attention_res_divisor, w * 8 // cfg.attention_res_divisor)
-    mask = attention_mask_small(mask_latent, shape, cfg.mask_threshold).to(run.device)
+    mask = attention_mask_small(mask_latent, shape, cfg.mask_threshold).to(run.device, run.work_dtype)
     ids = tokenize(run, [source, target])
     with torch.no_grad():
         uncond = text_embeddings(run, "refinement", ["", ""])
-        start = embedding_layer(run.pipe.text_encoder)(input_ids=ids).float()
+        start = embedding_layer(run.pipe.text_encoder)(input_ids=ids).to(run.work_dtype)
     fg = [start[0:1, p].clone().requires_grad_(True) for p in source_positions]
     bg = [start[1:2, p].clone().requires_grad_(True) for p in target_positions]
     fg0, bg0 = torch.cat(fg).detach().clone(), torch.cat(bg).detach().clone()
-    weights = torch.nn.Parameter(torch.full((len(bg),), 1.0 / len(bg), device=run.device))
+    weights = torch.nn.Parameter(torch.full((len(bg),), 1.0 / len(bg), device=run.device, dtype=run.work_dtype))
     optimizer = torch.optim.AdamW(fg + bg + [weights], lr=cfg.refine_lr)
     overrides = [(0, p, e) for p, e in zip(source_positions, fg)] + [(1, p, e) for p, e in zip(target_positions, bg)]
 
     def encode():
         run.counter.add("refinement", "text_encoder", batch=2, grad=True)
         with overridden_token_embeddings(run.pipe.text_encoder, overrides):
-            return run.pipe.text_encoder(ids)[0].float()
+            return run.pipe.text_encoder(ids)[0].to(run.work_dtype)
 
     text = encode()
     context = torch.cat([uncond, text])
@@ -72,8 +72,8 @@ def refine_embeddings(run: Run, source: str, target: str, source_positions, targ
             with controlled_attention(run.unet, store, fused=cfg.fused_attention):
                 # guidance 0: the prediction itself is not used here, only the maps the call leaves behind
                 unet_noise(run, "refinement", latents, t, context, 0.0, rows="cond" if cond_only else "both")
-            map_fg = store.aggregate(shape, row=0).float()
-            map_bg = store.aggregate(shape, row=1).float()
+            map_fg = store.aggregate(shape, row=0).to(run.work_dtype)
+            map_bg = store.aggregate(shape, row=1).to(run.work_dtype)
             optimizer.zero_grad()
             a_fg = 0
             for p in source_positions:

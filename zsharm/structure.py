@@ -53,7 +53,7 @@ class EdgeLoss:
         from zsharm.edges import pidinet_edges, sobel
         self.run, self.mask, self.pidinet = run, mask_full.to(run.device), pidinet
         self.sobel, self.pidinet_edges = sobel, pidinet_edges
-        image01 = (image_to_tensor(image_pil).to(run.device) + 1) / 2
+        image01 = (image_to_tensor(image_pil).to(run.device, run.work_dtype) + 1) / 2
         self.crop, self.area = None, 1.0
         if run.config.edge_crop:
             # fast: decode and compare only the mask's box (plus a margin), the loss scaled to the whole image's
@@ -72,7 +72,8 @@ class EdgeLoss:
                 run.counter.add("nulltext", "pidinet")
 
     def _pidinet(self, image01):
-        return self.pidinet_edges(self.pidinet, image01)
+        dtype = next(self.pidinet.parameters()).dtype
+        return self.pidinet_edges(self.pidinet, image01.to(dtype)).to(image01.dtype)
 
     def __call__(self, image01):
         cfg = self.run.config
