@@ -30,7 +30,7 @@ def test_paper_formula_gives_the_numbers_of_method_md():
     assert (s["unet_calls"], s["unet_images"], s["unet_images_grad"], s["vae_decodes_grad"]) == (439, 1270, 682, 145)
     assert paper_counts(50)["nulltext/unet/grad"] == 145 and s["pidinet"] == 146 and s["vae_encodes"] == 1
     # the general formula, read off the config's switches, agrees with the authors' one at every step count
-    for steps in (2, 3, 11, 12, 21, 50, 51):
+    for steps in (2, 3, 11, 12, 21, 50, 51, 70):
         assert schedule_counts(HarmonizeConfig.paper(steps=steps)) == paper_counts(steps), steps
 
 
