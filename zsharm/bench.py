@@ -173,15 +173,8 @@ def build_sd2_random_pipeline(out_dir, seed: int = 0, unet_out_scale: float = 1e
     (tmp / "model_index.json").write_text((SD2_CONFIG_DIR / "model_index.json").read_text())
     scheduler.save_pretrained(str(tmp / "scheduler"))
     tokenizer.save_pretrained(str(tmp / "tokenizer"))
-    for name in ("vocab.json", "merges.txt"):
-        (tok_dir / name).unlink()
-    tok_dir.rmdir()
-    if out_dir.exists():  # another process finished first: keep its copy
-        import shutil
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, out_dir)
-    return out_dir
+    from zsharm.models import publish_model_folder
+    return publish_model_folder(tmp, tok_dir, out_dir)
 
 
 def resolve_model(spec: str) -> str:

@@ -181,10 +181,16 @@ def build_tiny_pipeline(out_dir, seed: int = 0, unet_out_scale: float = 0.1) -> 
                                    scheduler=DDIMScheduler(**cfg["scheduler"]), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
+    return publish_model_folder(tmp, tok_dir, out_dir)
+
+
+def publish_model_folder(tmp: Path, tok_dir: Path, out_dir: Path) -> Path:
+    """Drop the temporary BPE files and move a finished model folder into place, atomically; if another
+    process finished first, keep its copy."""
     for name in ("vocab.json", "merges.txt"):
         (tok_dir / name).unlink()
     tok_dir.rmdir()
-    if out_dir.exists():  # another process finished first: keep its copy
+    if out_dir.exists():
         import shutil
         shutil.rmtree(tmp)
     else:
