@@ -43,6 +43,17 @@ def _private_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one CPU thread for a module: two threads on a shared two-core machine stall in OpenMP barriers
+    (5-100x slower); one is steady. Modules use it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipe():
     import torch

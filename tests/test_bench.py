@@ -16,13 +16,7 @@ from zsharm.harmonize import run_iteration
 PROMPTS = ("cat bright", "cat winter dull")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # two threads on a shared two-core machine stall in OpenMP barriers (5-100x slower); one is steady
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_paper_formula_gives_the_numbers_of_method_md():
@@ -116,7 +110,11 @@ def test_sd2_configs_build_the_released_architecture():
 def test_row_names_and_synthetic_composite():
     cfg, materialised = row_config("paper-fp32-materialised", steps=7, size=128)
     assert materialised and cfg.schedule == "paper" and cfg.steps == 7 and cfg.dtype == "fp32"
-    assert not cfg.fused_attention
+    assert cfg.arithmetic == "authors" and cfg.authors_arithmetic(torch.device("cuda"))
+    cfg, materialised = row_config("paper", size=128, arithmetic="fast")
+    assert not materialised and not cfg.authors_arithmetic(torch.device("cpu"))
+    cfg, materialised = row_config("paper-fp32-materialised", size=128, arithmetic="fast")
+    assert cfg.arithmetic == "authors"  # the baseline is the authors' arithmetic whatever the other rows use
     cfg, materialised = row_config("fast", size=128)
     assert not materialised and cfg.steps == HarmonizeConfig.fast().steps
     from zsharm.errors import ZsharmError

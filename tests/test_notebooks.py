@@ -23,14 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are many small ops: on a shared 2-core machine one torch thread is several times faster
-    than two contending ones (the notebooks' kernels get OMP_NUM_THREADS=1 for the same reason)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny models are many small ops; the notebooks' kernels get OMP_NUM_THREADS=1 for the same reason
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _nb(path):
@@ -45,7 +39,7 @@ def _source(cell):
 
 def test_the_series_is_complete_and_numbered():
     numbers = [p.name[:2] for p in NOTEBOOKS]
-    assert numbers == [f"{i:02d}" for i in range(10)]
+    assert numbers == [f"{i:02d}" for i in range(11)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -193,8 +193,9 @@ def resolve_model(spec: str) -> str:
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def row_config(name: str, steps: int = None, size: int = 512) -> tuple:
-    """(HarmonizeConfig, materialised) for a row name: a schedule, or a schedule + "-fp32-materialised"."""
+def row_config(name: str, steps: int = None, size: int = 512, arithmetic: str = None) -> tuple:
+    """(HarmonizeConfig, materialised) for a row name: a schedule, or a schedule + "-fp32-materialised" (the
+    authors' arithmetic). `arithmetic` overrides the schedule's own for the non-baseline rows."""
     schedule, materialised = name, False
     if name.endswith(BASELINE_SUFFIX):
         schedule, materialised = name[: -len(BASELINE_SUFFIX)], True
@@ -202,18 +203,20 @@ def row_config(name: str, steps: int = None, size: int = 512) -> tuple:
         choices = ", ".join(sorted(SCHEDULES) + [s + BASELINE_SUFFIX for s in sorted(SCHEDULES)])
         raise ZsharmError(f"unknown schedule {name!r}; choose from {choices}")
     overrides = dict(size=size) if steps is None else dict(size=size, steps=steps)
+    if arithmetic and not materialised:
+        overrides["arithmetic"] = arithmetic
     try:
         config = HarmonizeConfig.named(schedule, **overrides)
     except ValueError as exc:
         raise ZsharmError(str(exc)) from exc
     if materialised:
-        config = config.replace(dtype="fp32", fused_attention=False)
+        config = config.replace(arithmetic="authors", dtype="fp32")
     return config, materialised
 
 
 def row_dtype(config: HarmonizeConfig, materialised: bool, device, override: str = None) -> str:
-    """The precision a row runs in: fp32 for a materialised baseline, else --dtype, else what the schedule asks
-    for (`HarmonizeConfig.torch_dtype`: paper fp32, fast fp16 on a GPU), else the device's default."""
+    """The precision a row runs in: fp32 for a materialised baseline, else --dtype, else what the configuration
+    asks for on `device` (`HarmonizeConfig.torch_dtype`: fp32 under the authors' arithmetic, fp16 on a GPU)."""
     if materialised:
         return "fp32"
     if override:
@@ -223,13 +226,11 @@ def row_dtype(config: HarmonizeConfig, materialised: bool, device, override: str
     return {v: k for k, v in DTYPES.items()}[dtype]
 
 
-def attention_label(config: HarmonizeConfig, materialised: bool) -> str:
-    """How the row's attention is computed: every map materialised, fused (SDPA) wherever no map is needed, or
-    the paper schedule's own arithmetic (the authors' materialised maps in every UNet call)."""
-    if materialised or (config.schedule == "paper" and not config.fused_attention):
+def attention_label(config: HarmonizeConfig, materialised: bool, device) -> str:
+    """How the row's attention is computed: every map materialised (the authors' arithmetic), or fused (SDPA)
+    wherever no map is needed."""
+    if materialised or config.authors_arithmetic(torch.device(device)):
         return "all maps"
-    if config.schedule == "paper":
-        return "fused in P2P"
     return "fused" if config.fused_attention else "maps in P2P"
 
 
@@ -278,7 +279,7 @@ def _materialise_all_attention(pipe):
 
 def measure_row(model: str, name: str, size: int = 512, steps: int = None, repeats: int = 3, device: str = None,
                 dtype: str = None, pidinet: str = "random", progress: bool = False, threads: int = None,
-                isolated: bool = False) -> dict:
+                isolated: bool = False, arithmetic: str = None) -> dict:
     """Time one row in this process: load `model`, one warm-up iteration, then `repeats` timed ones.
 
     Returns a dict: name, schedule, steps, dtype, attention, seconds (each timed iteration), seconds_median,
@@ -288,7 +289,7 @@ def measure_row(model: str, name: str, size: int = 512, steps: int = None, repea
     from zsharm.models import default_device, load_pipeline
 
     device = torch.device(device) if device else default_device()
-    config, materialised = row_config(name, steps, size)
+    config, materialised = row_config(name, steps, size, arithmetic)
     dtype_name = row_dtype(config, materialised, device, dtype)
     pipe = load_pipeline(model, device=device, dtype=DTYPES[dtype_name])
     if materialised:
@@ -340,7 +341,7 @@ def measure_row(model: str, name: str, size: int = 512, steps: int = None, repea
     else:
         match = "!="
     return dict(name=name, schedule=config.schedule, steps=config.steps, dtype=dtype_name,
-                attention=attention_label(config, materialised), seconds=seconds,
+                attention=attention_label(config, materialised, device), seconds=seconds,
                 seconds_median=statistics.median(seconds),
                 stage_seconds={k: statistics.median(s[k] for s in stages) for k in stages[0]},
                 peak_memory_bytes=peak, memory=memory, counts=counts, summary=summarise(counts),
@@ -379,7 +380,7 @@ def _row_main(argv) -> int:
 
 def bench(model: str = "tiny", schedules=("paper", "fast"), size: int = 512, steps: int = None, repeats: int = 3,
           device: str = None, dtype: str = None, pidinet: str = "random", progress: bool = False,
-          threads: int = None, isolate: bool = True) -> dict:
+          threads: int = None, isolate: bool = True, arithmetic: str = None) -> dict:
     """Run `measure_row` for each schedule (each in a fresh process when `isolate`, so peak memory is the
     row's own) and return the report: header facts and one dict per row."""
     from zsharm.models import default_device
@@ -393,13 +394,13 @@ def bench(model: str = "tiny", schedules=("paper", "fast"), size: int = 512, ste
     if dtype is not None and dtype not in DTYPES:
         raise ZsharmError(f"unknown dtype {dtype!r}; choose fp16, bf16 or fp32")
     for name in schedules:
-        row_config(name, steps, size)  # fail on a bad name or size before any model is built
+        row_config(name, steps, size, arithmetic)  # fail on a bad name or size before any model is built
     spec = resolve_model(model)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = []
     for name in schedules:
         kwargs = dict(model=spec, name=name, size=size, steps=steps, repeats=repeats, device=str(device),
-                      dtype=dtype, pidinet=pidinet, progress=progress, threads=threads)
+                      dtype=dtype, pidinet=pidinet, progress=progress, threads=threads, arithmetic=arithmetic)
         rows.append(_measure_row_isolated(kwargs) if isolate else measure_row(**kwargs))
     reference = next((r for r in rows if r["name"] == "paper" + BASELINE_SUFFIX),
                      next((r for r in rows if r["name"].endswith(BASELINE_SUFFIX)), None))
@@ -476,7 +477,10 @@ def register(subparsers):
     p.add_argument("--repeats", type=int, default=3, help="timed iterations per row after one warm-up (3)")
     p.add_argument("--device", help="cuda, cpu, mps (default: the best available)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="precision of the non-baseline rows (default: the "
-                   "schedule's own: paper fp32, fast fp16 on a GPU; fp32 on CPU)")
+                   "configuration's own: fp32 under the authors' arithmetic, else fp16 on a GPU, fp32 on CPU)")
+    p.add_argument("--arithmetic", choices=["auto", "authors", "fast"],
+                   help="arithmetic of the non-baseline rows (default auto: paper on CPU runs the authors', "
+                        "everything else fp16 on a GPU with fused attention)")
     p.add_argument("--pidinet", choices=["random", "published"], default="random",
                    help="PiDiNet weights: random (same cost, no download) or the published ones")
     p.add_argument("--threads", type=int, help="CPU threads torch may use (default: torch's own choice; 1 gives "
@@ -495,7 +499,7 @@ def cli_bench(args) -> int:
         raise ZsharmError("--schedule is empty; give e.g. paper,fast")
     report = bench(model=args.model, schedules=schedules, size=args.size, steps=args.steps, repeats=args.repeats,
                    device=args.device, dtype=args.dtype, pidinet=args.pidinet, progress=args.progress,
-                   threads=args.threads, isolate=not args.in_process)
+                   threads=args.threads, isolate=not args.in_process, arithmetic=args.arithmetic)
     table = markdown(report)
     print(json.dumps(report, indent=1) if args.json else table)
     if args.out:

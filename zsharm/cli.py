@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "zsharm.evaluator",   # train-evaluator
     "zsharm.evaluate",    # evaluate
     "zsharm.bench",       # bench
+    "zsharm.ablation",    # ablate
     "zsharm.figures",     # figures
 ]
 

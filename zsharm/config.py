@@ -45,9 +45,12 @@ class HarmonizeConfig:
     cross_replace_steps: float = 1.0   # fraction of steps whose cross-attention maps are replaced
     self_replace_steps: float = 1.0    # fraction of steps whose self-attention maps are replaced (all resolutions)
 
-    # arithmetic
-    dtype: str = "auto"                # "auto": fp32 for paper; for fast fp16 on a GPU, fp32 on CPU
-    fused_attention: bool = False      # fast: SDPA where no attention map is needed
+    # arithmetic: how the numbers are computed, never which (steps, inner iterations and losses stay the schedule's)
+    arithmetic: str = "auto"           # "authors": fp32 with every attention map materialised in their order of
+                                       # operations, reproducing their numbers; "fast": `dtype` and fused attention;
+                                       # "auto": authors for `paper` on CPU, fast everywhere else
+    dtype: str = "auto"                # "auto": fp32 under the authors' arithmetic, else fp16 on a GPU, fp32 on CPU
+    fused_attention: bool = True       # fast arithmetic: SDPA wherever no attention map is needed
     inversion_batch_uncond_only: bool = False  # fast: guidance 0 needs only the unconditional half
     refine_cond_only: bool = False     # fast: the guidance-0 refinement step needs only the conditional rows' maps
 
@@ -59,6 +62,10 @@ class HarmonizeConfig:
             raise ValueError(f"size must be a positive multiple of 64, got {self.size}")
         if self.steps < 2:
             raise ValueError(f"steps must be at least 2, got {self.steps}")
+        if self.arithmetic not in ("auto", "authors", "fast"):
+            raise ValueError(f"arithmetic must be auto, authors or fast, got {self.arithmetic!r}")
+        if self.dtype not in ("auto", "fp16", "bf16", "fp32", "fp64"):
+            raise ValueError(f"dtype must be auto, fp16, bf16, fp32 or fp64, got {self.dtype!r}")
 
     @classmethod
     def paper(cls, **overrides) -> "HarmonizeConfig":
@@ -84,13 +91,28 @@ class HarmonizeConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def torch_dtype(self, device):
-        """The model precision this schedule asks for on `device` (None: the loader's default)."""
+    def authors_arithmetic(self, device) -> bool:
+        """Whether UNet calls on `device` run the authors' arithmetic (see `arithmetic`).
+
+        `paper` on CPU does, so that it reproduces their numbers (tests/test_reference.py); on a GPU it keeps the
+        paper's every step, inner iteration and loss but computes them in half precision with fused attention,
+        which is what makes it several times faster than their fp32 code."""
         import torch
-        names = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+        if self.arithmetic == "auto":
+            if device is None:
+                from zsharm.models import default_device
+                device = default_device()
+            return self.schedule == "paper" and torch.device(device).type == "cpu"
+        return self.arithmetic == "authors"
+
+    def torch_dtype(self, device):
+        """The model precision this configuration asks for on `device` (None: the loader's default, which is
+        fp16 on a GPU and fp32 on CPU)."""
+        import torch
+        names = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
         if self.dtype in names:
             return names[self.dtype]
-        return torch.float32 if self.schedule == "paper" else None
+        return torch.float32 if self.authors_arithmetic(device) else None
 
     def nulltext_inner_steps(self, index: int) -> int:
         return min(index // 10 + 1, self.nulltext_max_inner)

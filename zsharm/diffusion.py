@@ -70,14 +70,58 @@ class Run:
     def paper(self) -> bool:
         return self.config.schedule == "paper"
 
+    @property
+    def authors_arithmetic(self) -> bool:
+        return self.config.authors_arithmetic(self.device)
+
+    @property
+    def fused(self) -> bool:
+        """Fused attention (SDPA) wherever no map is needed; never under the authors' arithmetic."""
+        return self.config.fused_attention and not self.authors_arithmetic
+
     def arithmetic(self, stage: str):
-        """Within this block UNet calls of `stage` use the authors' attention arithmetic under `paper`, and the
-        UNet's own (fused) attention otherwise."""
+        """Within this block UNet calls of `stage` use the authors' attention arithmetic when the configuration
+        asks for it, and the UNet's own (fused) attention otherwise."""
         from contextlib import nullcontext
-        if not self.paper:
+        if not self.authors_arithmetic:
             return nullcontext()
         from zsharm.attention import authors_arithmetic
         return authors_arithmetic(self.unet, stage)
+
+    def gradient_scaler(self):
+        """Loss scaling for a half-precision model: the optimised embeddings stay float32, but their gradients
+        flow back through fp16 activations, where small ones underflow to zero and large ones overflow (see
+        `optimizer_step`). Under fp32 or bf16 the scaler is disabled and changes nothing."""
+        enabled = self.dtype == torch.float16 and self.device.type in ("cuda", "cpu")
+        return torch.amp.GradScaler(self.device.type, init_scale=2.0 ** 10, growth_interval=50, enabled=enabled)
+
+
+MAX_SCALE_RETRIES = 24
+
+
+def optimizer_step(scaler, optimizer, loss) -> int:
+    """zero_grad, backward and step, through `scaler` (torch.amp.GradScaler) when it is enabled.
+
+    A scaled backward whose gradients overflow is not skipped, as mixed-precision training would skip it: the
+    paper's every optimiser step counts, so the graph is kept and the backward repeated at half the scale until
+    the gradients are finite. Returns the number of repeats (0 almost always)."""
+    if not scaler.is_enabled():
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return 0
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for retry in range(MAX_SCALE_RETRIES + 1):
+        optimizer.zero_grad()
+        scaler.scale(loss).backward(retain_graph=retry < MAX_SCALE_RETRIES)
+        scaler.unscale_(optimizer)
+        if all(p.grad is None or torch.isfinite(p.grad).all() for p in params):
+            scaler.step(optimizer)
+            scaler.update()
+            return retry
+        scaler.update()  # records the overflow: the scale halves
+    from zsharm.errors import ZsharmError
+    raise ZsharmError("gradients overflow in half precision even unscaled; run in fp32 (--dtype fp32)")
 
 
 def unet_noise(run: Run, stage: str, latents, t, context, guidance: float, rows: str = "both"):

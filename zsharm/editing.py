@@ -36,7 +36,7 @@ def edit_with_prompt_to_prompt(run: Run, inversion, embeddings, uncond, keep_map
                                   self_steps=int(steps * cfg.self_replace_steps), store=store)
     latents = inversion.x_t.expand(2, *inversion.x_t.shape[1:])
     trajectory = []
-    with controlled_attention(run.unet, controller, fused=cfg.fused_attention):
+    with controlled_attention(run.unet, controller, fused=run.fused):
         for index, t in enumerate(progress(run, inversion.timesteps[1:], "Prompt-to-Prompt edit")):
             context = torch.cat([uncond[index]] * 2 + [embeddings[index]])
             noise = unet_noise(run, "editing", latents, t, context, cfg.guidance)

@@ -140,7 +140,11 @@ def register(subparsers):
     p.add_argument("--save-intermediates", metavar="NPZ",
                    help="with one iteration: save every stage's arrays in the reference fixture's format")
     p.add_argument("--device", help="cuda, cpu, mps (default: the best available)")
-    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="model precision (paper: fp32; fast: fp16 on a GPU)")
+    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"],
+                   help="model precision (default: fp32 under the authors' arithmetic, else fp16 on a GPU)")
+    p.add_argument("--arithmetic", choices=["auto", "authors", "fast"],
+                   help="authors: fp32 and their attention arithmetic, reproducing their numbers; fast: half "
+                        "precision and fused attention (default auto: authors for paper on CPU, else fast)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     from zsharm.describe import add_vlm_arguments
     add_vlm_arguments(p)
@@ -149,7 +153,8 @@ def register(subparsers):
 
 def _config_from_args(args) -> HarmonizeConfig:
     overrides = {k: v for k, v in dict(steps=args.steps, seed=args.seed, size=args.size, transfer=args.transfer,
-                                         model=args.model).items() if v is not None}
+                                         model=args.model, dtype=args.dtype,
+                                         arithmetic=args.arithmetic).items() if v is not None}
     if args.no_edges:
         overrides["use_edges"] = False
     try:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from zsharm.attention import AttentionStore, controlled_attention
-from zsharm.diffusion import (Run, ddim_step, embedding_layer, overridden_token_embeddings, progress,
-                              text_embeddings, tokenize, unet_noise)
+from zsharm.diffusion import (Run, ddim_step, embedding_layer, optimizer_step, overridden_token_embeddings,
+                              progress, text_embeddings, tokenize, unet_noise)
 
 
 @dataclass
@@ -53,6 +53,7 @@ def refine_embeddings(run: Run, source: str, target: str, source_positions, targ
     fg0, bg0 = torch.cat(fg).detach().clone(), torch.cat(bg).detach().clone()
     weights = torch.nn.Parameter(torch.full((len(bg),), 1.0 / len(bg), device=run.device, dtype=run.work_dtype))
     optimizer = torch.optim.AdamW(fg + bg + [weights], lr=cfg.refine_lr)
+    scaler = run.gradient_scaler()
     overrides = [(0, p, e) for p, e in zip(source_positions, fg)] + [(1, p, e) for p, e in zip(target_positions, bg)]
 
     def encode():
@@ -69,12 +70,11 @@ def refine_embeddings(run: Run, source: str, target: str, source_positions, targ
         for it in range(cfg.refine_iters):
             store = AttentionStore(num_pixels=(shape[0] * shape[1],), places=("down", "up"), keep_grad=True,
                                    cond_rows_only_batch=cond_only)
-            with controlled_attention(run.unet, store, fused=cfg.fused_attention):
+            with controlled_attention(run.unet, store, fused=run.fused):
                 # guidance 0: the prediction itself is not used here, only the maps the call leaves behind
                 unet_noise(run, "refinement", latents, t, context, 0.0, rows="cond" if cond_only else "both")
             map_fg = store.aggregate(shape, row=0).to(run.work_dtype)
             map_bg = store.aggregate(shape, row=1).to(run.work_dtype)
-            optimizer.zero_grad()
             a_fg = 0
             for p in source_positions:
                 a_fg = a_fg + map_fg[:, :, p]
@@ -87,11 +87,11 @@ def refine_embeddings(run: Run, source: str, target: str, source_positions, targ
             reg_bg = F.mse_loss(torch.cat(bg), bg0)
             loss_emb = loss_fg + loss_bg
             loss_reg = (reg_fg + reg_bg) * cfg.refine_reg_weight
-            (loss_emb + loss_reg).backward()
-            optimizer.step()
+            retries = optimizer_step(scaler, optimizer, loss_emb + loss_reg)
             result.losses.append(dict(step=index, iter=it, attn_fg=loss_fg.item(), attn_bg=loss_bg.item(),
                                       loss_emb=loss_emb.item(), reg_fg_mse=reg_fg.item(), reg_bg_mse=reg_bg.item(),
-                                      loss_reg=loss_reg.item(), total=loss_emb.item() + loss_reg.item()))
+                                      loss_reg=loss_reg.item(), total=loss_emb.item() + loss_reg.item(),
+                                      **(dict(scale_retries=retries) if retries else {})))
             maps = (a_fg.detach().cpu(), a_bg.detach().cpu())
             if result.maps_first is None:
                 result.maps_first = maps

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zsharm.diffusion import Run, ddim_step, decode_latents, progress, text_embeddings, to_uint8, unet_noise
+from zsharm.diffusion import (Run, ddim_step, decode_latents, optimizer_step, progress, text_embeddings, to_uint8,
+                              unet_noise)
 from zsharm.inversion import image_to_tensor
 
 
@@ -102,6 +103,7 @@ def optimize_null_text(run: Run, inversion, embeddings, edge_loss: EdgeLoss = No
         uncond = text_embeddings(run, "nulltext", [""])
     uncond = uncond.detach().clone().requires_grad_(True)
     optimizer = torch.optim.AdamW([uncond], lr=cfg.nulltext_lr)
+    scaler = run.gradient_scaler()
     context = torch.cat([uncond, embeddings[0][:1]])
     latents = inversion.x_t
     result = NullText(uncond=[], latents=[])
@@ -124,9 +126,9 @@ def optimize_null_text(run: Run, inversion, embeddings, edge_loss: EdgeLoss = No
                     loss = loss + edge
                     record.update(terms)
                 record["total"] = loss.item()
-                optimizer.zero_grad()
-                loss.backward()
-            optimizer.step()
+                retries = optimizer_step(scaler, optimizer, loss)
+                if retries:
+                    record["scale_retries"] = retries
             result.losses.append(record)
             context = torch.cat([uncond, embeddings[index][:1]])
             if latent_mse.item() < cfg.nulltext_early_stop:

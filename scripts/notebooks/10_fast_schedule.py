@@ -1,0 +1,196 @@
+# %% [markdown]
+# # 10 · The fast schedule: where the time goes and what each shortcut costs
+#
+# **What this notebook teaches.** One iteration of the authors' pipeline evaluates the UNet on about 1,270
+# images (682 of them with gradients) and decodes 145 images through the VAE with gradients, in fp32 with
+# every attention map materialised. zsharm's `fast` schedule does the same method with a fifth of that work.
+# We count where the work goes, check the one identity that lets attention replacement run fused, see why
+# half-precision gradients need loss scaling, and then switch each shortcut on and off to see what it saves
+# and how far it moves the picture from the paper's.
+
+# %% install
+
+# %% tags=["parameters"]
+import os
+
+MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")
+QUICK = os.environ.get("ZSHARM_QUICK") == "1"
+STEPS = 4 if QUICK else None    # None: each schedule's own (paper 50, fast 20)
+SIZE = 128 if QUICK else 512
+DEVICE = None
+
+# %%
+# %matplotlib inline
+import matplotlib.pyplot as plt
+import torch
+
+from zsharm.bench import paper_counts, schedule_counts
+from zsharm.config import HarmonizeConfig
+from zsharm.io import load_image, load_mask
+from zsharm.models import default_device
+from zsharm.visualize import TINY_NOTE, is_tiny, repo_root
+
+ROOT = repo_root()
+DATA = ROOT / "data"
+plt.rcParams["figure.dpi"] = 90
+device = torch.device(DEVICE) if DEVICE else default_device()
+if is_tiny(MODEL):
+    print(TINY_NOTE)
+
+# %% [markdown]
+# ## Where the work goes
+#
+# Counting needs no model: each stage's number of UNet calls follows from the schedule (METHOD.md gives the
+# paper's; `zsharm.bench.schedule_counts` derives any configuration's, and the tests check both against real
+# runs). With $n$ = steps - 1 denoising steps, the paper's iteration makes
+#
+# * inversion: $n$ calls on 2 images (the conditional half is computed though guidance is 0),
+# * refinement: $2n$ calls on 4 images *with* gradients (two AdamW steps per timestep) plus $n$ without,
+# * null-text: $\sum_i \min(i/\!/10 + 1, 5)$ calls on 2 images with gradients, each followed by a VAE decode
+#   with gradients for the edge loss, plus $n$ calls without,
+# * editing: $n$ calls on 4 images (two branches, each conditional and unconditional).
+
+# %%
+from zsharm.ablation import plot_stage_work
+from zsharm.bench import summarise
+
+tables = {"paper (50 steps)": paper_counts(50), "fast (20 steps)": schedule_counts(HarmonizeConfig.fast())}
+for name, counts in tables.items():
+    s = summarise(counts)
+    print(f"{name:18s} {s['unet_calls']:4d} UNet calls, {s['unet_images']:5d} image evaluations "
+          f"({s['unet_images_grad']} with gradients), {s['vae_decodes_grad']} VAE decodes with gradients")
+plot_stage_work(tables)
+plt.show()
+
+# %% [markdown]
+# A VAE decode of a 512x512 image costs about three UNet image evaluations (2.5 vs 0.8 TFLOP), and one with
+# gradients about nine: the edge loss, not the UNet, makes null-text the paper's most expensive stage. That
+# is why `fast` decodes only the mask's bounding box (`edge_crop`).
+
+# %% [markdown]
+# ## Fused attention can still replace maps
+#
+# Prompt-to-Prompt gives the target branch the source branch's attention map $A^{src} =
+# \mathrm{softmax}(Q^{src} {K^{src}}^\top / \sqrt d)$ times the target's own values:
+# $\mathrm{out}^{tgt} = A^{src} V^{tgt}$. Fused attention (`scaled_dot_product_attention`) never builds $A$,
+# but it computes $\mathrm{softmax}(Q K^\top / \sqrt d) V$ row by row of the batch: give the target row the
+# source row's queries and keys and keep its values, and it computes exactly $A^{src} V^{tgt}$. Only the maps
+# that are *read* (refinement's image/32 maps, the notebooks' viewers) must be materialised.
+#
+# Below, one UNet call of the edit on a batch of four rows, with the maps materialised and with the fused
+# swap: the outputs agree to float32 rounding.
+
+# %%
+from zsharm.attention import AttentionReplace, controlled_attention
+from zsharm.models import load_pipeline
+
+pipe = load_pipeline(MODEL, device=device, dtype=torch.float32)
+unet = pipe.unet
+h = w = SIZE // 8
+generator = torch.Generator().manual_seed(0)
+latents = torch.randn(4, unet.config.in_channels, h, w, generator=generator).to(device)
+context = torch.randn(4, 77, unet.config.cross_attention_dim, generator=generator).to(device)
+outputs = {}
+with torch.no_grad():
+    for fused in (False, True):
+        with controlled_attention(unet, AttentionReplace(cross_steps=1, self_steps=1), fused=fused):
+            outputs[fused] = unet(latents, 500, encoder_hidden_states=context).sample
+print("largest difference, fused vs materialised:", (outputs[True] - outputs[False]).abs().max().item())
+print("largest difference, target row vs free target row:",
+      (outputs[True][3] - unet(latents, 500, encoder_hidden_states=context).sample[3]).abs().max().item())
+
+# %% [markdown]
+# The second number shows the replacement does something: the same target row run without it comes out
+# different.
+
+# %% [markdown]
+# ## Half precision needs loss scaling
+#
+# On a GPU both schedules run the UNet in fp16 (paper's `arithmetic="auto"` keeps the authors' fp32 on CPU
+# only, where it reproduces their numbers; see `tests/test_reference.py`). The embeddings being optimised stay
+# float32, but their gradients travel back through fp16 activations. fp16's smallest subnormal is about
+# $6\times10^{-8}$ and its largest value 65504: gradients of an MSE loss of $10^{-3}$ easily fall below the
+# first, and refinement's normalised attention maps can exceed the second. `zsharm.diffusion.optimizer_step`
+# multiplies the loss by a scale before the backward and divides the gradients after (PyTorch's
+# `GradScaler`); where the scaled gradients overflow it halves the scale and repeats the backward, rather than
+# skipping the step as mixed-precision training does, so that every one of the paper's steps is taken.
+
+# %%
+from zsharm.diffusion import optimizer_step
+
+for scaled in (False, True):
+    p = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([p], lr=0.1)
+    loss = (p.half() * 1e-8).float().sum()  # d loss / d p = 1e-8, computed in fp16
+    optimizer_step(torch.amp.GradScaler("cpu", enabled=scaled), optimizer, loss)
+    print(f"loss scaling {'on ' if scaled else 'off'}: gradient {p.grad.tolist()}")
+
+# %% [markdown]
+# ## Each shortcut on its own
+#
+# `zsharm.ablation` lists every way `fast` differs from `paper` as a switch. It runs the paper schedule, the
+# paper schedule with each switch turned on alone, the fast schedule, and the fast schedule with each switch
+# turned off alone, all on the demo composite, and compares every output with the paper's inside the mask.
+# The same table comes from the command line:
+#
+# ```bash
+# zsharm ablate --model stabilityai/stable-diffusion-2-base --size 512 --out ablation.md
+# ```
+
+# %%
+from zsharm.ablation import ablate, fast_switches, markdown, plot
+
+for switch in fast_switches():
+    print(f"- {switch.name}: {switch.why}")
+
+del pipe, unet, outputs  # the ablation loads the model in each precision it needs
+if device.type == "cuda":
+    torch.cuda.empty_cache()
+image = load_image(DATA / "demo" / "composite.png")
+mask = load_mask(DATA / "demo" / "mask.png", size=image.size)
+source, target = "astronaut bright warm indoor", "astronaut dim blue twilight"
+rows = ablate(MODEL, image, mask, source, target, size=SIZE, steps=STEPS, device=device)
+
+# %%
+from IPython.display import Markdown, display
+
+display(Markdown(markdown(rows)))
+plot(rows)
+plt.show()
+
+# %% [markdown]
+# How to read it: a switch is cheap in faithfulness when its row stays close to the paper's output (high
+# fPSNR, a change of a few grey levels), and worth having when it removes many evaluations, especially ones
+# with gradients. On a random-weight model the distances mean little (its pictures are noise); with real
+# weights they are the quality you give up for the speed.
+
+# %%
+from zsharm.visualize import show_images
+
+by_name = {r.name: r for r in rows}
+show_images([by_name["paper"].image, by_name["fast"].image], ["paper", "fast"])
+plt.show()
+
+# %% [markdown]
+# ## Speed on your machine
+#
+# `zsharm bench` times whole iterations (median of several, after a warm-up) with peak memory and the counts;
+# `sd2-random` is Stable Diffusion 2 base's architecture with random weights, built offline, so GPU timings
+# are those of the real network:
+#
+# ```bash
+# zsharm bench --model sd2-random --schedule paper,fast,paper-fp32-materialised --size 512 --device cuda
+# ```
+#
+# `benchmarks/` holds the tables measured so far.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Which single switch saves the most image evaluations with gradients? Which moves the output most?
+# 2. Early stopping: run the fast schedule with `nulltext_max_inner=5, nulltext_early_stop=1e-5`. How many
+#    null-text steps are actually taken (`result.nulltext.losses`), and how close is the result to paper's?
+# 3. `edge_crop` decodes only the mask's box. What happens to its saving when the mask covers most of the
+#    image? Try a large mask.
+# 4. Why may fused attention not be used during refinement's UNet call at the image/32 resolution, but
+#    everywhere else in that call?
