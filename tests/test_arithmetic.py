@@ -104,3 +104,15 @@ def test_paper_with_fast_arithmetic_keeps_counts_and_lands_near_the_authors(rand
     assert np.array_equal(f[~res.mask_work], a[~res.mask_work])
     records = out["fast"].nulltext.losses + out["fast"].refinement.losses
     assert len(records) == len(out["authors"].nulltext.losses + out["authors"].refinement.losses)
+
+
+def test_harmonize_command_takes_the_arithmetic():
+    from zsharm.cli import build_parser
+    from zsharm.pipeline import _config_from_args
+    args = build_parser().parse_args(["harmonize", "in.png", "--mask", "m.png", "--out", "o.png", "--schedule", "paper",
+                                      "--arithmetic", "fast", "--dtype", "fp32"])
+    config = _config_from_args(args)
+    assert (config.schedule, config.arithmetic, config.dtype) == ("paper", "fast", "fp32")
+    assert not config.authors_arithmetic(torch.device("cpu")) and config.torch_dtype("cpu") == torch.float32
+    config = _config_from_args(build_parser().parse_args(["harmonize", "in.png", "--out", "o.png", "--schedule", "paper"]))
+    assert config.arithmetic == "auto" and config.authors_arithmetic(torch.device("cpu"))
