@@ -1,8 +1,11 @@
 """Every hyperparameter of stage 2 in one place, defaulting to the paper (METHOD.md).
 
 Two named schedules:
-- `paper`: the authors' pipeline, number for number (their Diff-Harmonization code, run as published).
-- `fast`: zsharm's default; the same method with cheaper arithmetic and fewer, better spent model calls.
+- `paper`: the authors' pipeline, step for step and loss for loss (their Diff-Harmonization code as published).
+- `fast`: zsharm's default; the same method with fewer, better spent model calls (`zsharm ablate` shows each).
+
+How the numbers are computed is a separate setting, `arithmetic`: the authors' (fp32, every attention map
+materialised; on CPU `paper` uses it and reproduces their numbers) or zsharm's (fp16 on a GPU, fused attention).
 """
 
 from dataclasses import asdict, dataclass, replace
