@@ -7,7 +7,8 @@ import torch
 
 from conftest import make_composite
 from zsharm.config import HarmonizeConfig
-from zsharm.diffusion import Run, optimizer_step
+from zsharm.bench import model_counts, schedule_counts
+from zsharm.diffusion import CallCounter, Run, optimizer_step
 from zsharm.harmonize import run_iteration
 from zsharm.models import load_pipeline
 
@@ -52,7 +53,7 @@ def test_optimizer_step_without_scaling_is_a_plain_step():
         opt_a.zero_grad()
         (a ** 2).sum().backward()
         opt_a.step()
-        assert optimizer_step(torch.amp.GradScaler("cpu", enabled=False), opt_b, (b ** 2).sum()) == 0
+        assert optimizer_step(torch.amp.GradScaler("cpu", enabled=False), opt_b, lambda again: (b ** 2).sum()) == 0
     assert torch.equal(a, b)
 
 
@@ -62,18 +63,26 @@ def test_scaled_step_repeats_an_overflowing_backward_instead_of_skipping_it():
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
     p, opt = _adam([1.0, 2.0])
     reference, opt_ref = _adam([1.0, 2.0])
-    retries = optimizer_step(scaler, opt, (p.half() * 60000).float().sum())
+    counter = CallCounter()
+
+    def loss(again):
+        counter.add("test", "forward")
+        return (p.half() * 60000).float().sum()
+
+    retries = optimizer_step(scaler, opt, loss, counter)
     opt_ref.zero_grad()
     (reference * 60000).sum().backward()
     opt_ref.step()
     assert retries == 10 and scaler.get_scale() == 1.0
+    # the forward was computed again for each retry, and counted apart from the schedule's own calls
+    assert counter.table() == {"test/forward/nograd": 1, "test/forward_recomputed/nograd": 10}
     assert torch.allclose(p, reference)
     # a gradient below fp16's smallest subnormal (6e-8) survives the way back only because it is scaled up
     q, opt_q = _adam([1.0, 2.0])
-    assert optimizer_step(torch.amp.GradScaler("cpu", init_scale=2.0 ** 10), opt_q, (q.half() * 1e-8).float().sum()) == 0
+    assert optimizer_step(torch.amp.GradScaler("cpu", init_scale=2.0 ** 10), opt_q, lambda again: (q.half() * 1e-8).float().sum()) == 0
     assert torch.allclose(q.grad, torch.full((2,), 1e-8), rtol=0.05)
     q2, opt_q2 = _adam([1.0, 2.0])
-    optimizer_step(torch.amp.GradScaler("cpu", enabled=False), opt_q2, (q2.half() * 1e-8).float().sum())
+    optimizer_step(torch.amp.GradScaler("cpu", enabled=False), opt_q2, lambda again: (q2.half() * 1e-8).float().sum())
     assert torch.equal(q2.grad, torch.zeros(2))  # unscaled, the gradient underflowed to zero
 
 
@@ -81,7 +90,7 @@ def test_scaled_step_gives_up_with_a_one_line_error():
     from zsharm.errors import ZsharmError
     p, opt = _adam([1.0, 2.0])
     with pytest.raises(ZsharmError, match="overflow in half precision"):
-        optimizer_step(torch.amp.GradScaler("cpu"), opt, (p.half() * 60000).float().sum() * 1e30)
+        optimizer_step(torch.amp.GradScaler("cpu"), opt, lambda again: (p.half() * 60000).float().sum() * 1e30)
 
 
 @pytest.mark.parametrize("dtype, mean_levels, max_levels", [(torch.float32, 0.3, 2), (torch.float16, 1.0, 6)])
@@ -98,7 +107,10 @@ def test_paper_with_fast_arithmetic_keeps_counts_and_lands_near_the_authors(rand
         res = run_iteration(pipe, image, mask, *PROMPTS, cfg, progress=False, pidinet=random_edges)
         out[name] = res
     a, f = (np.asarray(out[k].work_image, float) for k in ("authors", "fast"))
-    assert out["fast"].counts == out["authors"].counts
+    assert model_counts(out["fast"].counts) == model_counts(out["authors"].counts) == schedule_counts(cfg)
+    recomputed = sum(v for k, v in out["fast"].counts.items() if k.split("/")[1] == "unet_recomputed")
+    retries = sum(r.get("scale_retries", 0) for r in out["fast"].nulltext.losses + out["fast"].refinement.losses)
+    assert recomputed == retries and (retries > 0) == (dtype == torch.float16)  # fp16 refinement overflows at 1024
     diff = np.abs(f - a)[res.mask_work]
     assert diff.mean() < mean_levels and diff.max() <= max_levels
     assert np.array_equal(f[~res.mask_work], a[~res.mask_work])

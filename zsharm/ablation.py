@@ -106,14 +106,15 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
            pidinet=None, progress: bool = True, only=None) -> list:
     """Run every row of `row_configs` once (or the rows named in `only`) and compare each with paper's output.
 
-    model: a spec for `zsharm.models.load_pipeline`; each precision a row asks for is loaded once."""
+    model: a spec for `zsharm.models.load_pipeline`; each precision a row asks for is loaded once (on a GPU with
+    a short untimed warm-up). Seconds are single runs: `zsharm bench` gives medians."""
     from tqdm.auto import tqdm
 
     from zsharm.harmonize import _as_mask, _as_picture, _iterate_at_work_size
     from zsharm.io import work_size
     from zsharm.blending import mask_at
     from zsharm.metrics import fpsnr
-    from zsharm.models import default_device, load_pipeline
+    from zsharm.models import default_device, default_dtype, load_pipeline
     from PIL import Image
 
     device = torch.device(device) if device else default_device()
@@ -133,9 +134,13 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
         pidinet = load_pidinet(variant="tiny", device=device)
     pipes, results, reference = {}, [], None
     for name, config, changes in tqdm(rows, desc="Ablation", disable=not progress):
-        dtype = config.torch_dtype(device)
+        dtype = config.torch_dtype(device) or default_dtype(device)
         if dtype not in pipes:
             pipes[dtype] = load_pipeline(model, device=device, dtype=dtype)
+            if device.type == "cuda":  # kernels are chosen and compiled on first use: keep that out of the timings
+                _iterate_at_work_size(pipes[dtype], work_input, mask_work, source, target,
+                                      HarmonizeConfig.fast(size=size, steps=2, dtype=config.dtype), False, False,
+                                      pidinet)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()

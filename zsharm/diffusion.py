@@ -5,7 +5,7 @@ maths of the paper reads in one place per stage and the bookkeeping lives here.
 """
 
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -18,11 +18,22 @@ class CallCounter:
     """Counts model work per stage: UNet calls and image evaluations (batch rows), with and without
     gradients, VAE encodes/decodes, PiDiNet passes, text-encoder calls."""
     calls: Counter = field(default_factory=Counter)
+    suffix: str = ""  # "_recomputed" while a forward is computed again (see optimizer_step)
 
     def add(self, stage: str, what: str, batch: int = 1, grad: bool = False):
-        self.calls[(stage, what, "grad" if grad else "nograd")] += 1
+        g = "grad" if grad else "nograd"
+        self.calls[(stage, what + self.suffix, g)] += 1
         if what == "unet":
-            self.calls[(stage, "unet_images", "grad" if grad else "nograd")] += batch
+            self.calls[(stage, "unet_images" + self.suffix, g)] += batch
+
+    @contextmanager
+    def recomputing(self):
+        """Within the block calls are counted as `<what>_recomputed`, apart from the schedule's own."""
+        self.suffix = "_recomputed"
+        try:
+            yield
+        finally:
+            self.suffix = ""
 
     def total(self, what: str, stage: str = None, grad: bool = None) -> int:
         return sum(n for (s, w, g), n in self.calls.items()
@@ -99,21 +110,29 @@ class Run:
 MAX_SCALE_RETRIES = 24
 
 
-def optimizer_step(scaler, optimizer, loss) -> int:
-    """zero_grad, backward and step, through `scaler` (torch.amp.GradScaler) when it is enabled.
+def optimizer_step(scaler, optimizer, compute_loss, counter: "CallCounter" = None) -> int:
+    """zero_grad, `compute_loss(again=False)`, backward and step, through `scaler` (torch.amp.GradScaler) when
+    it is enabled.
 
     A scaled backward whose gradients overflow is not skipped, as mixed-precision training would skip it: the
-    paper's every optimiser step counts, so the graph is kept and the backward repeated at half the scale until
-    the gradients are finite. Returns the number of repeats (0 almost always)."""
+    paper's every optimiser step counts. The forward is computed again, `compute_loss(again=True)` (it must
+    rebuild every part of the graph the first backward freed; its model calls are counted apart, as
+    "recomputed", by `counter`), and the backward repeated at half the scale until the gradients are finite. No
+    graph is kept between tries, so loss scaling costs no memory. Returns the number of repeats (0 almost always).
+    """
+    optimizer.zero_grad()
+    loss = compute_loss(again=False)
     if not scaler.is_enabled():
-        optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         return 0
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for retry in range(MAX_SCALE_RETRIES + 1):
-        optimizer.zero_grad()
-        scaler.scale(loss).backward(retain_graph=retry < MAX_SCALE_RETRIES)
+        if retry:
+            optimizer.zero_grad()
+            with counter.recomputing() if counter is not None else nullcontext():
+                loss = compute_loss(again=True)
+        scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         if all(p.grad is None or torch.isfinite(p.grad).all() for p in params):
             scaler.step(optimizer)

@@ -68,30 +68,41 @@ def refine_embeddings(run: Run, source: str, target: str, source_positions, targ
     result = Refinement(embeddings=[])
     for index, t in enumerate(progress(run, inversion.timesteps[1:], "Refine embeddings")):
         for it in range(cfg.refine_iters):
-            store = AttentionStore(num_pixels=(shape[0] * shape[1],), places=("down", "up"), keep_grad=True,
-                                   cond_rows_only_batch=cond_only)
-            with controlled_attention(run.unet, store, fused=run.fused):
-                # guidance 0: the prediction itself is not used here, only the maps the call leaves behind
-                unet_noise(run, "refinement", latents, t, context, 0.0, rows="cond" if cond_only else "both")
-            map_fg = store.aggregate(shape, row=0).to(run.work_dtype)
-            map_bg = store.aggregate(shape, row=1).to(run.work_dtype)
-            a_fg = 0
-            for p in source_positions:
-                a_fg = a_fg + map_fg[:, :, p]
-            a_bg = 0
-            for k, p in enumerate(target_positions):
-                a_bg = a_bg + map_bg[:, :, p] * weights[k]
-            loss_fg = F.mse_loss(mask, a_fg / a_fg.max())
-            loss_bg = F.mse_loss(1 - mask, a_bg / a_bg.max())
-            reg_fg = F.mse_loss(torch.cat(fg), fg0)
-            reg_bg = F.mse_loss(torch.cat(bg), bg0)
-            loss_emb = loss_fg + loss_bg
-            loss_reg = (reg_fg + reg_bg) * cfg.refine_reg_weight
-            retries = optimizer_step(scaler, optimizer, loss_emb + loss_reg)
-            result.losses.append(dict(step=index, iter=it, attn_fg=loss_fg.item(), attn_bg=loss_bg.item(),
-                                      loss_emb=loss_emb.item(), reg_fg_mse=reg_fg.item(), reg_bg_mse=reg_bg.item(),
-                                      loss_reg=loss_reg.item(), total=loss_emb.item() + loss_reg.item(),
-                                      **(dict(scale_retries=retries) if retries else {})))
+            parts = {}
+
+            def attention_loss(again):
+                # a repeat needs the text encoder's graph too: the first backward freed it
+                ctx = torch.cat([uncond, encode()]) if again else context
+                store = AttentionStore(num_pixels=(shape[0] * shape[1],), places=("down", "up"), keep_grad=True,
+                                       cond_rows_only_batch=cond_only)
+                with controlled_attention(run.unet, store, fused=run.fused):
+                    # guidance 0: the prediction itself is not used here, only the maps the call leaves behind
+                    unet_noise(run, "refinement", latents, t, ctx, 0.0, rows="cond" if cond_only else "both")
+                map_fg = store.aggregate(shape, row=0).to(run.work_dtype)
+                map_bg = store.aggregate(shape, row=1).to(run.work_dtype)
+                a_fg = 0
+                for p in source_positions:
+                    a_fg = a_fg + map_fg[:, :, p]
+                a_bg = 0
+                for k, p in enumerate(target_positions):
+                    a_bg = a_bg + map_bg[:, :, p] * weights[k]
+                loss_fg = F.mse_loss(mask, a_fg / a_fg.max())
+                loss_bg = F.mse_loss(1 - mask, a_bg / a_bg.max())
+                reg_fg = F.mse_loss(torch.cat(fg), fg0)
+                reg_bg = F.mse_loss(torch.cat(bg), bg0)
+                loss_emb = loss_fg + loss_bg
+                loss_reg = (reg_fg + reg_bg) * cfg.refine_reg_weight
+                parts.update(a_fg=a_fg, a_bg=a_bg, attn_fg=loss_fg, attn_bg=loss_bg, loss_emb=loss_emb,
+                             reg_fg_mse=reg_fg, reg_bg_mse=reg_bg, loss_reg=loss_reg)
+                return loss_emb + loss_reg
+
+            retries = optimizer_step(scaler, optimizer, attention_loss, run.counter)
+            a_fg, a_bg = parts.pop("a_fg"), parts.pop("a_bg")
+            record = dict(step=index, iter=it, **{k: v.item() for k, v in parts.items()})
+            record["total"] = record["loss_emb"] + record["loss_reg"]
+            if retries:
+                record["scale_retries"] = retries
+            result.losses.append(record)
             maps = (a_fg.detach().cpu(), a_bg.detach().cpu())
             if result.maps_first is None:
                 result.maps_first = maps

@@ -112,26 +112,32 @@ def optimize_null_text(run: Run, inversion, embeddings, edge_loss: EdgeLoss = No
         if not run.paper:
             context = torch.cat([uncond, embeddings[index][:1]])
         for inner in range(cfg.nulltext_inner_steps(index)):
+            record = dict(step=index, iter=inner)
+
+            def reconstruction_loss(again):  # nothing to rebuild beyond the UNet call
+                with torch.enable_grad():
+                    with run.arithmetic("nulltext"):
+                        noise = unet_noise(run, "nulltext", latents, t, context, cfg.guidance)
+                    out = ddim_step(run, noise, t, latents)
+                    latent_mse = F.mse_loss(out, target)
+                    loss = cfg.nulltext_latent_weight * latent_mse
+                    record["null_text_mse"] = latent_mse.item()
+                    if edge_loss is not None:
+                        box = out if edge_loss.crop is None else out[..., edge_loss.crop[0]:edge_loss.crop[1],
+                                                                      edge_loss.crop[2]:edge_loss.crop[3]]
+                        edge, terms = edge_loss(decode_latents(run, "nulltext", box))
+                        loss = loss + edge
+                        record.update(terms)
+                    record["total"] = loss.item()
+                    return loss
+
             with torch.enable_grad():
-                with run.arithmetic("nulltext"):
-                    noise = unet_noise(run, "nulltext", latents, t, context, cfg.guidance)
-                out = ddim_step(run, noise, t, latents)
-                latent_mse = F.mse_loss(out, target)
-                loss = cfg.nulltext_latent_weight * latent_mse
-                record = dict(step=index, iter=inner, null_text_mse=latent_mse.item())
-                if edge_loss is not None:
-                    box = out if edge_loss.crop is None else out[..., edge_loss.crop[0]:edge_loss.crop[1],
-                                                                  edge_loss.crop[2]:edge_loss.crop[3]]
-                    edge, terms = edge_loss(decode_latents(run, "nulltext", box))
-                    loss = loss + edge
-                    record.update(terms)
-                record["total"] = loss.item()
-                retries = optimizer_step(scaler, optimizer, loss)
-                if retries:
-                    record["scale_retries"] = retries
+                retries = optimizer_step(scaler, optimizer, reconstruction_loss, run.counter)
+            if retries:
+                record["scale_retries"] = retries
             result.losses.append(record)
             context = torch.cat([uncond, embeddings[index][:1]])
-            if latent_mse.item() < cfg.nulltext_early_stop:
+            if record["null_text_mse"] < cfg.nulltext_early_stop:
                 break
         with torch.no_grad(), run.arithmetic("nulltext"):
             latents = ddim_step(run, unet_noise(run, "nulltext", latents, t, context, cfg.guidance), t, latents)

@@ -113,8 +113,9 @@ print("largest difference, target row vs free target row:",
 # $6\times10^{-8}$ and its largest value 65504: gradients of an MSE loss of $10^{-3}$ easily fall below the
 # first, and refinement's normalised attention maps can exceed the second. `zsharm.diffusion.optimizer_step`
 # multiplies the loss by a scale before the backward and divides the gradients after (PyTorch's
-# `GradScaler`); where the scaled gradients overflow it halves the scale and repeats the backward, rather than
-# skipping the step as mixed-precision training does, so that every one of the paper's steps is taken.
+# `GradScaler`); where the scaled gradients overflow it halves the scale, computes the loss again and repeats
+# the backward, rather than skipping the step as mixed-precision training does, so that every one of the paper's
+# steps is taken (the repeated model calls are counted apart, as "recomputed").
 
 # %%
 from zsharm.diffusion import optimizer_step
@@ -122,8 +123,8 @@ from zsharm.diffusion import optimizer_step
 for scaled in (False, True):
     p = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.AdamW([p], lr=0.1)
-    loss = (p.half() * 1e-8).float().sum()  # d loss / d p = 1e-8, computed in fp16
-    optimizer_step(torch.amp.GradScaler("cpu", enabled=scaled), optimizer, loss)
+    # d loss / d p = 1e-8, computed in fp16; optimizer_step takes a function, to recompute the loss on overflow
+    optimizer_step(torch.amp.GradScaler("cpu", enabled=scaled), optimizer, lambda again: (p.half() * 1e-8).float().sum())
     print(f"loss scaling {'on ' if scaled else 'off'}: gradient {p.grad.tolist()}")
 
 # %% [markdown]
