@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from zsharm.errors import ZsharmError
 from zsharm.io import atomic_path, write_json
+from zsharm.prompts import read_caption_file
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MASK_SUFFIX = "_mask"
@@ -130,23 +131,11 @@ def _match_masks(composites: list[Path], masks: list[Path], by_order: bool) -> l
 def _read_captions(path: Path, count: int) -> list[tuple[Caption, ...]]:
     if not path.is_file():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
+    lines = read_caption_file(path)
     if len(lines) != count:
         raise ZsharmError(f"{path} has {len(lines)} lines but there are {count} images: one line per image, "
                           f"in natural name order")
-    captions = []
-    for number, line in enumerate(lines, 1):
-        candidates = []
-        for part in line.split(";"):
-            prompts = [p.strip() for p in part.split(",")]
-            if len(prompts) != 2 or not all(prompts):
-                raise ZsharmError(f"{path} line {number}: expected `source,target` pairs separated by `;`, "
-                                  f"got {part.strip()!r}")
-            candidates.append(Caption(*prompts))
-        captions.append(tuple(candidates))
-    return captions
+    return [tuple(Caption(*pair) for pair in line) for line in lines]
 
 
 # ---------------------------------------------------------------- shards

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from zsharm.errors import ZsharmError
+from zsharm.prompts import parse_caption_line
 
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LAYOUTS = ("iharmony4", "authors", "realhm", "folder")
@@ -205,7 +206,7 @@ def _iharmony4_captions(folder: Path) -> dict:
         name, sep, caption = line.partition("\t")
         if not sep:
             raise ZsharmError(f"{path}:{number}: expected '<composite file name><TAB>src,tgt;src,tgt'")
-        captions[name.strip()] = parse_captions(caption, f"{path}:{number}")
+        captions[name.strip()] = parse_caption_line(caption, f"{path}:{number}")
     return captions
 
 
@@ -228,17 +229,6 @@ def _iharmony4_sample(folder: Path, path: Path, prefix: str, captions=None) -> S
 
 
 # ----------------------------------------------------------------------------- the authors' demo folder
-
-def parse_captions(line: str, where: str = "caption") -> tuple:
-    """`src,tgt;src,tgt` -> (("src", "tgt"), ...)."""
-    candidates = []
-    for pair in line.strip().split(";"):
-        prompts = [p.strip() for p in pair.split(",")]
-        if len(prompts) != 2 or not all(prompts):
-            raise ZsharmError(f"{where}: {pair.strip()!r} is not 'source prompt,target prompt'")
-        candidates.append(tuple(prompts))
-    return tuple(candidates)
-
 
 def authors_demo(root) -> list:
     """The Diff-Harmonization demo layout: composite/, mask/ (NNN_mask.png) and caption.txt."""
@@ -265,7 +255,7 @@ def _caption_file(path: Path, count: int) -> list:
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(lines) != count:
         raise ZsharmError(f"{path}: {len(lines)} caption lines for {count} composites")
-    return [parse_captions(line, f"{path}:{i}") for i, line in enumerate(lines, 1)]
+    return [parse_caption_line(line, f"{path}:{i}") for i, line in enumerate(lines, 1)]
 
 
 # ----------------------------------------------------------------------------- RealHM

@@ -44,12 +44,10 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from zsharm.errors import ZsharmError
+from zsharm.prompts import DescriptionFormatError, parse_caption_line as _caption_pairs, \
+    read_caption_file as _caption_file_pairs
 from zsharm.vlm import DEFAULT_VLM, OpenAIChatVLM, TransformersVLM
 from zsharm.vocabulary import DICTIONARY, LIST_OF, WORDS, dictionary_text, in_dictionary_order
-
-
-class DescriptionFormatError(ZsharmError):
-    """A description (a VLM answer, given prompts, a caption line) that breaks the format; says why."""
 
 
 class DescriptionExhaustedError(ZsharmError):
@@ -531,36 +529,12 @@ def default_cache_dir() -> Path:
 def read_caption_file(path) -> list[list[Description]]:
     """The authors' caption file: line i holds image i's candidates, `src,tgt;src,tgt` (e.g.
     `cat bright,cat winter;cat bright,cat dark`), each pair read by `Description.from_prompts`."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").rstrip("\n\r ").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ZsharmError(f"cannot read caption file {path}: {getattr(error, 'strerror', None) or error}") from None
-    if not lines:
-        raise ZsharmError(f"caption file {path} is empty")
-    try:
-        return [parse_caption_line(line) for line in lines]
-    except DescriptionFormatError:
-        pass
-    for number, line in enumerate(lines, 1):  # again, to say where
-        try:
-            parse_caption_line(line)
-        except DescriptionFormatError as error:
-            raise DescriptionFormatError(f"{path}:{number}: {error}") from None
-    raise AssertionError("unreachable")
+    return [[Description.from_prompts(*pair) for pair in line] for line in _caption_file_pairs(path)]
 
 
 def parse_caption_line(line: str) -> list[Description]:
     """One caption-file line: `src,tgt` pairs separated by `;`."""
-    if not line.strip():
-        raise DescriptionFormatError("empty line (one line per image)")
-    candidates = []
-    for pair in line.strip().split(";"):
-        prompts = pair.split(",")
-        if len(prompts) != 2:
-            raise DescriptionFormatError(f"{pair.strip()!r} is not 'source,target'")
-        candidates.append(Description.from_prompts(prompts[0], prompts[1]))
-    return candidates
+    return [Description.from_prompts(*pair) for pair in _caption_pairs(line)]
 
 
 def get_describer(vlm=None, base_url=None, vlm_model=None, api_key_env: str = "ZSHARM_VLM_API_KEY", captions=None,
