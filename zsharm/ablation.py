@@ -110,12 +110,9 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
     a short untimed warm-up). Seconds are single runs: `zsharm bench` gives medians."""
     from tqdm.auto import tqdm
 
-    from zsharm.harmonize import _as_mask, _as_picture, _iterate_at_work_size
-    from zsharm.io import work_size
-    from zsharm.blending import mask_at
+    from zsharm.harmonize import _as_mask, _as_picture, _iterate_at_work_size, at_work_size
     from zsharm.metrics import fpsnr
     from zsharm.models import default_device, default_dtype, load_pipeline
-    from PIL import Image
 
     device = torch.device(device) if device else default_device()
     rows = row_configs(size, steps, device)
@@ -126,9 +123,7 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
         rows = [r for r in rows if r[0] == "paper" or r[0] in only]
     picture = _as_picture(image)
     full_mask = _as_mask(mask, picture.size)
-    wh = work_size(picture.size, size)
-    work_input = picture.to_pil_rgb8().resize(wh, resample=Image.LANCZOS)
-    mask_work = mask_at(full_mask, wh, HarmonizeConfig().mask_threshold)
+    work_input, mask_work = at_work_size(picture, full_mask, HarmonizeConfig(size=size))
     if pidinet is None:
         from zsharm.pidinet import load_pidinet
         pidinet = load_pidinet(variant="tiny", device=device)

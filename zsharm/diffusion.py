@@ -120,6 +120,11 @@ def optimizer_step(scaler, optimizer, compute_loss, counter: "CallCounter" = Non
     "recomputed", by `counter`), and the backward repeated at half the scale until the gradients are finite. No
     graph is kept between tries, so loss scaling costs no memory. Returns the number of repeats (0 almost always).
     """
+    with torch.enable_grad():  # callers may sit in a no_grad block
+        return _step(scaler, optimizer, compute_loss, counter)
+
+
+def _step(scaler, optimizer, compute_loss, counter) -> int:
     optimizer.zero_grad()
     loss = compute_loss(again=False)
     if not scaler.is_enabled():

@@ -76,16 +76,21 @@ def _as_mask(mask, size) -> np.ndarray:
     return load_mask(mask, size=size)
 
 
+def at_work_size(picture: Picture, mask: np.ndarray, config: HarmonizeConfig) -> tuple:
+    """(image, mask) at the work size: long side `config.size`, both sides multiples of 64; the image as 8-bit
+    RGB PIL, the mask boolean."""
+    wh = work_size(picture.size, config.size)
+    return picture.to_pil_rgb8().resize(wh, resample=Image.LANCZOS), mask_at(mask, wh, config.mask_threshold)
+
+
 def run_iteration(pipe, image, mask, source: str, target: str, config: HarmonizeConfig = None,
                   progress: bool = True, keep_maps: bool = False, pidinet=None) -> IterationResult:
     """One iteration of the paper's stage 2 on `image` (path, PIL, array or Picture) with `mask`."""
     config = config or HarmonizeConfig()
     picture = _as_picture(image)
     mask = _as_mask(mask, picture.size)
-    work_wh = work_size(picture.size, config.size)
-    work_input = picture.to_pil_rgb8().resize(work_wh, resample=Image.LANCZOS)
-    work = _iterate_at_work_size(pipe, work_input, mask_at(mask, work_wh, config.mask_threshold), source, target,
-                                 config, progress, keep_maps, pidinet)
+    work_input, mask_work = at_work_size(picture, mask, config)
+    work = _iterate_at_work_size(pipe, work_input, mask_work, source, target, config, progress, keep_maps, pidinet)
     work.picture = finish(picture, mask, work_input, work.work_image, config)
     work.image = work.picture.to_pil_rgb8()
     return work
@@ -160,9 +165,7 @@ def harmonize(pipe, image, mask, source: str, target: str, config: HarmonizeConf
     config = config or HarmonizeConfig()
     picture = _as_picture(image)
     mask = _as_mask(mask, picture.size)
-    work_wh = work_size(picture.size, config.size)
-    start = picture.to_pil_rgb8().resize(work_wh, resample=Image.LANCZOS)
-    mask_work = mask_at(mask, work_wh, config.mask_threshold)
+    start, mask_work = at_work_size(picture, mask, config)
     results = []
 
     def step(current, src, tgt):

@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zsharm.blending import mask_at
 from zsharm.config import HarmonizeConfig
 from zsharm.errors import ZsharmError
-from zsharm.harmonize import IterationResult, _iterate_at_work_size, finish
-from zsharm.io import Picture, load_image, load_mask, save_picture, work_size
+from zsharm.harmonize import IterationResult, _iterate_at_work_size, at_work_size, finish
+from zsharm.io import Picture, load_image, load_mask, save_picture
 
 
 @dataclass
@@ -55,9 +54,7 @@ class Harmonizer:
         cfg = self.config
         if iterations is None:
             iterations = 10 if self.evaluator is not None else 1
-        work_wh = work_size(picture.size, cfg.size)
-        start = picture.to_pil_rgb8().resize(work_wh, resample=Image.LANCZOS)
-        mask_work = mask_at(mask, work_wh, cfg.mask_threshold)
+        start, mask_work = at_work_size(picture, mask, cfg)
         from_vlm = source is None and not candidates
         candidates = self._candidates(picture, mask, source, target, candidates, name)
         last = {}

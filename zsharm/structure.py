@@ -115,24 +115,22 @@ def optimize_null_text(run: Run, inversion, embeddings, edge_loss: EdgeLoss = No
             record = dict(step=index, iter=inner)
 
             def reconstruction_loss(again):  # nothing to rebuild beyond the UNet call
-                with torch.enable_grad():
-                    with run.arithmetic("nulltext"):
-                        noise = unet_noise(run, "nulltext", latents, t, context, cfg.guidance)
-                    out = ddim_step(run, noise, t, latents)
-                    latent_mse = F.mse_loss(out, target)
-                    loss = cfg.nulltext_latent_weight * latent_mse
-                    record["null_text_mse"] = latent_mse.item()
-                    if edge_loss is not None:
-                        box = out if edge_loss.crop is None else out[..., edge_loss.crop[0]:edge_loss.crop[1],
-                                                                      edge_loss.crop[2]:edge_loss.crop[3]]
-                        edge, terms = edge_loss(decode_latents(run, "nulltext", box))
-                        loss = loss + edge
-                        record.update(terms)
-                    record["total"] = loss.item()
-                    return loss
+                with run.arithmetic("nulltext"):
+                    noise = unet_noise(run, "nulltext", latents, t, context, cfg.guidance)
+                out = ddim_step(run, noise, t, latents)
+                latent_mse = F.mse_loss(out, target)
+                loss = cfg.nulltext_latent_weight * latent_mse
+                record["null_text_mse"] = latent_mse.item()
+                if edge_loss is not None:
+                    box = out if edge_loss.crop is None else out[..., edge_loss.crop[0]:edge_loss.crop[1],
+                                                                  edge_loss.crop[2]:edge_loss.crop[3]]
+                    edge, terms = edge_loss(decode_latents(run, "nulltext", box))
+                    loss = loss + edge
+                    record.update(terms)
+                record["total"] = loss.item()
+                return loss
 
-            with torch.enable_grad():
-                retries = optimizer_step(scaler, optimizer, reconstruction_loss, run.counter)
+            retries = optimizer_step(scaler, optimizer, reconstruction_loss, run.counter)
             if retries:
                 record["scale_retries"] = retries
             result.losses.append(record)
