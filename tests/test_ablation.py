@@ -85,3 +85,8 @@ def test_ablate_command_writes_the_table(tmp_path, capsys, monkeypatch, pidinet_
     assert out.read_text() in printed and "| fast | " in out.read_text()
     assert main(["ablate", "--size", "100"]) == 2
     assert "multiple of 64" in capsys.readouterr().err
+
+
+def test_ablate_command_needs_the_mask_of_a_given_image(tmp_path, capsys):
+    assert main(["ablate", "--image", str(tmp_path / "composite.png"), "--size", "64"]) == 2
+    assert "--image needs its --mask" in capsys.readouterr().err

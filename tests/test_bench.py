@@ -133,6 +133,11 @@ def test_measure_row_reports_time_memory_and_counts():
     assert set(row["stage_seconds"]) == {"inversion", "refinement", "nulltext", "editing"}
     assert row["formula_match"] == "=" and row["summary"] == summarise(schedule_counts(row_config("fast", 3, 64)[0]))
     assert row["dtype"] == "fp32" and row["attention"] == "fused"
+    # the paper schedule takes the fast arithmetic when asked, and keeps its counts
+    row = measure_row(resolve_model("tiny"), "paper", size=64, steps=3, repeats=1, device="cpu", arithmetic="fast")
+    assert row["attention"] == "fused" and row["formula_match"] == "="
+    assert measure_row(resolve_model("tiny"), "paper", size=64, steps=3, repeats=1, device="cpu")["attention"] \
+        == "all maps"
 
 
 def test_bench_command_prints_and_writes_the_table(tmp_path, capsys):
@@ -170,3 +175,24 @@ def test_isolated_row_runs_in_its_own_process():
     row = report["rows"][0]
     assert report["isolated"] and "own process" in row["memory"] and row["formula_match"] == "="
     assert row["summary"] == summarise(schedule_counts(row_config("fast", 2, 64)[0]))
+
+
+def test_activation_memory_counts_what_backward_keeps_and_not_the_weights():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "activation_memory.py"
+    spec = importlib.util.spec_from_file_location("activation_memory", path)
+    estimate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(estimate)
+    linear = torch.nn.Linear(64, 32).requires_grad_(False)
+    x = torch.zeros(10, 64, requires_grad=True)
+    # for the input's gradient a frozen linear layer keeps only its weight, which is not counted; exp keeps its
+    # output. Counting the weight would add 64 x 32 floats.
+    assert estimate.saved_gib({"linear": linear}, lambda: linear(x).exp()) * 2**30 == 10 * 32 * 4
+    # a kept 1x5x1024x1024 fp16 attention map counts, under the flash accounting, as an output (head size 64)
+    # and one float32 log-sum-exp per query; refinement's own 16x16 cross-attention maps count in full
+    scores = torch.zeros(1, 5, 1024, 1024, dtype=torch.float16, requires_grad=True)
+    maps = torch.zeros(1, 5, 256, 77, dtype=torch.float16, requires_grad=True)
+    assert estimate.saved_gib({}, lambda: scores.softmax(-1), flash=True) * 2**30 == 5 * 1024 * (64 * 2 + 4)
+    assert estimate.saved_gib({}, lambda: scores.softmax(-1)) * 2**30 == 5 * 1024 * 1024 * 2
+    assert estimate.saved_gib({}, lambda: maps.softmax(-1), flash=True) * 2**30 == 5 * 256 * 77 * 2
