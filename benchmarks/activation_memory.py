@@ -15,8 +15,8 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from zsharm.attention import AttentionStore, controlled_attention
-from zsharm.bench import sd2_configs
+from zsharm.edit.attention import AttentionStore, controlled_attention
+from zsharm.repro.bench import sd2_configs
 
 GiB = 2 ** 30
 

@@ -71,7 +71,7 @@ def tamed_pipe():
 @pytest.fixture(scope="session")
 def random_edges():
     """A random-weight PiDiNet: the edge loss's machinery without the published weights."""
-    from zsharm.pidinet import random_pidinet
+    from zsharm.edit.pidinet import random_pidinet
     return random_pidinet("tiny", seed=0).eval().requires_grad_(False)
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import make_composite
-from zsharm.ablation import ablate, fast_switches, markdown, plot, row_configs
-from zsharm.bench import schedule_counts
+from zsharm.repro.switches import ablate, fast_switches, markdown, plot, row_configs
+from zsharm.repro.bench import schedule_counts
 from zsharm.cli import main
 from zsharm.config import HarmonizeConfig
 from zsharm.errors import ZsharmError

@@ -7,9 +7,9 @@ import torch
 
 from conftest import make_composite
 from zsharm.config import HarmonizeConfig
-from zsharm.bench import model_counts, schedule_counts
-from zsharm.diffusion import CallCounter, Run, optimizer_step
-from zsharm.harmonize import run_iteration
+from zsharm.repro.bench import model_counts, schedule_counts
+from zsharm.edit.diffusion import CallCounter, optimizer_step, Run
+from zsharm.edit.iteration import run_iteration
 from zsharm.models import load_pipeline
 
 PROMPTS = ("cat bright", "cat winter dull")

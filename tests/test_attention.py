@@ -2,8 +2,8 @@
 
 import torch
 
-from zsharm.attention import AttentionReplace, AttentionStore, controlled_attention
-from zsharm.diffusion import text_embeddings, Run
+from zsharm.edit.attention import AttentionReplace, AttentionStore, controlled_attention
+from zsharm.edit.diffusion import Run, text_embeddings
 from zsharm.config import HarmonizeConfig
 
 

@@ -12,9 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from zsharm.describe import (INSTRUCTION, Description, DescriptionExhaustedError, DescriptionFormatError,
-                             GivenDescriber, VLMDescriber, get_describer, instruction, mask_view, model_inputs,
-                             parse_caption_line, parse_description, read_caption_file)
+from zsharm.describe.describers import Description, DescriptionExhaustedError, DescriptionFormatError, get_describer, GivenDescriber, INSTRUCTION, instruction, mask_view, model_inputs, parse_caption_line, parse_description, read_caption_file, VLMDescriber
 from zsharm.errors import ZsharmError
 from zsharm.vocabulary import DICTIONARY, LIST_OF, RANK, WORDS, in_dictionary_order
 
@@ -107,7 +105,7 @@ _object_word = _letters.filter(lambda w: w not in WORDS and w not in {"a", "an",
 def descriptions(draw):
     """A valid description: 1-3 object words, each side a brightness word plus words from other lists."""
     name = " ".join(draw(st.lists(_object_word, min_size=1, max_size=3)))
-    from zsharm.describe import _NOT_OBJECT_WORDS
+    from zsharm.describe.describers import _NOT_OBJECT_WORDS
     assume(not set(name.split()) & _NOT_OBJECT_WORDS)
     sides = []
     for _ in range(2):
@@ -419,7 +417,7 @@ def test_get_describer_picks_the_backend(tmp_path, monkeypatch):
     monkeypatch.setenv("ZSHARM_CACHE", str(tmp_path))
     local = get_describer(vlm="some/model")
     assert local.name == "transformers:some/model" and local.cache_dir == tmp_path / "descriptions"
-    from zsharm.vlm import DEFAULT_VLM
+    from zsharm.describe.vlm import DEFAULT_VLM
     assert get_describer().name == f"transformers:{DEFAULT_VLM}"
     remote = get_describer(base_url="http://127.0.0.1:9/v1", vlm_model="m", use_cache=False)
     assert remote.name == "openai:m" and remote.cache_dir is None

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zsharm.edges import IMAGENET_MEAN, IMAGENET_STD, imagenet_normalize, pidinet_edges, sobel
-from zsharm.pidinet import load_pidinet
+from zsharm.edit.edges import IMAGENET_MEAN, imagenet_normalize, IMAGENET_STD, pidinet_edges, sobel
+from zsharm.edit.pidinet import load_pidinet
 
 EPS = 1e-6  # kornia's Sobel adds it under the square root
 

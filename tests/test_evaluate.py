@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsharm.baselines import reinhard
+from zsharm.benchmark.baselines import reinhard
 from zsharm.cli import main
-from zsharm.datasets import load_dataset
-from zsharm.evaluate import evaluate, read_rows, summarize
-from zsharm.metrics import measure
+from zsharm.benchmark.datasets import load_dataset
+from zsharm.benchmark.compare import evaluate, read_rows, summarize
+from zsharm.benchmark.metrics import measure
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -92,7 +92,7 @@ def test_a_method_that_changes_the_shape_is_caught():
 def test_zsharm_method_on_the_tiny_model(tmp_path):
     """The harmonizer through `zsharm evaluate` (random tiny weights: this checks the plumbing, not quality);
     its prompts come from the synthetic set's captions."""
-    pytest.importorskip("zsharm.harmonize")
+    pytest.importorskip("zsharm.edit.iteration")
     out = tmp_path / "z"
     assert main(["evaluate", str(DATA / "synthetic"), "--methods", "copy-paste,zsharm", "--model", "tiny",
                  "--schedule", "fast", "--size", "64", "--steps", "2", "--no-edges", "--device", "cpu",

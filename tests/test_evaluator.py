@@ -12,9 +12,8 @@ from PIL import Image
 
 from zsharm.cli import main
 from zsharm.errors import ZsharmError
-from zsharm.evaluator import (HarmonyClassifier, HarmonyDataset, find_iharmony_samples, find_photo_samples,
-                              load_evaluator, perturb_foreground, preprocess, roc_auc, save_checkpoint,
-                              split_samples)
+from zsharm.decide.evaluator import HarmonyClassifier, load_evaluator, preprocess, save_checkpoint
+from zsharm.decide.training import find_iharmony_samples, find_photo_samples, HarmonyDataset, perturb_foreground, roc_auc, split_samples
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -179,7 +178,7 @@ def test_unusable_device_is_a_clear_error():
 
 
 def load_evaluator_from(model, device="cpu"):
-    from zsharm.evaluator import Evaluator
+    from zsharm.decide.evaluator import Evaluator
 
     return Evaluator(model, device)
 
@@ -273,7 +272,7 @@ def test_iharmony_layout_pairs_composites_with_their_real_images(tmp_path):
     assert names == {"a0001_1_2.jpg", "a0002_1_1.jpg", "c10_200_1.jpg"}
     assert len(find_iharmony_samples(tmp_path, split=None)) == 8
     # and trains end to end (one quick epoch)
-    from zsharm.evaluator import train_evaluator
+    from zsharm.decide.training import train_evaluator
 
     metrics = train_evaluator(tmp_path, tmp_path / "ih.safetensors", epochs=1, batch_size=4, size=32, arch="tiny",
                               device="cpu", val_fraction=0.34, progress=False)
@@ -311,14 +310,14 @@ def test_train_evaluator_tiny_cpu_run(tmp_path, capsys):
 def test_train_evaluator_refuses_bad_input(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ZsharmError, match="iHarmony4"):
-        from zsharm.evaluator import train_evaluator
+        from zsharm.decide.training import train_evaluator
 
         train_evaluator(tmp_path / "empty", tmp_path / "x.safetensors", progress=False)
     assert main(["train-evaluator", str(tmp_path / "empty"), "--out", str(tmp_path / "x.pth")]) == 2
 
 
 def test_init_from_torchvision_layout_weights(tmp_path):
-    from zsharm.evaluator import load_init
+    from zsharm.decide.evaluator import load_init
 
     source = random_model(seed=1)
     torchvision_state = {"fc.weight": torch.zeros(1000, 256), "fc.bias": torch.zeros(1000)}

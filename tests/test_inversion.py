@@ -5,8 +5,8 @@ import torch
 from diffusers import DDIMInverseScheduler
 
 from zsharm.config import HarmonizeConfig
-from zsharm.diffusion import Run
-from zsharm.inversion import ddim_invert, image_to_tensor
+from zsharm.edit.diffusion import Run
+from zsharm.edit.inversion import ddim_invert, image_to_tensor
 
 
 def test_inversion_matches_diffusers_inverse_scheduler(tiny_pipe):

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from zsharm.errors import ZsharmError
-from zsharm.loop import (CELL_H, CELL_W, SHEET_COLUMNS, contact_sheet, decide, run_loop)
+from zsharm.loop import CELL_H, CELL_W, contact_sheet, run_loop, SHEET_COLUMNS
+from zsharm.decide.rule import decide
 
 
 @dataclass(frozen=True)

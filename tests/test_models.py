@@ -5,7 +5,7 @@ import torch
 
 from zsharm.errors import ZsharmError
 from zsharm.models import build_tiny_pipeline, load_pipeline
-from zsharm.prompts import description_positions, split_object, word_token_spans
+from zsharm.edit.tokens import description_positions, split_object, word_token_spans
 
 
 def test_tiny_is_seeded_and_deterministic(tmp_path):

@@ -1,4 +1,4 @@
-"""The notebook series, the attention recorder and plots of zsharm.visualize, and `zsharm figures`.
+"""The notebook series, the attention recorder and plots of zsharm.teaching.plots, and `zsharm figures`.
 
 Every notebook is executed with papermill on the tiny model (ZSHARM_MODEL=tiny, ZSHARM_QUICK=1) in a kernel of
 the interpreter running the tests; the committed notebooks must carry no outputs and no machine paths, and
@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from zsharm.attention import AttentionReplace, AttentionStore, controlled_attention
+from zsharm.edit.attention import AttentionReplace, AttentionStore, controlled_attention
 from zsharm.config import HarmonizeConfig
 from zsharm.errors import ZsharmError
 
@@ -133,7 +133,7 @@ def test_notebook_runs_on_the_tiny_model(path, tmp_path, monkeypatch, pidinet_di
     assert not any(REPO.joinpath(p).exists() for p in ("notebooks/figures", "notebooks/runs"))
 
 
-# ----------------------------------------------------------------------------- zsharm.visualize
+# ----------------------------------------------------------------------------- zsharm.teaching.plots
 
 def _image(width=128, height=96, seed=0):
     rng = np.random.default_rng(seed)
@@ -143,14 +143,14 @@ def _image(width=128, height=96, seed=0):
 
 
 def test_layer_names():
-    from zsharm.visualize import layer_name
+    from zsharm.teaching.trace import layer_name
     assert layer_name("down_blocks.2.attentions.0.transformer_blocks.0.attn2.processor") == "down2.0"
     assert layer_name("up_blocks.1.attentions.2.transformer_blocks.0.attn1.processor") == "up1.2"
     assert layer_name("mid_block.attentions.0.transformer_blocks.0.attn2.processor") == "mid.0"
 
 
 def test_trace_records_every_step_and_layer_with_the_right_shapes(tiny_pipe):
-    from zsharm.visualize import trace_attention
+    from zsharm.teaching.trace import trace_attention
     steps = 4
     config = HarmonizeConfig.paper(steps=steps, size=128)
     trace = trace_attention(tiny_pipe, _image(), "cat bright greyscale", config, cross_res=(32, 16), self_res=(32,))
@@ -180,7 +180,7 @@ def test_trace_records_every_step_and_layer_with_the_right_shapes(tiny_pipe):
 
 
 def test_recorder_with_inner_replacement_changes_nothing_and_restores_processors(tiny_pipe):
-    from zsharm.visualize import AttentionRecorder, recording_attention
+    from zsharm.teaching.trace import AttentionRecorder, recording_attention
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(2, 4, 16, 16, generator=g)
     x = torch.cat([latents] * 2)
@@ -201,15 +201,15 @@ def test_recorder_with_inner_replacement_changes_nothing_and_restores_processors
 
 
 def test_recorder_refuses_a_size_without_those_maps():
-    from zsharm.visualize import AttentionRecorder
+    from zsharm.teaching.trace import AttentionRecorder
     with pytest.raises(ZsharmError, match="image/32"):
         AttentionRecorder((100, 128))
 
 
 def test_denoise_and_latent_errors(tamed_pipe):
-    from zsharm.diffusion import Run, text_embeddings
-    from zsharm.inversion import ddim_invert, image_to_tensor
-    from zsharm.visualize import denoise, latent_errors
+    from zsharm.edit.diffusion import Run, text_embeddings
+    from zsharm.edit.inversion import ddim_invert, image_to_tensor
+    from zsharm.teaching.trace import denoise, latent_errors
     run = Run(pipe=tamed_pipe, config=HarmonizeConfig.paper(steps=5, size=64), progress=False)
     inversion = ddim_invert(run, image_to_tensor(_image(64, 64)), "cat bright", torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -228,7 +228,7 @@ def test_denoise_and_latent_errors(tamed_pipe):
 def test_measurements_have_known_answers():
     from skimage.color import rgb2lab
     from PIL import ImageFilter
-    from zsharm.visualize import colour_shift, structure_change
+    from zsharm.teaching.plots import colour_shift, structure_change
     image = _image()
     mask = np.zeros((96, 128), bool)
     mask[20:70, 30:90] = True
@@ -245,7 +245,7 @@ def test_measurements_have_known_answers():
 
 
 def test_word_maps_sum_tokens_and_tokens_are_labelled(tiny_pipe):
-    from zsharm.visualize import token_labels, word_maps
+    from zsharm.teaching.trace import token_labels, word_maps
     cross = torch.rand(4, 5, 77)
     maps = word_maps(cross, [("cat", [1]), ("greyscale", [2, 3])])
     assert torch.equal(maps["cat"], cross[..., 1])
@@ -257,8 +257,7 @@ def test_plots_draw(tiny_pipe):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from zsharm.visualize import (as_array, difference, latent_preview, plot_edges, plot_losses, plot_word_maps,
-                                  show_images)
+    from zsharm.teaching.plots import as_array, difference, latent_preview, plot_edges, plot_losses, plot_word_maps, show_images
     image = _image()
     fig = show_images([image, np.asarray(image), torch.rand(1, 3, 96, 128)], ["a", "b", "c"])
     assert len([ax for ax in fig.axes if ax.images]) == 3
@@ -274,7 +273,7 @@ def test_plots_draw(tiny_pipe):
 
 
 def test_repo_root_and_tokenizer(tmp_path):
-    from zsharm.visualize import is_tiny, load_tokenizer, repo_root
+    from zsharm.teaching.setup import is_tiny, load_tokenizer, repo_root
     assert repo_root(REPO / "notebooks") == REPO
     with pytest.raises(ZsharmError, match="pyproject.toml"):
         repo_root(tmp_path)
@@ -310,8 +309,8 @@ def test_edge_figure_uses_the_published_pidinet(tmp_path, monkeypatch, pidinet_d
 
 
 def test_edge_maps_of_a_step_edge(pidinet_dir):
-    from zsharm.figures import edge_maps
-    from zsharm.pidinet import load_pidinet
+    from zsharm.teaching.figures import edge_maps
+    from zsharm.edit.pidinet import load_pidinet
     photo = np.zeros((64, 64, 3), np.uint8)
     photo[:, 32:] = 255
     maps = edge_maps(photo, load_pidinet(pidinet_dir))
@@ -342,7 +341,7 @@ def test_backgrounds_figure_on_the_tiny_model(tmp_path, monkeypatch, pidinet_dir
 def test_scripted_loop_shows_every_decision():
     import matplotlib
     matplotlib.use("Agg")
-    from zsharm.figures import SCRIPTED_SCORES, decision_trace_figure, scripted_loop
+    from zsharm.teaching.figures import decision_trace_figure, scripted_loop, SCRIPTED_SCORES
     result, images, original = scripted_loop()
     decisions = [r.decision for r in result.history]
     assert decisions == ["drop", "continue", "continue", "continue", "continue", "regenerate", "continue",
@@ -360,7 +359,7 @@ def test_scripted_loop_shows_every_decision():
 
 
 def test_paste_keeps_the_foreground_and_fills_the_rest():
-    from zsharm.figures import paste
+    from zsharm.teaching.figures import paste
     fg = _image(120, 80)
     mask = np.zeros((80, 120), bool)
     mask[10:50, 20:60] = True
@@ -375,7 +374,7 @@ def test_save_figure_is_atomic_and_can_keep_colours(tmp_path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from zsharm.figures import save_figure
+    from zsharm.teaching.figures import save_figure
     fig, ax = plt.subplots()
     ax.plot([0, 1], [0, 1])
     assert save_figure(fig, tmp_path / "a.png").name == "a.png"

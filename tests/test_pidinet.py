@@ -13,11 +13,10 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 from skimage import data
 
-import zsharm.pidinet as pidinet
-from zsharm.edges import pidinet_edges
+import zsharm.edit.pidinet as pidinet
+from zsharm.edit.edges import pidinet_edges
 from zsharm.errors import ZsharmError
-from zsharm.pidinet import (VARIANTS, PiDiNet, cache_dir, load_pidinet, pixel_difference_conv, random_pidinet,
-                            resolve_weights)
+from zsharm.edit.pidinet import cache_dir, load_pidinet, PiDiNet, pixel_difference_conv, random_pidinet, resolve_weights, VARIANTS
 
 TINY = VARIANTS["tiny"]["file"]
 FULL = VARIANTS["full"]["file"]

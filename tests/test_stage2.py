@@ -7,7 +7,8 @@ from PIL import Image
 
 from conftest import make_composite
 from zsharm.config import HarmonizeConfig
-from zsharm.harmonize import harmonize, run_iteration
+from zsharm.pipeline import harmonize
+from zsharm.edit.iteration import run_iteration
 from zsharm.io import load_image
 
 QUICK = dict(steps=3, size=128)
@@ -97,7 +98,7 @@ def test_null_text_optimisation_reduces_the_reconstruction_error(tiny_pipe):
 
 
 def test_edge_term_keeps_edges_inside_the_mask(tiny_pipe, random_edges):
-    from zsharm.edges import sobel
+    from zsharm.edit.edges import sobel
     image, mask = make_composite()
     cfg = HarmonizeConfig.fast(dtype="fp32", refine=False, steps=4, size=128, nulltext_early_stop=0.0)
     diffs = {}

@@ -8,7 +8,7 @@ from skimage import data
 
 from zsharm.errors import ZsharmError
 from zsharm.io import work_size
-from zsharm.transfer import transfer_change
+from zsharm.edit.transfer import transfer_change
 
 GAIN = np.array([1.1, 0.95, 0.8], np.float32)
 GAMMA = np.array([0.8, 1.0, 1.25], np.float32)

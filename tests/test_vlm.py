@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from zsharm.cli import main
-from zsharm.describe import (INSTRUCTION, DescriptionFormatError, get_describer, parse_description)
+from zsharm.describe.describers import DescriptionFormatError, get_describer, INSTRUCTION, parse_description
 from zsharm.errors import ZsharmError
-from zsharm.vlm import OpenAIChatVLM, TransformersVLM, build_tiny_vlm
+from zsharm.describe.vlm import build_tiny_vlm, OpenAIChatVLM, TransformersVLM
 
 
 def _scene(width=80, height=60):
@@ -264,7 +264,7 @@ def test_endpoint_5xx_is_retried_with_backoff_then_reported(monkeypatch):
     assert len(endpoint.requests) == 3 and "\n" not in str(info.value)
     backend = OpenAIChatVLM("http://127.0.0.1:9/v1", "m", retries=3, backoff=0.05)
     waits = []
-    monkeypatch.setattr("zsharm.vlm.time.sleep", waits.append)
+    monkeypatch.setattr("zsharm.describe.vlm.time.sleep", waits.append)
     with pytest.raises(ZsharmError, match="cannot connect"):
         backend.ask(["hello"])
     assert waits == [0.05, 0.1, 0.2]  # exponential backoff

@@ -27,9 +27,9 @@ from typing import Callable, NamedTuple, Sequence
 from PIL import Image
 from tqdm.auto import tqdm
 
+from zsharm.describe.captions import read_caption_file
 from zsharm.errors import ZsharmError
 from zsharm.io import atomic_path, write_json
-from zsharm.prompts import read_caption_file
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 MASK_SUFFIX = "_mask"

@@ -11,12 +11,12 @@ from zsharm.errors import ZsharmError
 # module -> subcommands it registers (the order is the order of `zsharm --help`)
 COMMAND_MODULES = [
     "zsharm.pipeline",    # harmonize (all three stages)
-    "zsharm.describe",    # describe
-    "zsharm.evaluator",   # train-evaluator
-    "zsharm.evaluate",    # evaluate
-    "zsharm.bench",       # bench
-    "zsharm.ablation",    # ablate
-    "zsharm.figures",     # figures
+    "zsharm.describe.describers",    # describe
+    "zsharm.decide.training",    # train-evaluator
+    "zsharm.benchmark.compare",    # evaluate
+    "zsharm.repro.bench",       # bench
+    "zsharm.repro.switches",    # ablate
+    "zsharm.teaching.figures",     # figures
 ]
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import io
 import json
 import os
-from contextlib import contextmanager
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -21,10 +21,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
+from zsharm.decide.rule import CONCLUDE, CONTINUE, REGENERATE, decide
 from zsharm.errors import ZsharmError
 from zsharm.io import atomic_path, write_json
 
-CONTINUE, REGENERATE, CONCLUDE = "continue", "regenerate", "conclude"
 DROP = "drop"  # an iteration-0 candidate that was not kept
 STOP = "stop"  # the iteration budget ran out
 
@@ -37,28 +37,6 @@ SHEET_COLUMNS = 5
 CELL_W = THUMB + 2 * PAD
 CELL_H = THUMB + 2 * PAD + CAPTION_LINES * LINE_HEIGHT
 
-
-def decide(scores: Sequence[float], regenerated: bool) -> str:
-    """What to do after an iteration, from the scores of the current run.
-
-    `scores` holds the current run's scores in order: for the first run the kept iteration-0 score then one
-    score per iteration; after a Regenerate, only the scores of iterations run with the new description.
-    If the score fell twice in a row (s[-1] < s[-2] < s[-3]) the answer is "regenerate" the first time
-    (`regenerated` False) and "conclude" afterwards; otherwise "continue".
-
-    Compared with the authors' main.py (`run_harmonization`):
-    - Same test, same once-only Regenerate. They keep one score list per candidate and append 0 to every
-      candidate not used in an iteration; scores are probabilities (>= 0), so those zeros can never be part
-      of a strict fall, and a fresh run needs three scores of its own before it can end, as here.
-    - Both go back to the image from two iterations earlier (the one scored s[-3]) on Regenerate, and both
-      return the best-scoring image over all iterations (iteration-0 candidates included).
-    - Their offline fallback picks the new description at random among the other candidates; `run_loop`
-      takes the best-scoring other candidate, or asks `regenerate` (stage 1) for a new one as the paper does.
-    """
-    s = list(scores)
-    if len(s) >= 3 and s[-1] < s[-2] < s[-3]:
-        return CONCLUDE if regenerated else REGENERATE
-    return CONTINUE
 
 
 @dataclass

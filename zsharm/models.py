@@ -160,7 +160,12 @@ def build_tiny_pipeline(out_dir, seed: int = 0, unet_out_scale: float = 0.1) -> 
     A random UNet predicts noise of unit size whatever its input, so DDIM inversion drifts; scaling its output
     layer (`unet_out_scale`) tames it: 1e-3 inverts almost exactly, 0.1 lets prompts visibly move the image.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     out_dir = Path(out_dir)

@@ -18,9 +18,24 @@ import numpy as np
 from PIL import Image
 
 from zsharm.config import HarmonizeConfig
+from zsharm.edit.iteration import (
+    IterationResult,
+    _as_mask,
+    _as_picture,
+    _iterate_at_work_size,
+    at_work_size,
+    finish,
+)
 from zsharm.errors import ZsharmError
-from zsharm.harmonize import IterationResult, _iterate_at_work_size, at_work_size, finish
 from zsharm.io import Picture, load_image, load_mask, save_picture
+
+
+@dataclass
+class HarmonizeResult:
+    image: Image.Image
+    picture: Picture
+    work_image: Image.Image
+    iterations: list
 
 
 @dataclass
@@ -43,7 +58,7 @@ class Harmonizer:
             dtype = self.config.torch_dtype(device)
         self.pipe = pipe if pipe is not None else load_pipeline(model, device=device, dtype=dtype)
         if isinstance(evaluator, str):
-            from zsharm.evaluator import load_evaluator
+            from zsharm.decide.evaluator import load_evaluator
             evaluator = load_evaluator(evaluator, device=device)
         self.evaluator, self.describer, self.pidinet, self.progress = evaluator, describer, pidinet, progress
 
@@ -77,7 +92,7 @@ class Harmonizer:
 
     def _regenerator(self, picture, mask, name):
         """Stage 1 asked again for a description unlike those tried (None when it has no new one)."""
-        from zsharm.describe import DescriptionExhaustedError
+        from zsharm.describe.describers import DescriptionExhaustedError
 
         def regenerate(tried):
             try:
@@ -87,7 +102,7 @@ class Harmonizer:
         return regenerate
 
     def _candidates(self, picture, mask, source, target, candidates, name):
-        from zsharm.describe import Description
+        from zsharm.describe.describers import Description
         if candidates:
             return [c if hasattr(c, "source") else Description.from_prompts(*c) for c in candidates]
         if (source is None) != (target is None):
@@ -95,13 +110,36 @@ class Harmonizer:
         if source is not None:
             return [Description.from_prompts(source, target)]
         if self.describer is None:
-            from zsharm.describe import get_describer
+            from zsharm.describe.describers import get_describer
             self.describer = get_describer()
         n = 2 if self.evaluator is not None else 1  # without an evaluator only the first would be used
         return self.describer.describe(picture.to_pil_rgb8(), mask, n=n, name=name)
 
 
 # --- command line --------------------------------------------------------------------------------------------
+
+def harmonize(pipe, image, mask, source: str, target: str, config: HarmonizeConfig = None, iterations: int = 1,
+              progress: bool = True, history_dir=None, pidinet=None) -> HarmonizeResult:
+    """`iterations` harmonization iterations without the evaluator; each starts from the last one's blend.
+
+    history_dir keeps every iteration's image, history.json and a contact sheet (zsharm.loop's format)."""
+    from zsharm.describe.describers import Description
+    from zsharm.loop import run_loop
+    config = config or HarmonizeConfig()
+    picture = _as_picture(image)
+    mask = _as_mask(mask, picture.size)
+    start, mask_work = at_work_size(picture, mask, config)
+    results = []
+
+    def step(current, src, tgt):
+        results.append(_iterate_at_work_size(pipe, current, mask_work, src, tgt, config, progress, False, pidinet))
+        return results[-1].work_image
+
+    loop = run_loop(start, mask_work, [Description.from_prompts(source, target)], step, iterations=iterations,
+                    history_dir=history_dir, progress=progress and iterations > 1)
+    final = finish(picture, mask, start, loop.image, config)
+    return HarmonizeResult(image=final.to_pil_rgb8(), picture=final, work_image=loop.image, iterations=results)
+
 
 FORMATS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 
@@ -143,7 +181,7 @@ def register(subparsers):
                    help="authors: fp32 and their attention arithmetic, reproducing their numbers; fast: half "
                         "precision and fused attention (default auto: authors for paper on CPU, else fast)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    from zsharm.describe import add_vlm_arguments
+    from zsharm.describe.describers import add_vlm_arguments
     add_vlm_arguments(p)
     p.set_defaults(func=cli_harmonize)
 
@@ -185,7 +223,7 @@ def cli_harmonize(args) -> int:
     if args.save_intermediates:
         if len(result.loop.history) != 1:
             raise ZsharmError("--save-intermediates needs exactly one iteration (--iterations 1 --no-evaluator)")
-        from zsharm.reference import save_intermediates
+        from zsharm.repro.reference import save_intermediates
         save_intermediates(result.last_iteration, args.save_intermediates)
     save_picture(result.picture, out)
     if not args.quiet:
@@ -199,7 +237,7 @@ def _harmonizer(args, config) -> Harmonizer:
     evaluator = None if args.no_evaluator else args.evaluator
     describer = None
     if args.source is None:
-        from zsharm.describe import describer_from_args
+        from zsharm.describe.describers import describer_from_args
         describer = describer_from_args(args)
     return Harmonizer(model=args.model, config=config, evaluator=evaluator, describer=describer,
                       device=args.device, dtype=args.dtype, progress=not args.quiet)

@@ -52,7 +52,7 @@ DEVICE = None                     # None: CUDA if there is one, else Apple MPS, 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from zsharm.visualize import TINY_NOTE, is_tiny, repo_root
+from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
 
 ROOT = repo_root()          # the checkout: the folder above holding pyproject.toml
 DATA = ROOT / "data"
@@ -78,7 +78,7 @@ if is_tiny(MODEL):
 #    another iteration (*Continue*), switch description (*Regenerate*) or stop (*Conclude*).
 
 # %%
-from zsharm.figures import pipeline_figure
+from zsharm.teaching.figures import pipeline_figure
 
 pipeline_figure()
 plt.show()
@@ -92,9 +92,9 @@ plt.show()
 # as the paper does.
 
 # %%
-from zsharm.describe import mask_view
+from zsharm.describe.describers import mask_view
 from zsharm.io import load_image, load_mask
-from zsharm.visualize import show_images
+from zsharm.teaching.plots import show_images
 
 picture = load_image(DATA / "demo" / "composite.png")
 image = picture.to_pil_rgb8()
@@ -110,7 +110,7 @@ plt.show()
 # authors' caption format (`source,target;source,target`):
 
 # %%
-from zsharm.describe import read_caption_file
+from zsharm.describe.describers import read_caption_file
 
 candidates = read_caption_file(DATA / "demo" / "caption.txt")[0]
 for k, description in enumerate(candidates):
@@ -127,7 +127,7 @@ source, target = candidates[0].source, candidates[0].target
 
 # %%
 from zsharm.config import HarmonizeConfig
-from zsharm.harmonize import harmonize
+from zsharm.pipeline import harmonize
 from zsharm.models import load_pipeline
 
 pipe = load_pipeline(MODEL, device=DEVICE)
@@ -143,7 +143,7 @@ print(f"{ITERATIONS} iteration(s) at work size {result.work_image.size}, output 
 # right panel shows where the two differ (amplified four times): only inside the mask.
 
 # %%
-from zsharm.visualize import difference
+from zsharm.teaching.plots import difference
 
 show_images([image, result.image, difference(image, result.image)],
             ["composite (before)", f"harmonized (after {ITERATIONS} it.)", "|after - before| x 4"], size=4.2)

@@ -27,7 +27,8 @@ DEVICE = None
 import matplotlib.pyplot as plt
 
 from zsharm.io import load_image, load_mask
-from zsharm.visualize import TINY_NOTE, is_tiny, repo_root, show_images
+from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
+from zsharm.teaching.plots import show_images
 
 ROOT = repo_root()
 DATA = ROOT / "data"
@@ -61,7 +62,7 @@ print(f"\n{sum(len(w) for w in DICTIONARY.values())} words in {len(DICTIONARY)} 
 # colours the model must judge, and a small model lines a silhouette up with the composite poorly.
 
 # %%
-from zsharm.describe import MASK_STYLES, mask_view
+from zsharm.describe.describers import MASK_STYLES, mask_view
 
 show_images([mask_view(image, mask, style) for style in MASK_STYLES], [f'style "{s}"' for s in MASK_STYLES],
             size=3.6, suptitle="Four ways to show the mask (zsharm sends the cut-out)")
@@ -75,7 +76,7 @@ plt.show()
 # text: text in a picture is part of the picture, never an instruction.
 
 # %%
-from zsharm.describe import INSTRUCTION
+from zsharm.describe.describers import INSTRUCTION
 
 print(INSTRUCTION)
 
@@ -88,7 +89,7 @@ print(INSTRUCTION)
 # the picture never do. A refused answer is simply asked for again (up to `max_attempts`).
 
 # %%
-from zsharm.describe import DescriptionFormatError, parse_description
+from zsharm.describe.describers import DescriptionFormatError, parse_description
 
 answers = [
     "dog & (foreground) bright summer & (background) winter dull greyscale",
@@ -122,10 +123,10 @@ for answer in answers:
 # %%
 import tempfile
 
-from zsharm.describe import get_describer
+from zsharm.describe.describers import get_describer
 
 if VLM == "tiny":
-    from zsharm.vlm import build_tiny_vlm
+    from zsharm.describe.vlm import build_tiny_vlm
     vlm_path = str(build_tiny_vlm(tempfile.mkdtemp(prefix="tiny-vlm-")))
     describer = get_describer(vlm=vlm_path, use_cache=False, max_attempts=2, max_new_tokens=12, device="cpu")
 else:
@@ -146,7 +147,7 @@ except DescriptionFormatError as error:
 # caption format, which `GivenDescriber` hands out in order, exactly as a VLM describer would.
 
 # %%
-from zsharm.describe import DescriptionExhaustedError, GivenDescriber, instruction, read_caption_file
+from zsharm.describe.describers import DescriptionExhaustedError, GivenDescriber, instruction, read_caption_file
 
 candidates = read_caption_file(DATA / "demo" / "caption.txt")[0]
 given = GivenDescriber(candidates)
@@ -168,8 +169,9 @@ print(instruction(tried=first_two).split("\n\n")[-1])
 # assuming one token per word: CLIP's BPE splits rarer words. Position 0 is the start token.
 
 # %%
-from zsharm.prompts import word_token_spans
-from zsharm.visualize import load_tokenizer, token_labels
+from zsharm.edit.tokens import word_token_spans
+from zsharm.teaching.setup import load_tokenizer
+from zsharm.teaching.trace import token_labels
 
 tokenizer = load_tokenizer(MODEL)
 prompt = "astronaut dim blue twilight greyscale"

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zsharm.blending import mask_at
+from zsharm.edit.blending import mask_at
 from zsharm.config import HarmonizeConfig
 from zsharm.io import load_image, load_mask, work_size
 from zsharm.models import load_pipeline
-from zsharm.visualize import TINY_NOTE, is_tiny, repo_root, show_images
+from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
+from zsharm.teaching.plots import show_images
 
 ROOT = repo_root()
 DATA = ROOT / "data"
@@ -63,9 +64,9 @@ print("work size", work.size)
 # last step, to pure noise, is not taken (METHOD.md, stage 2 step 1).
 
 # %%
-from zsharm.diffusion import Run, decode_latents, text_embeddings, to_uint8
-from zsharm.inversion import ddim_invert, image_to_tensor
-from zsharm.visualize import latent_preview
+from zsharm.edit.diffusion import decode_latents, Run, text_embeddings, to_uint8
+from zsharm.edit.inversion import ddim_invert, image_to_tensor
+from zsharm.teaching.plots import latent_preview
 
 run = Run(pipe=pipe, config=config, progress=True)
 inversion = ddim_invert(run, image_to_tensor(work), source, torch.Generator().manual_seed(config.seed))
@@ -92,7 +93,7 @@ plt.show()
 # optimisation absorbs both.
 
 # %%
-from zsharm.visualize import denoise, latent_errors
+from zsharm.teaching.trace import denoise, latent_errors
 
 with torch.no_grad():
     cond = text_embeddings(run, "notebook", [source])
@@ -116,8 +117,8 @@ for w in (0.0, config.guidance):
 # prompt embeddings to isolate the idea.
 
 # %%
-from zsharm.pidinet import load_pidinet
-from zsharm.structure import EdgeLoss, optimize_null_text
+from zsharm.edit.pidinet import load_pidinet
+from zsharm.edit.nulltext import EdgeLoss, optimize_null_text
 
 pidinet = load_pidinet(variant="tiny", device=run.device)
 with torch.no_grad():
@@ -153,7 +154,7 @@ plt.show()
 # Every inner step records its terms: the latent MSE, the Sobel MSE and the PiDiNet MSE (both inside the mask).
 
 # %%
-from zsharm.visualize import plot_losses
+from zsharm.teaching.plots import plot_losses
 
 fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
 plot_losses(with_edges.losses, ["null_text_mse"], ax=axes[0], title="latent term (x10 in the loss)", log=True)

@@ -23,11 +23,12 @@ DEVICE = None
 import matplotlib.pyplot as plt
 import numpy as np
 
-from zsharm.blending import mask_at
+from zsharm.edit.blending import mask_at
 from zsharm.config import HarmonizeConfig
 from zsharm.io import load_image, load_mask
 from zsharm.models import load_pipeline
-from zsharm.visualize import TINY_NOTE, is_tiny, overlay_map, repo_root
+from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
+from zsharm.teaching.plots import overlay_map
 
 ROOT = repo_root()
 DATA = ROOT / "data"
@@ -62,7 +63,7 @@ source = "astronaut bright warm indoor"
 # keeps each map of the chosen resolutions under *(step, layer, cross or self)*, averaged over heads.
 
 # %%
-from zsharm.visualize import trace_attention
+from zsharm.teaching.trace import trace_attention
 
 trace = trace_attention(pipe, image, source, config, cross_res=(32, 16), self_res=(32,))
 recorder = trace.recorder
@@ -84,7 +85,7 @@ for kind in (True, False):
 # it carries little meaning and serves as a sink.
 
 # %%
-from zsharm.visualize import plot_word_maps
+from zsharm.teaching.plots import plot_word_maps
 
 plot_word_maps(trace.image, recorder.mean(), trace.spans, mask=mask_work, include_start=True,
                title=f'"{source}": mean image/32 cross-attention per word')

@@ -29,7 +29,8 @@ import torch
 from zsharm.config import HarmonizeConfig
 from zsharm.io import load_image, load_mask
 from zsharm.models import load_pipeline
-from zsharm.visualize import TINY_NOTE, is_tiny, overlay_map, repo_root, show_images
+from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
+from zsharm.teaching.plots import overlay_map, show_images
 
 ROOT = repo_root()
 DATA = ROOT / "data"
@@ -64,7 +65,7 @@ source, target = "astronaut bright warm indoor", "astronaut dim blue twilight"
 # `run_iteration` runs one whole iteration and keeps every intermediate; `result.refinement` is this step's.
 
 # %%
-from zsharm.harmonize import run_iteration
+from zsharm.edit.iteration import run_iteration
 
 result = run_iteration(pipe, image, mask, source, target, config)
 refinement = result.refinement
@@ -79,7 +80,7 @@ print(f"{len(refinement.losses)} AdamW steps over {len(refinement.embeddings)} t
 # the latent, so the loss jumps there.
 
 # %%
-from zsharm.visualize import plot_losses
+from zsharm.teaching.plots import plot_losses
 
 fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
 plot_losses(refinement.losses, ["attn_fg", "attn_bg", "loss_emb"], ax=axes[0], title="attention terms")
@@ -95,8 +96,8 @@ plt.show()
 # target words onto the background.
 
 # %%
-from zsharm.blending import latent_mask
-from zsharm.refinement import attention_mask_small
+from zsharm.edit.blending import latent_mask
+from zsharm.edit.refinement import attention_mask_small
 
 (fg_first, bg_first), (fg_last, bg_last) = refinement.maps_first, refinement.maps_last
 w, h = result.work_input.size
@@ -127,8 +128,8 @@ for name, first, last, goal in [("A_fg", fg_first, fg_last, small), ("A_bg", bg_
 # word the optimisation found best at covering the background.
 
 # %%
-from zsharm.prompts import condition_vocabulary, description_positions, split_object
-from zsharm.visualize import token_labels
+from zsharm.edit.tokens import condition_vocabulary, description_positions, split_object
+from zsharm.teaching.trace import token_labels
 
 n_object = split_object(source, target, condition_vocabulary())
 positions = description_positions(pipe.tokenizer, target, n_object)

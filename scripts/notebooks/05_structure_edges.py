@@ -26,7 +26,7 @@ import numpy as np
 
 from zsharm.config import HarmonizeConfig
 from zsharm.io import load_image, load_mask
-from zsharm.visualize import TINY_NOTE, is_tiny, repo_root
+from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
 
 ROOT = repo_root()
 DATA = ROOT / "data"
@@ -54,8 +54,8 @@ source, target = "astronaut bright warm indoor", "astronaut dim blue twilight"
 # The edge maps of real photos, the committed figure `figures/edge_maps.png`:
 
 # %%
-from zsharm.figures import edges_figure
-from zsharm.pidinet import load_pidinet, random_pidinet
+from zsharm.teaching.figures import edges_figure
+from zsharm.edit.pidinet import load_pidinet, random_pidinet
 
 pidinet = load_pidinet(variant="tiny")
 edges_figure(pidinet)
@@ -67,10 +67,10 @@ plt.show()
 # The same network with random weights responds to everything; the trained one keeps outlines.
 
 # %%
-from zsharm.figures import edge_maps
-from zsharm.visualize import plot_edges
+from zsharm.teaching.figures import edge_maps
+from zsharm.teaching.plots import plot_edges
 
-from zsharm.blending import mask_at
+from zsharm.edit.blending import mask_at
 
 photo = np.asarray(image.resize((320, round(320 * image.height / image.width))))
 small_mask = mask_at(mask, (photo.shape[1], photo.shape[0]))
@@ -91,7 +91,7 @@ plt.show()
 # %%
 from PIL import ImageFilter
 
-from zsharm.visualize import colour_shift, structure_change
+from zsharm.teaching.plots import colour_shift, structure_change
 
 base = np.asarray(image)
 changes = {
@@ -122,7 +122,7 @@ for name, changed in changes.items():
 # (`pidinet_grad=False`); the sweep below turns the gradient on (`pidinet_grad=True`) so that $\gamma$ acts.
 
 # %%
-from zsharm.figures import run_variants, variants_figure
+from zsharm.teaching.figures import run_variants, variants_figure
 from zsharm.models import load_pipeline
 
 pipe = load_pipeline(MODEL, device=DEVICE)

@@ -26,8 +26,9 @@ import matplotlib.pyplot as plt
 from zsharm.config import HarmonizeConfig
 from zsharm.io import load_image, load_mask
 from zsharm.models import load_pipeline
-from zsharm.pidinet import load_pidinet
-from zsharm.visualize import TINY_NOTE, is_tiny, repo_root, show_images
+from zsharm.edit.pidinet import load_pidinet
+from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
+from zsharm.teaching.plots import show_images
 
 ROOT = repo_root()
 DATA = ROOT / "data"
@@ -70,7 +71,7 @@ source, target = "astronaut bright warm indoor", "astronaut dim blue twilight"
 # full iteration; `result.edit.images` holds both branches' decoded images.
 
 # %%
-from zsharm.figures import run_variants
+from zsharm.teaching.figures import run_variants
 
 variants = {
     "cross + self (the method)": config,
@@ -98,7 +99,7 @@ plt.show()
 # input (Sobel MSE) and how far the colour moved (mean $\Delta E$).
 
 # %%
-from zsharm.figures import variants_figure
+from zsharm.teaching.figures import variants_figure
 
 variants_figure(image, mask, results, title="Prompt-to-Prompt: which attention is replaced", pidinet=pidinet)
 plt.show()
@@ -112,9 +113,9 @@ plt.show()
 # the replaced maps of earlier layers).
 
 # %%
-from zsharm.harmonize import run_iteration
-from zsharm.prompts import word_token_spans
-from zsharm.visualize import plot_word_maps
+from zsharm.edit.iteration import run_iteration
+from zsharm.edit.tokens import word_token_spans
+from zsharm.teaching.plots import plot_word_maps
 
 kept = run_iteration(pipe, image, mask, source, target, config, progress=False, keep_maps=True, pidinet=pidinet)
 h, w = kept.edit.latents[-1].shape[-2] * 8 // 32, kept.edit.latents[-1].shape[-1] * 8 // 32

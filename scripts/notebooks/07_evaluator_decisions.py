@@ -30,7 +30,7 @@ import warnings
 import matplotlib.pyplot as plt
 
 from zsharm.io import load_image, load_mask
-from zsharm.visualize import TINY_NOTE, is_tiny, repo_root
+from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
 
 ROOT = repo_root()
 DATA = ROOT / "data"
@@ -67,10 +67,10 @@ mask = load_mask(DATA / "demo" / "mask.png", size=image.size)
 #   after that **Conclude**;
 # * otherwise **Continue**, up to the iteration budget (10).
 #
-# The final output is the best-scoring image seen, whenever it came. `zsharm.loop.decide` is the rule:
+# The final output is the best-scoring image seen, whenever it came. `zsharm.decide.rule.decide` is the rule:
 
 # %%
-from zsharm.loop import decide
+from zsharm.decide.rule import decide
 
 for scores, regenerated in [([0.4, 0.5, 0.6], False), ([0.6, 0.5, 0.55], False), ([0.6, 0.5, 0.4], False),
                             ([0.6, 0.5, 0.4], True), ([0.6, 0.6, 0.5], False), ([0.5, 0.4], False)]:
@@ -87,7 +87,7 @@ for scores, regenerated in [([0.4, 0.5, 0.6], False), ([0.6, 0.5, 0.55], False),
 # itself is the real `run_loop`. The figure is committed as `figures/decision_trace.png`.
 
 # %%
-from zsharm.figures import SCRIPTED_SCORES, decision_trace_figure, scripted_loop
+from zsharm.teaching.figures import decision_trace_figure, scripted_loop, SCRIPTED_SCORES
 
 print("scripted scores, in the order the loop asks for them:", SCRIPTED_SCORES)
 scripted, scripted_images, original = scripted_loop()
@@ -112,9 +112,9 @@ print(f"stopped: {scripted.stop_reason}; best image from iteration {scripted.bes
 
 # %%
 from zsharm.config import HarmonizeConfig
-from zsharm.describe import read_caption_file
-from zsharm.evaluator import load_evaluator
-from zsharm.harmonize import run_iteration
+from zsharm.describe.describers import read_caption_file
+from zsharm.decide.evaluator import load_evaluator
+from zsharm.edit.iteration import run_iteration
 from zsharm.loop import run_loop
 from zsharm.models import load_pipeline
 

@@ -4,7 +4,7 @@
 # **What this notebook teaches.** How the pieces of notebooks 01-07 compose into the method, and how to
 # regenerate the paper-style figures: one foreground harmonized into several backgrounds (the paper's first
 # figure) and the ablations without refinement, without the edge loss and without self-attention
-# replacement. Every figure here is drawn by `zsharm.figures`, the same code as `zsharm figures`.
+# replacement. Every figure here is drawn by `zsharm.teaching.figures`, the same code as `zsharm figures`.
 
 # %% install
 
@@ -27,11 +27,12 @@ from IPython.display import Image as ShowPNG
 from IPython.display import display
 
 from zsharm.config import HarmonizeConfig
-from zsharm.figures import save_figure
+from zsharm.teaching.figures import save_figure
 from zsharm.io import load_image, load_mask
 from zsharm.models import load_pipeline
-from zsharm.pidinet import load_pidinet
-from zsharm.visualize import TINY_NOTE, is_tiny, repo_root, show_images
+from zsharm.edit.pidinet import load_pidinet
+from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
+from zsharm.teaching.plots import show_images
 
 ROOT = repo_root()
 DATA = ROOT / "data"
@@ -61,9 +62,9 @@ def keep(fig, name):
 # %%
 import warnings
 
-from zsharm.describe import GivenDescriber, read_caption_file
-from zsharm.evaluator import load_evaluator
-from zsharm.harmonize import run_iteration
+from zsharm.describe.describers import GivenDescriber, read_caption_file
+from zsharm.decide.evaluator import load_evaluator
+from zsharm.edit.iteration import run_iteration
 from zsharm.loop import run_loop
 
 image = load_image(DATA / "demo" / "composite.png").to_pil_rgb8()
@@ -92,7 +93,7 @@ plt.show()
 # scikit-image ships, each described with dictionary words, and harmonize each for `ITERATIONS` iterations.
 
 # %%
-from zsharm.figures import BACKGROUNDS, backgrounds_figure
+from zsharm.teaching.figures import BACKGROUNDS, backgrounds_figure
 
 for name, words in BACKGROUNDS.items():
     print(f"{name:>18}: target words {words!r}")
@@ -113,7 +114,7 @@ keep(backgrounds_figure(pipe, config, iterations=ITERATIONS), "backgrounds.png")
 # (Sobel MSE against the input).
 
 # %%
-from zsharm.figures import ablations_figure
+from zsharm.teaching.figures import ablations_figure
 
 keep(ablations_figure(pipe, config, pidinet=pidinet), "ablations.png")
 

@@ -24,7 +24,8 @@ DEVICE = None
 import matplotlib.pyplot as plt
 import numpy as np
 
-from zsharm.visualize import TINY_NOTE, difference, is_tiny, repo_root, show_images
+from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
+from zsharm.teaching.plots import difference, show_images
 
 ROOT = repo_root()
 DATA = ROOT / "data"
@@ -41,7 +42,7 @@ if is_tiny(MODEL):
 # with a `captions.txt` describing each edit in dictionary words so zsharm runs without a VLM.
 
 # %%
-from zsharm.datasets import load_dataset
+from zsharm.benchmark.datasets import load_dataset
 
 samples = load_dataset(DATA / "synthetic")
 print(f"{len(samples)} composites; first: {samples[0].name}, captions {samples[0].captions}")
@@ -67,10 +68,10 @@ plt.show()
 #
 # and SSIM (Wang et al. 2004) on the whole image. MSE shrinks with the foreground's area (a tiny object
 # barely moves it), which is why DoveNet introduced fMSE: MSE on the foreground alone. We compute them by
-# hand for one composite and compare with `zsharm.metrics.measure`.
+# hand for one composite and compare with `zsharm.benchmark.metrics.measure`.
 
 # %%
-from zsharm.metrics import measure
+from zsharm.benchmark.metrics import measure
 
 composite, mask, real = samples[0].load()
 error = (composite.astype(np.float64) - real.astype(np.float64)) ** 2
@@ -79,7 +80,7 @@ by_hand["psnr"] = 10 * np.log10(255**2 / by_hand["mse"])
 by_hand["fpsnr"] = 10 * np.log10(255**2 / by_hand["fmse"])
 library = measure(composite, real, mask)
 for key in ("mse", "fmse", "psnr", "fpsnr"):
-    print(f"{key:>6}: by hand {by_hand[key]:9.3f}   zsharm.metrics {library[key]:9.3f}")
+    print(f"{key:>6}: by hand {by_hand[key]:9.3f}   zsharm.benchmark.metrics {library[key]:9.3f}")
 print(f"  ssim: {library['ssim']:.4f}   (foreground {mask.mean():.0%} of the image)")
 
 # %% [markdown]
@@ -94,7 +95,7 @@ print(f"  ssim: {library['ssim']:.4f}   (foreground {mask.mean():.0%} of the ima
 # colours resemble the scene's.
 
 # %%
-from zsharm.baselines import BASELINES
+from zsharm.benchmark.baselines import BASELINES
 
 composite, mask, real = picks[2].load()
 outputs = {name: method(composite, mask) for name, method in BASELINES.items()}
@@ -105,12 +106,12 @@ plt.show()
 # %% [markdown]
 # ## A small benchmark
 #
-# `zsharm.evaluate.evaluate` runs every method on every sample and measures it. The `zsharm` method runs
+# `zsharm.benchmark.compare.evaluate` runs every method on every sample and measures it. The `zsharm` method runs
 # stage 2 with each sample's caption (the first candidate) for `ITERATIONS` iterations. On the full set at
 # 50 steps this takes a GPU a few minutes per image; `LIMIT` keeps it short.
 
 # %%
-from zsharm.evaluate import evaluate, markdown_table, summarize, zsharm_method
+from zsharm.benchmark.compare import evaluate, markdown_table, summarize, zsharm_method
 
 methods = dict(BASELINES)
 ours = zsharm_method(MODEL, "paper", ITERATIONS, device=DEVICE, steps=STEPS, size=SIZE)
@@ -162,4 +163,4 @@ plt.show()
 # 3. Run zsharm with 1, 2 and 3 iterations on the same images. Does fMSE keep falling?
 # 4. Ground truth rewards getting back the *original* colours, but harmonization only needs *plausible*
 #    ones. Find an image where a result looks harmonious and still scores badly. What would a user study
-#    (zsharm.userstudy) add?
+#    (zsharm.benchmark.userstudy) add?

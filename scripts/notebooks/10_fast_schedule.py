@@ -25,11 +25,11 @@ DEVICE = None
 import matplotlib.pyplot as plt
 import torch
 
-from zsharm.bench import paper_counts, schedule_counts
+from zsharm.repro.bench import paper_counts, schedule_counts
 from zsharm.config import HarmonizeConfig
 from zsharm.io import load_image, load_mask
 from zsharm.models import default_device
-from zsharm.visualize import TINY_NOTE, is_tiny, repo_root
+from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
 
 ROOT = repo_root()
 DATA = ROOT / "data"
@@ -42,7 +42,7 @@ if is_tiny(MODEL):
 # ## Where the work goes
 #
 # Counting needs no model: each stage's number of UNet calls follows from the schedule (METHOD.md gives the
-# paper's; `zsharm.bench.schedule_counts` derives any configuration's, and the tests check both against real
+# paper's; `zsharm.repro.bench.schedule_counts` derives any configuration's, and the tests check both against real
 # runs). With $n$ = steps - 1 denoising steps, the paper's iteration makes
 #
 # * inversion: $n$ calls on 2 images (the conditional half is computed though guidance is 0),
@@ -52,8 +52,8 @@ if is_tiny(MODEL):
 # * editing: $n$ calls on 4 images (two branches, each conditional and unconditional).
 
 # %%
-from zsharm.ablation import plot_stage_work
-from zsharm.bench import summarise
+from zsharm.repro.switches import plot_stage_work
+from zsharm.repro.bench import summarise
 
 tables = {"paper (50 steps)": paper_counts(50), "fast (20 steps)": schedule_counts(HarmonizeConfig.fast())}
 for name, counts in tables.items():
@@ -82,7 +82,7 @@ plt.show()
 # swap: the outputs agree to float32 rounding.
 
 # %%
-from zsharm.attention import AttentionReplace, controlled_attention
+from zsharm.edit.attention import AttentionReplace, controlled_attention
 from zsharm.models import load_pipeline
 
 pipe = load_pipeline(MODEL, device=device, dtype=torch.float32)
@@ -111,14 +111,14 @@ print("largest difference, target row vs free target row:",
 # only, where it reproduces their numbers; see `tests/test_reference.py`). The embeddings being optimised stay
 # float32, but their gradients travel back through fp16 activations. fp16's smallest subnormal is about
 # $6\times10^{-8}$ and its largest value 65504: gradients of an MSE loss of $10^{-3}$ easily fall below the
-# first, and refinement's normalised attention maps can exceed the second. `zsharm.diffusion.optimizer_step`
+# first, and refinement's normalised attention maps can exceed the second. `zsharm.edit.diffusion.optimizer_step`
 # multiplies the loss by a scale before the backward and divides the gradients after (PyTorch's
 # `GradScaler`); where the scaled gradients overflow it halves the scale, computes the loss again and repeats
 # the backward, rather than skipping the step as mixed-precision training does, so that every one of the paper's
 # steps is taken (the repeated model calls are counted apart, as "recomputed").
 
 # %%
-from zsharm.diffusion import optimizer_step
+from zsharm.edit.diffusion import optimizer_step
 
 for scaled in (False, True):
     p = torch.nn.Parameter(torch.ones(3))
@@ -130,7 +130,7 @@ for scaled in (False, True):
 # %% [markdown]
 # ## Each shortcut on its own
 #
-# `zsharm.ablation` lists every way `fast` differs from `paper` as a switch. It runs the paper schedule, the
+# `zsharm.repro.switches` lists every way `fast` differs from `paper` as a switch. It runs the paper schedule, the
 # paper schedule with each switch turned on alone, the fast schedule, and the fast schedule with each switch
 # turned off alone, all on the demo composite, and compares every output with the paper's inside the mask.
 # With real weights that is about nine iterations at the paper's cost and nine at fast's; set `ROWS` to a list
@@ -142,7 +142,7 @@ for scaled in (False, True):
 # ```
 
 # %%
-from zsharm.ablation import ablate, fast_switches, markdown, plot
+from zsharm.repro.switches import ablate, fast_switches, markdown, plot
 
 for switch in fast_switches():
     print(f"- {switch.name}: {switch.why}")
@@ -169,7 +169,7 @@ plt.show()
 # weights they are the quality you give up for the speed.
 
 # %%
-from zsharm.visualize import show_images
+from zsharm.teaching.plots import show_images
 
 by_name = {r.name: r for r in rows}
 show_images([by_name["paper"].image, by_name["fast"].image], ["paper", "fast"])

@@ -110,8 +110,13 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
     a short untimed warm-up). Seconds are single runs: `zsharm bench` gives medians."""
     from tqdm.auto import tqdm
 
-    from zsharm.harmonize import _as_mask, _as_picture, _iterate_at_work_size, at_work_size
-    from zsharm.metrics import fpsnr
+    from zsharm.benchmark.metrics import fpsnr
+    from zsharm.edit.iteration import (
+        _as_mask,
+        _as_picture,
+        _iterate_at_work_size,
+        at_work_size,
+    )
     from zsharm.models import default_device, default_dtype, load_pipeline
 
     device = torch.device(device) if device else default_device()
@@ -125,7 +130,7 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
     full_mask = _as_mask(mask, picture.size)
     work_input, mask_work = at_work_size(picture, full_mask, HarmonizeConfig(size=size))
     if pidinet is None:
-        from zsharm.pidinet import load_pidinet
+        from zsharm.edit.pidinet import load_pidinet
         pidinet = load_pidinet(variant="tiny", device=device)
     pipes, results, reference = {}, [], None
     for name, config, changes in tqdm(rows, desc="Ablation", disable=not progress):
@@ -215,7 +220,7 @@ def register(subparsers):
 def cli_ablate(args) -> int:
     from pathlib import Path
 
-    from zsharm.visualize import repo_root
+    from zsharm.teaching.setup import repo_root
     if args.image is None:
         demo = repo_root() / "data" / "demo"
         args.image, args.mask = demo / "composite.png", args.mask or demo / "mask.png"

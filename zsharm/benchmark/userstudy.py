@@ -14,8 +14,8 @@
 The intervals treat votes as independent; with few participants and many votes each, widen them (or
 bootstrap over participants with `analyse(..., bootstrap=N)`).
 
-    python -m zsharm.userstudy make runs/real/images study/ --composites data/composites/composite
-    python -m zsharm.userstudy analyse votes_*.csv
+    python -m zsharm.benchmark.userstudy make runs/real/images study/ --composites data/composites/composite
+    python -m zsharm.benchmark.userstudy analyse votes_*.csv
 """
 
 import base64
@@ -506,7 +506,7 @@ def analyse(votes, prior: float = 1.0, confidence: float = 0.95, bootstrap: int 
 def main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m zsharm.userstudy", description="A/B preference study kit.")
+    parser = argparse.ArgumentParser(prog="python -m zsharm.benchmark.userstudy", description="A/B preference study kit.")
     sub = parser.add_subparsers(dest="command", required=True)
     make = sub.add_parser("make", help="write a study page from images/<method>/<item>.png")
     make.add_argument("images", help="folder with one subfolder of results per method")

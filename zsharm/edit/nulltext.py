@@ -23,9 +23,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zsharm.diffusion import (Run, ddim_step, decode_latents, optimizer_step, progress, text_embeddings, to_uint8,
-                              unet_noise)
-from zsharm.inversion import image_to_tensor
+from zsharm.edit.diffusion import (
+    Run,
+    ddim_step,
+    decode_latents,
+    optimizer_step,
+    progress,
+    text_embeddings,
+    to_uint8,
+    unet_noise,
+)
+from zsharm.edit.inversion import image_to_tensor
 
 
 @dataclass
@@ -51,7 +59,7 @@ class EdgeLoss:
     """L_Edge against a fixed input image, inside the mask."""
 
     def __init__(self, run: Run, image_pil, mask_full: torch.Tensor, pidinet):
-        from zsharm.edges import pidinet_edges, sobel
+        from zsharm.edit.edges import pidinet_edges, sobel
         self.run, self.mask, self.pidinet = run, mask_full.to(run.device), pidinet
         self.sobel, self.pidinet_edges = sobel, pidinet_edges
         image01 = (image_to_tensor(image_pil).to(run.device, run.work_dtype) + 1) / 2

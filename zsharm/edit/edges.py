@@ -3,7 +3,7 @@
 import kornia
 import torch
 
-from zsharm.pidinet import PiDiNet
+from zsharm.edit.pidinet import PiDiNet
 
 # torchvision's ImageNet statistics, the normalisation PiDiNet was trained with
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

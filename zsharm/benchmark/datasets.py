@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from zsharm.describe.captions import parse_caption_line
 from zsharm.errors import ZsharmError
-from zsharm.prompts import parse_caption_line
 
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LAYOUTS = ("iharmony4", "authors", "realhm", "folder")

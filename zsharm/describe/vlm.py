@@ -1,7 +1,7 @@
 """Vision-language model backends for stage 1: each turns (pictures + an instruction) into one text answer.
 
 Two backends, one method: `ask(parts, seed) -> str`, where `parts` is the user turn as a list of strings and
-PIL images in reading order. Neither backend checks the answer: `zsharm.describe` parses it strictly and asks
+PIL images in reading order. Neither backend checks the answer: `zsharm.describe.describers` parses it strictly and asks
 again when it is malformed.
 
 - `TransformersVLM`: a local open model through transformers (`AutoProcessor` + `AutoModelForImageTextToText`,
@@ -305,10 +305,16 @@ def build_tiny_vlm(out_dir, seed: int = 0) -> Path:
     processing and generation code the real model does. Its answers are random text. A few MB; < 1 s.
     """
     import torch
-    from transformers import GPT2Tokenizer, Idefics3Config, Idefics3ForConditionalGeneration
+    from transformers import (
+        GPT2Tokenizer,
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+    )
     from transformers.convert_slow_tokenizer import bytes_to_unicode
     from transformers.models.idefics3 import Idefics3Processor
-    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+    from transformers.models.idefics3.image_processing_pil_idefics3 import (
+        Idefics3ImageProcessorPil,
+    )
 
     out_dir = Path(out_dir)
     # A byte-level vocabulary without merges (GPT-2's byte-to-character table): any text is writable.

@@ -11,8 +11,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from zsharm.attention import AttentionReplace, AttentionStore, controlled_attention
-from zsharm.diffusion import Run, ddim_step, decode_latents, progress, to_uint8, unet_noise
+from zsharm.edit.attention import AttentionReplace, AttentionStore, controlled_attention
+from zsharm.edit.diffusion import (
+    Run,
+    ddim_step,
+    decode_latents,
+    progress,
+    to_uint8,
+    unet_noise,
+)
 
 
 @dataclass

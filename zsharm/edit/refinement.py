@@ -16,9 +16,18 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from zsharm.attention import AttentionStore, controlled_attention
-from zsharm.diffusion import (Run, ddim_step, embedding_layer, optimizer_step, overridden_token_embeddings,
-                              progress, text_embeddings, tokenize, unet_noise)
+from zsharm.edit.attention import AttentionStore, controlled_attention
+from zsharm.edit.diffusion import (
+    Run,
+    ddim_step,
+    embedding_layer,
+    optimizer_step,
+    overridden_token_embeddings,
+    progress,
+    text_embeddings,
+    tokenize,
+    unet_noise,
+)
 
 
 @dataclass

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from zsharm.diffusion import Run, encode_image, epsilon, progress, text_embeddings, timesteps, unet_noise
+from zsharm.edit.diffusion import (
+    Run,
+    encode_image,
+    epsilon,
+    progress,
+    text_embeddings,
+    timesteps,
+    unet_noise,
+)
 
 
 @dataclass

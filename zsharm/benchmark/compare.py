@@ -7,10 +7,10 @@ writes, as PCT-Net publishes its results:
                   (the metric cells are empty where the dataset has no ground truth);
 - summary.csv     per method: images, images with ground truth, the metric means, mean seconds;
 - summary.md      the same as a markdown table;
-- images/<method>/<name>.png with --save-images (e.g. to feed zsharm.userstudy).
+- images/<method>/<name>.png with --save-images (e.g. to feed zsharm.benchmark.userstudy).
 
-Metrics are taken at the images' own resolution (zsharm.metrics); the `zsharm` method runs stage 2
-(zsharm.harmonize) with the dataset's first caption per image, or --source/--target, or the describer.
+Metrics are taken at the images' own resolution (zsharm.benchmark.metrics); the `zsharm` method runs stage 2
+(zsharm.edit.iteration) with the dataset's first caption per image, or --source/--target, or the describer.
 """
 
 import csv
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from zsharm.baselines import BASELINES
-from zsharm.datasets import LAYOUTS, load_dataset
+from zsharm.benchmark.baselines import BASELINES
+from zsharm.benchmark.datasets import LAYOUTS, load_dataset
+from zsharm.benchmark.metrics import measure
 from zsharm.errors import ZsharmError
 from zsharm.io import write_bytes_atomic
-from zsharm.metrics import measure
 
 METRIC_NAMES = ("mse", "fmse", "psnr", "fpsnr", "ssim")
 COLUMNS = ("name", "method") + METRIC_NAMES + ("seconds",)
@@ -36,14 +36,14 @@ def zsharm_method(model: str = "stabilityai/stable-diffusion-2-base", schedule: 
     """A `(composite uint8, mask bool, sample) -> uint8` function running zsharm's stage 2.
 
     The pipeline is loaded once, here. Descriptions: `source`/`target` if given, else the sample's
-    first caption, else `describer.describe(image, mask, n=1)[0]` (zsharm.describe.get_describer() when
+    first caption, else `describer.describe(image, mask, n=1)[0]` (zsharm.describe.describers.get_describer() when
     no describer is passed).
     """
     from PIL import Image
 
     from zsharm.config import HarmonizeConfig
-    from zsharm.harmonize import harmonize
     from zsharm.models import load_pipeline
+    from zsharm.pipeline import harmonize
 
     if (source is None) != (target is None):
         raise ZsharmError("give both --source and --target, or neither")
@@ -59,7 +59,7 @@ def zsharm_method(model: str = "stabilityai/stable-diffusion-2-base", schedule: 
             src, tgt = sample.captions[0]
         else:
             if state["describer"] is None:
-                from zsharm.describe import get_describer
+                from zsharm.describe.describers import get_describer
                 state["describer"] = get_describer()
             description = state["describer"].describe(image, mask, n=1)[0]
             src, tgt = description.source, description.target

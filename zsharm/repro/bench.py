@@ -5,7 +5,7 @@
 Each row runs one schedule (`paper`, `fast`, or either with `-fp32-materialised`: fp32 weights and every
 attention map materialised, the authors' arithmetic) on a synthetic composite: one warm-up iteration, then
 `--repeats` timed ones; the table gives the median seconds per iteration, the peak memory and the model calls
-counted by `zsharm.diffusion.CallCounter`, beside the counts the schedule's formula predicts.
+counted by `zsharm.edit.diffusion.CallCounter`, beside the counts the schedule's formula predicts.
 
 `sd2-random` is Stable Diffusion 2 base's real architecture (configs in `zsharm/assets/sd2_base_config/`) with
 random weights, built offline into the zsharm cache, so GPU timings are timings of the real network.
@@ -26,7 +26,7 @@ import torch
 from zsharm.config import SCHEDULES, HarmonizeConfig
 from zsharm.errors import ZsharmError
 
-SD2_CONFIG_DIR = Path(__file__).parent / "assets" / "sd2_base_config"
+SD2_CONFIG_DIR = Path(__file__).parents[1] / "assets" / "sd2_base_config"
 SD2_RANDOM_VERSION = 1          # bump when the build below changes, so cached folders are rebuilt
 BASELINE_SUFFIX = "-fp32-materialised"
 PROMPTS = ("cat bright", "cat winter dull")
@@ -285,7 +285,7 @@ def measure_row(model: str, name: str, size: int = 512, steps: int = None, repea
     Returns a dict: name, schedule, steps, dtype, attention, seconds (each timed iteration), seconds_median,
     stage_seconds (median per stage), peak_memory_bytes, memory (what was measured), counts (CallCounter
     table), summary (summarise(counts)), formula (schedule_counts), formula_match ("=", "<=" or "!=")."""
-    from zsharm.harmonize import run_iteration
+    from zsharm.edit.iteration import run_iteration
     from zsharm.models import default_device, load_pipeline
 
     device = torch.device(device) if device else default_device()
@@ -295,10 +295,10 @@ def measure_row(model: str, name: str, size: int = 512, steps: int = None, repea
     if materialised:
         _materialise_all_attention(pipe)
     if pidinet == "published":
-        from zsharm.pidinet import load_pidinet
+        from zsharm.edit.pidinet import load_pidinet
         detector = load_pidinet(variant=config.pidinet_variant, device=device)
     else:
-        from zsharm.pidinet import random_pidinet
+        from zsharm.edit.pidinet import random_pidinet
         detector = random_pidinet(config.pidinet_variant).to(device)
     image, mask = synthetic_composite(size)
     cuda = device.type == "cuda"
@@ -349,13 +349,13 @@ def measure_row(model: str, name: str, size: int = 512, steps: int = None, repea
 
 
 def _measure_row_isolated(kwargs: dict) -> dict:
-    """measure_row in a fresh Python process (`python -m zsharm.bench KWARGS OUT`), so that the row's peak
+    """measure_row in a fresh Python process (`python -m zsharm.repro.bench KWARGS OUT`), so that the row's peak
     memory is its own and nothing is shared with earlier rows. The child's stderr is the caller's."""
     import subprocess
     import tempfile
     with tempfile.TemporaryDirectory(prefix="zsharm-bench-") as tmp:
         out = Path(tmp, "row.json")
-        proc = subprocess.run([sys.executable, "-m", "zsharm.bench", json.dumps(kwargs), str(out)],
+        proc = subprocess.run([sys.executable, "-m", "zsharm.repro.bench", json.dumps(kwargs), str(out)],
                               stdout=subprocess.DEVNULL)
         answer = json.loads(out.read_text()) if out.is_file() else None
     if answer is not None and "error" in answer:
@@ -408,6 +408,7 @@ def bench(model: str = "tiny", schedules=("paper", "fast"), size: int = 512, ste
         row["speedup_vs"] = reference["name"] if reference else None
         row["speedup"] = reference["seconds_median"] / row["seconds_median"] if reference else None
     import diffusers
+
     from zsharm import __version__
     return dict(model=model, device=device_name(device, threads), device_type=device.type, threads=threads,
                 size=size, repeats=repeats,
@@ -455,7 +456,7 @@ def markdown(report: dict) -> str:
               "arithmetic; the `-fp32-materialised` baselines also materialise the VAE's and the text encoder's); "
               "`fused` = fused attention (SDPA) wherever no map is needed, refinement's image/32 maps still "
               "materialised. UNet images = batch rows evaluated. counts vs formula: `=` the counted calls equal "
-              "`zsharm.bench.schedule_counts` for the row's configuration.", ""]
+              "`zsharm.repro.bench.schedule_counts` for the row's configuration.", ""]
     return "\n".join(lines)
 
 

@@ -43,11 +43,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from zsharm.describe.captions import DescriptionFormatError
+from zsharm.describe.captions import parse_caption_line as _caption_pairs
+from zsharm.describe.captions import read_caption_file as _caption_file_pairs
+from zsharm.describe.vlm import DEFAULT_VLM, OpenAIChatVLM, TransformersVLM
 from zsharm.errors import ZsharmError
-from zsharm.prompts import DescriptionFormatError, parse_caption_line as _caption_pairs, \
-    read_caption_file as _caption_file_pairs
-from zsharm.vlm import DEFAULT_VLM, OpenAIChatVLM, TransformersVLM
-from zsharm.vocabulary import DICTIONARY, LIST_OF, WORDS, dictionary_text, in_dictionary_order
+from zsharm.vocabulary import (
+    DICTIONARY,
+    LIST_OF,
+    WORDS,
+    dictionary_text,
+    in_dictionary_order,
+)
 
 
 class DescriptionExhaustedError(ZsharmError):
@@ -397,7 +404,7 @@ class GivenDescriber(Describer):
 
 
 class VLMDescriber(Describer):
-    """Descriptions from a VLM backend (`zsharm.vlm`), checked by `parse_description`, cached on disk.
+    """Descriptions from a VLM backend (`zsharm.describe.vlm`), checked by `parse_description`, cached on disk.
 
     max_attempts: answers asked for each wanted description before giving up (malformed ones and repeats
     of a tried description both count). seed: the first answer's sampling seed; each attempt uses the next.
@@ -548,7 +555,7 @@ def get_describer(vlm=None, base_url=None, vlm_model=None, api_key_env: str = "Z
       pairs, or a caption-file line `src,tgt;src,tgt`): the user's descriptions, no model;
     - `base_url` + `vlm_model`: an OpenAI-compatible endpoint (key from `$api_key_env`; `timeout`, `retries`,
       `backoff`);
-    - else a local transformers model: `vlm` (hub id or folder; default `zsharm.vlm.DEFAULT_VLM`) on
+    - else a local transformers model: `vlm` (hub id or folder; default `zsharm.describe.vlm.DEFAULT_VLM`) on
       `device` in `dtype`.
     VLM descriptions are cached in `cache_dir` (default `default_cache_dir()`) unless `use_cache` is False.
     Extra keywords go to the backend (e.g. `generate_kwargs`, `max_new_tokens`, `temperature`).

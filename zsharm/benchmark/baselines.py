@@ -20,8 +20,8 @@ photos there).
 
 import numpy as np
 
+from zsharm.benchmark.metrics import binary_mask
 from zsharm.errors import ZsharmError
-from zsharm.metrics import binary_mask
 
 
 def _check(composite, mask):

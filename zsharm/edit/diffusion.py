@@ -96,7 +96,7 @@ class Run:
         from contextlib import nullcontext
         if not self.authors_arithmetic:
             return nullcontext()
-        from zsharm.attention import authors_arithmetic
+        from zsharm.edit.attention import authors_arithmetic
         return authors_arithmetic(self.unet, stage)
 
     def gradient_scaler(self):

@@ -1,50 +1,11 @@
-"""Prompts and the token positions of their words.
-
+"""
 A description prompt is "OBJECT word word ...": the object, then imaging-condition words. Refinement works on
 the tokens of the condition words. CLIP's BPE splits a word into several tokens when it is rare
 ("greyscale" -> "grey" + "scale"), so positions are found word by word, never assumed one token each.
+
 """
 
-from pathlib import Path
-
 from zsharm.errors import ZsharmError
-
-
-class DescriptionFormatError(ZsharmError):
-    """A description (a VLM answer, given prompts, a caption line) that breaks the format; says why."""
-
-
-def parse_caption_line(line: str, where: str = None) -> tuple:
-    """One line of the authors' caption file, `src,tgt;src,tgt` -> (("src", "tgt"), ...), best first."""
-    prefix = f"{where}: " if where else ""
-    if not line.strip():
-        raise DescriptionFormatError(f"{prefix}empty line (one line per image)")
-    pairs = []
-    for pair in line.strip().split(";"):
-        prompts = [p.strip() for p in pair.split(",")]
-        if len(prompts) != 2 or not all(prompts):
-            raise DescriptionFormatError(f"{prefix}{pair.strip()!r} is not 'source,target'")
-        pairs.append(tuple(prompts))
-    return tuple(pairs)
-
-
-def read_caption_file(path) -> list:
-    """The authors' caption file: line i holds the candidate prompt pairs of image i (natural name order).
-    Trailing blank lines are ignored; an error names the file and line."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").rstrip("\n\r ").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ZsharmError(f"cannot read caption file {path}: {getattr(error, 'strerror', None) or error}") from None
-    if not lines:
-        raise DescriptionFormatError(f"caption file {path} is empty")
-    parsed = []
-    for number, line in enumerate(lines, 1):
-        try:
-            parsed.append(parse_caption_line(line))
-        except DescriptionFormatError as error:  # both spellings of the place: editors', and people's
-            raise DescriptionFormatError(f"{path}:{number}: {error} (line {number})") from None
-    return parsed
 
 
 def word_token_spans(tokenizer, prompt: str) -> list:
@@ -94,8 +55,5 @@ def description_positions(tokenizer, prompt: str, object_words: int) -> list:
 
 def condition_vocabulary():
     """The closed dictionary of condition words, if the describe stage is installed (it is part of zsharm)."""
-    try:
-        from zsharm.describe import DICTIONARY
-    except ImportError:
-        return None
+    from zsharm.vocabulary import DICTIONARY
     return {w for words in DICTIONARY.values() for w in words}

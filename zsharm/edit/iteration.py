@@ -6,7 +6,7 @@
 
 Work happens at an aspect-preserving work size (long side `config.size`, multiples of 64). Iterations run at
 work size, as the authors' do; the change found there is carried onto the full-resolution foreground once, at
-the end, by an edge-aware colour transfer (zsharm.transfer), so the output keeps the input's detail.
+the end, by an edge-aware colour transfer (zsharm.edit.transfer), so the output keeps the input's detail.
 """
 
 import time
@@ -17,16 +17,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zsharm.blending import blend, latent_mask, mask_at
 from zsharm.config import HarmonizeConfig
-from zsharm.diffusion import CallCounter, Run
-from zsharm.editing import Edit, edit_with_prompt_to_prompt
+from zsharm.edit.blending import blend, latent_mask, mask_at
+from zsharm.edit.diffusion import CallCounter, Run
+from zsharm.edit.inversion import Inversion, ddim_invert, image_to_tensor
+from zsharm.edit.nulltext import EdgeLoss, NullText, optimize_null_text
+from zsharm.edit.prompt_to_prompt import Edit, edit_with_prompt_to_prompt
+from zsharm.edit.refinement import Refinement, refine_embeddings
+from zsharm.edit.tokens import condition_vocabulary, description_positions, split_object
 from zsharm.errors import ZsharmError
-from zsharm.inversion import Inversion, ddim_invert, image_to_tensor
 from zsharm.io import Picture, load_image, load_mask, work_size
-from zsharm.prompts import condition_vocabulary, description_positions, split_object
-from zsharm.refinement import Refinement, refine_embeddings
-from zsharm.structure import EdgeLoss, NullText, optimize_null_text
 
 
 @dataclass
@@ -46,17 +46,9 @@ class IterationResult:
     seconds: dict = field(default_factory=dict)
 
 
-@dataclass
-class HarmonizeResult:
-    image: Image.Image
-    picture: Picture
-    work_image: Image.Image
-    iterations: list
-
-
 @lru_cache(maxsize=4)
 def _pidinet(variant: str, device: str):
-    from zsharm.pidinet import load_pidinet
+    from zsharm.edit.pidinet import load_pidinet
     return load_pidinet(variant=variant, device=device)
 
 
@@ -122,7 +114,7 @@ def _iterate_at_work_size(pipe, work_input, mask_work, source, target, config, p
         embeddings = refinement.embeddings
     else:
         refinement = None
-        from zsharm.diffusion import text_embeddings
+        from zsharm.edit.diffusion import text_embeddings
         with torch.no_grad():
             fixed = text_embeddings(run, "refinement", [source, target])
         embeddings = [fixed] * (len(inversion.timesteps) - 1)
@@ -148,31 +140,8 @@ def finish(picture: Picture, mask: np.ndarray, work_before: Image.Image, work_af
     if work_after.size == picture.size and picture.bits == 8 and picture.mode == "RGB":
         return picture.replace_foreground(np.asarray(work_after, dtype=np.float32) / 255.0, mask)
     method = "resize" if config.transfer == "resize" else "guided"
-    from zsharm.transfer import transfer_change
+    from zsharm.edit.transfer import transfer_change
     before = np.asarray(work_before, dtype=np.float32) / 255.0
     after = np.asarray(work_after, dtype=np.float32) / 255.0
     full = transfer_change(picture.rgb(), before, after, mask, method=method)
     return picture.replace_foreground(full, mask)
-
-
-def harmonize(pipe, image, mask, source: str, target: str, config: HarmonizeConfig = None, iterations: int = 1,
-              progress: bool = True, history_dir=None, pidinet=None) -> HarmonizeResult:
-    """`iterations` harmonization iterations without the evaluator; each starts from the last one's blend.
-
-    history_dir keeps every iteration's image, history.json and a contact sheet (zsharm.loop's format)."""
-    from zsharm.describe import Description
-    from zsharm.loop import run_loop
-    config = config or HarmonizeConfig()
-    picture = _as_picture(image)
-    mask = _as_mask(mask, picture.size)
-    start, mask_work = at_work_size(picture, mask, config)
-    results = []
-
-    def step(current, src, tgt):
-        results.append(_iterate_at_work_size(pipe, current, mask_work, src, tgt, config, progress, False, pidinet))
-        return results[-1].work_image
-
-    loop = run_loop(start, mask_work, [Description.from_prompts(source, target)], step, iterations=iterations,
-                    history_dir=history_dir, progress=progress and iterations > 1)
-    final = finish(picture, mask, start, loop.image, config)
-    return HarmonizeResult(image=final.to_pil_rgb8(), picture=final, work_image=loop.image, iterations=results)

@@ -54,7 +54,7 @@ def save_figure(fig, path, dpi: int = 100, palette: bool = True) -> Path:
 def _repo_file(*parts) -> Path:
     """A file of the checkout (the demo data): beside this package when installed editable, else above the
     working folder."""
-    from zsharm.visualize import repo_root
+    from zsharm.teaching.setup import repo_root
     try:
         return repo_root(Path(__file__).parent).joinpath(*parts)
     except ZsharmError:
@@ -174,7 +174,8 @@ def edge_maps(photo: np.ndarray, pidinet=None) -> dict:
     """{"Sobel E_S": H x W, "PiDiNet E_D": H x W} of a uint8 photo, as L_Edge computes them (Sobel per channel,
     shown as the mean magnitude; PiDiNet's fused map in [0, 1])."""
     import torch
-    from zsharm.edges import pidinet_edges, sobel
+
+    from zsharm.edit.edges import pidinet_edges, sobel
 
     x = torch.from_numpy(photo.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
     with torch.no_grad():
@@ -190,7 +191,7 @@ def edges_figure(pidinet=None, photos=EDGE_PHOTOS, width: int = 256):
     """Sobel and PiDiNet-tiny edge maps of real photos (scikit-image's samples), one photo a row."""
     plt = _plt()
     if pidinet is None:
-        from zsharm.pidinet import load_pidinet
+        from zsharm.edit.pidinet import load_pidinet
         pidinet = load_pidinet(variant="tiny")
     rows = []
     for name in photos:
@@ -231,7 +232,7 @@ def stand_in_step(rates=(0.3, 0.45)):
     """A weight-free stand-in for stage 2 in the scripted trace: each call moves the foreground part of the
     way (`rates[candidate]`) to the Reinhard colour transfer of the current image. The decisions do not
     depend on it; it only gives each iteration a picture."""
-    from zsharm.baselines import reinhard
+    from zsharm.benchmark.baselines import reinhard
 
     def step(image, mask, candidate):
         current = np.asarray(image, dtype=np.float32)
@@ -245,7 +246,7 @@ def stand_in_step(rates=(0.3, 0.45)):
 def scripted_loop(scores=SCRIPTED_SCORES, iterations: int = 10):
     """Run `zsharm.loop.run_loop` on the demo composite with the stand-in step and scripted scores.
     Returns (LoopResult, images in record order, the input image)."""
-    from zsharm.describe import Description
+    from zsharm.describe.describers import Description
     from zsharm.loop import run_loop
 
     image, mask, captions = demo_inputs()
@@ -356,7 +357,7 @@ def paste(foreground: Image.Image, mask: np.ndarray, background: np.ndarray) -> 
 
 def run_variants(pipe, image, mask, source, target, configs: dict, pidinet=None, progress=False) -> dict:
     """{name: IterationResult}: one harmonization iteration of the same input under each config."""
-    from zsharm.harmonize import run_iteration
+    from zsharm.edit.iteration import run_iteration
     return {name: run_iteration(pipe, image, mask, source, target, cfg, progress=progress, pidinet=pidinet)
             for name, cfg in configs.items()}
 
@@ -373,7 +374,7 @@ def variants_figure(image, mask, results: dict, title=None, pidinet=None, size: 
     """The input and each variant's output, with how far structure (Sobel MSE in the mask) and colour
     (mean Delta E in the mask) moved from the input."""
     plt = _plt()
-    from zsharm.visualize import colour_shift, draw_mask_outline, structure_change
+    from zsharm.teaching.plots import colour_shift, draw_mask_outline, structure_change
 
     names = list(results)
     first = results[names[0]]
@@ -402,7 +403,7 @@ def variants_figure(image, mask, results: dict, title=None, pidinet=None, size: 
 def backgrounds_figure(pipe, config, iterations: int = 1, backgrounds=None, progress=False):
     """One foreground (the demo's astronaut) pasted into several backgrounds and harmonized into each."""
     plt = _plt()
-    from zsharm.harmonize import harmonize
+    from zsharm.pipeline import harmonize
 
     image, mask, captions = demo_inputs()
     source = captions[0][0]
@@ -468,7 +469,7 @@ def make_figures(out="figures", model=None, only=None, steps=None, size=None, it
         config = HarmonizeConfig.paper(model=model, **overrides)
         pipe = load_pipeline(model, device=device, dtype=dtype)
     if "edges" in names or "ablations" in names:
-        from zsharm.pidinet import load_pidinet
+        from zsharm.edit.pidinet import load_pidinet
         pidinet = load_pidinet(variant="tiny", device=pipe.device if pipe is not None else None)
     written = []
     for name in names:

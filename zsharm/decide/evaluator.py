@@ -1,0 +1,352 @@
+"""Stage 3: the evaluator, a two-class classifier that scores how harmonious an image looks.
+
+The authors' network (their `HarmonizationDetect`): a ResNet-50 whose first convolution takes 4 channels
+(RGB, then the foreground mask), global average pooling and a 2048 -> 2 linear layer. Input: the image
+resized to 256x256 (bilinear, as cv2/albumentations), normalised with mean 0.5 and std 0.5; the mask resized
+the same way with values in [0, 1], not normalised. The score is the softmax probability of class 1
+("harmonious"). `HarmonyClassifier` is written here without torchvision, with the parameter names of their
+checkpoint, so `bestModel.pth` loads unchanged:
+
+    inp_encoder.weight                4 -> 64, 7x7, stride 2 (their replacement of conv1)
+    encoder.0.*                       bn1
+    encoder.1, encoder.2              relu, maxpool (no parameters)
+    encoder.3.* .. encoder.6.*        layer1 .. layer4 (torchvision Bottleneck blocks: 3, 4, 6, 3)
+    classify_fc.weight / .bias        2048 -> 2
+
+(They build `encoder` as `children()[1:-2]` of a `pretrainedmodels` ResNet-50, which lists conv1, bn1, relu,
+maxpool, layer1-4, avgpool, last_linear: seven modules, numbered 0-6.)
+
+The authors did not publish how they trained it; `zsharm train-evaluator` trains one on iHarmony4 or on
+composites made on the fly from any photos and masks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import urllib.request
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+from tqdm.auto import tqdm
+
+from zsharm.errors import ZsharmError
+from zsharm.io import atomic_path
+
+SIZE = 256  # the authors' input size
+# name -> (bottleneck blocks per stage, stem width); the final feature size is width * 8 * 4
+ARCHS = {
+    "resnet50": ((3, 4, 6, 3), 64),  # the authors'
+    "small": ((1, 1, 1, 1), 32),
+    "tiny": ((1, 1, 1, 1), 8),       # for tests: trains in seconds on a CPU
+}
+EXPANSION = 4
+FIRST_STAGE = 3  # encoder.3 is layer1
+
+# The authors' checkpoint. Their code loads `pretrained/bestModel.pth`, but neither their README nor their
+# repository (as far as we could find) links the file; set ZSHARM_EVALUATOR_URL to where you got it, or put it
+# at `<cache>/evaluator/bestModel.pth` (cache: $ZSHARM_CACHE, else $XDG_CACHE_HOME/zsharm, else ~/.cache/zsharm).
+AUTHORS_URL = None
+AUTHORS_SHA256 = None
+AUTHORS_FILE = "bestModel.pth"
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+MASK_THRESHOLD = 100 / 255  # the paper binarises masks at > 100/255
+
+
+# ---------------------------------------------------------------- the network
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck (stride on the 3x3 convolution), same parameter names."""
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1):
+        super().__init__()
+        out_channels = width * EXPANSION
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(out_channels))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class HarmonyClassifier(nn.Module):
+    """The authors' evaluator network: image (B,3,H,W, normalised) + mask (B,1,H,W in [0,1]) -> 2 logits.
+
+    The defaults are their ResNet-50; `layers` and `width` give smaller variants with the same key layout.
+    """
+
+    def __init__(self, layers=(3, 4, 6, 3), width: int = 64, num_classes: int = 2):
+        super().__init__()
+        self.layers, self.width = tuple(int(n) for n in layers), int(width)
+        self.inp_encoder = nn.Conv2d(4, width, 7, stride=2, padding=3, bias=False)
+        stages, channels = [], width
+        for i, blocks in enumerate(self.layers):
+            stage = []
+            for j in range(blocks):
+                stage.append(Bottleneck(channels, width * 2**i, stride=2 if (i > 0 and j == 0) else 1))
+                channels = width * 2**i * EXPANSION
+            stages.append(nn.Sequential(*stage))
+        self.encoder = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                                     nn.MaxPool2d(3, stride=2, padding=1), *stages)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classify_fc = nn.Linear(channels, num_classes)
+        for module in self.modules():  # torchvision's initialisation
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @classmethod
+    def from_arch(cls, arch: str) -> "HarmonyClassifier":
+        if arch not in ARCHS:
+            raise ZsharmError(f"unknown evaluator arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        layers, width = ARCHS[arch]
+        return cls(layers, width)
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "HarmonyClassifier":
+        """A classifier shaped for `state` (depths and width read from its keys), with `state` loaded."""
+        if "inp_encoder.weight" not in state or "classify_fc.weight" not in state:
+            raise ZsharmError("not an evaluator checkpoint: no inp_encoder.weight / classify_fc.weight "
+                              f"(first keys: {', '.join(list(state)[:3])})")
+        stem = state["inp_encoder.weight"]
+        if stem.ndim != 4 or stem.shape[1] != 4:
+            raise ZsharmError(f"evaluator checkpoint: inp_encoder.weight is {tuple(stem.shape)}, expected (W, 4, 7, 7)")
+        layers = []
+        for stage in range(FIRST_STAGE, FIRST_STAGE + 4):
+            blocks = {int(m[1]) for k in state if (m := re.match(rf"encoder\.{stage}\.(\d+)\.", k))}
+            layers.append(max(blocks) + 1 if blocks else 0)
+        if min(layers) < 1:
+            raise ZsharmError(f"evaluator checkpoint: encoder.3-6 must each hold blocks, found {layers}")
+        model = cls(layers, stem.shape[0], state["classify_fc.weight"].shape[0])
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            raise ZsharmError(f"evaluator checkpoint does not fit the network: {_one_line(error)}") from None
+        return model
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([image, mask], dim=1)  # RGB then mask, as the authors concatenate
+        x = self.encoder(self.inp_encoder(x))
+        return self.classify_fc(torch.flatten(self.avgpool(x), 1))
+
+
+def preprocess(image, mask, size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """The authors' input: (3,S,S) image in [-1,1] and (1,S,S) mask in [0,1], both resized bilinearly.
+
+    image: PIL image or uint8 H x W x 3 RGB array; mask: bool or float in [0,1], H x W, same size.
+    """
+    rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    mask = np.asarray(mask)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ZsharmError(f"the evaluator needs an 8-bit RGB image, got {rgb.dtype} {rgb.shape}")
+    if mask.shape != rgb.shape[:2]:
+        raise ZsharmError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {rgb.shape[1]}x{rgb.shape[0]}")
+    mask = mask.astype(np.float32)
+    if mask.max(initial=0) > 1:  # an 8-bit mask image
+        mask = mask / 255
+    rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)
+    mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR)
+    x = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)
+    return x, torch.from_numpy(mask)[None]
+
+
+class Evaluator:
+    """A loaded classifier: `score(image, mask)` is the probability that `image` is harmonious."""
+
+    def __init__(self, model: HarmonyClassifier, device=None, size: int = SIZE, name: str = ""):
+        self.device = _device(device)
+        self.model = _to_device(model, self.device).eval()
+        self.size = int(size)
+        self.name = name
+
+    @torch.no_grad()
+    def score(self, image, mask) -> float:
+        """Probability of the harmonious class, in [0, 1]. image: PIL RGB; mask: bool H x W (same size)."""
+        if isinstance(image, Image.Image) and np.asarray(mask).shape != (image.size[1], image.size[0]):
+            raise ZsharmError(f"mask is {np.asarray(mask).shape[::-1]} (W, H) but the image is {image.size}")
+        x, m = preprocess(image, mask, self.size)
+        logits = self.model(x[None].to(self.device), m[None].to(self.device)).float()
+        value = torch.softmax(logits, dim=1)[0, 1].item()
+        if not math.isfinite(value):
+            raise ZsharmError(f"the evaluator {self.name} gave a non-finite score")
+        return value
+
+    __call__ = score
+
+    def __repr__(self):
+        return f"Evaluator({self.name!r}, layers={self.model.layers}, width={self.model.width}, size={self.size})"
+
+
+def load_evaluator(spec, device=None) -> Evaluator:
+    """An Evaluator from `spec`: a checkpoint path (.safetensors, or .pth/.pt/.bin loaded weights-only),
+    "authors" (their bestModel.pth from the cache, downloaded once when a URL is known), or "random"
+    ("random:tiny", "random:small"): untrained, seeded weights for tests, with a warning."""
+    spec = str(spec)
+    if spec == "random" or spec.startswith("random:"):
+        arch = spec.partition(":")[2] or "resnet50"
+        warnings.warn(f"evaluator '{spec}' has random weights: its scores mean nothing (use it for tests only)",
+                      stacklevel=2)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = HarmonyClassifier.from_arch(arch)
+        return Evaluator(model, device, SIZE, spec)
+    if spec == "authors":
+        return load_evaluator(authors_checkpoint(), device)
+    path = Path(spec).expanduser()
+    state, size = load_state(path)
+    return Evaluator(HarmonyClassifier.from_state_dict(state), device, size, str(path))
+
+
+def load_state(path) -> tuple[dict, int]:
+    """(state_dict, input size) from a checkpoint file, safely: safetensors, or torch pickles weights-only.
+
+    A `module.` prefix (DataParallel) and a wrapping {"state_dict": ...} or {"model": ...} are undone.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ZsharmError(f"evaluator checkpoint {path} does not exist")
+    size = SIZE
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as file:
+                state = {k: file.get_tensor(k) for k in file.keys()}
+                size = int((file.metadata() or {}).get("size", SIZE))
+        elif path.suffix in (".pth", ".pt", ".bin", ".ckpt"):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise ZsharmError(f"evaluator checkpoint {path}: unknown extension {path.suffix!r} "
+                              f"(use .safetensors, .pth or .pt)")
+    except ZsharmError:
+        raise
+    except Exception as error:
+        raise ZsharmError(f"cannot read evaluator checkpoint {path}: {_one_line(error)}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ZsharmError(f"evaluator checkpoint {path} is not a state_dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state, size
+
+
+def authors_checkpoint() -> Path:
+    """Path of the authors' bestModel.pth in the cache, downloading it first if a URL is known."""
+    from zsharm.models import cache_dir
+
+    path = cache_dir("evaluator") / AUTHORS_FILE
+    if path.is_file():
+        return path
+    url = os.environ.get("ZSHARM_EVALUATOR_URL") or AUTHORS_URL
+    if not url:
+        raise ZsharmError(f"the authors' evaluator is not at {path}; their repository (WindVChen/Diff-Harmonization) "
+                          f"does not link it: put bestModel.pth there, or set ZSHARM_EVALUATOR_URL, or train one "
+                          f"with `zsharm train-evaluator`")
+    _download(url, path, AUTHORS_SHA256 if url == AUTHORS_URL else None)
+    return path
+
+
+def _download(url: str, path: Path, sha256: str | None) -> None:
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, atomic_path(path) as temp:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with open(temp, "wb") as file, tqdm(total=total, unit="B", unit_scale=True, desc=path.name) as bar:
+                while chunk := response.read(1 << 20):
+                    file.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+            if sha256 and digest.hexdigest() != sha256:
+                raise ZsharmError(f"downloaded {url} has sha256 {digest.hexdigest()}, expected {sha256}")
+    except ZsharmError:
+        raise
+    except Exception as error:
+        raise ZsharmError(f"cannot download the evaluator from {url}: {_one_line(error)}") from None
+
+
+def save_checkpoint(model: HarmonyClassifier, path, size: int = SIZE, **metadata) -> Path:
+    """Write `model` as safetensors (atomically), with its shape and input size in the metadata."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": "zsharm-evaluator", "layers": ",".join(map(str, model.layers)), "width": str(model.width),
+            "size": str(size), **{k: str(v) for k, v in metadata.items()}}
+    with atomic_path(path) as temp:
+        save_file(state, str(temp), metadata=meta)
+    return Path(path)
+
+
+def load_init(model: HarmonyClassifier, path) -> None:
+    """Start training from a checkpoint: an evaluator of the same shape, or torchvision-layout ResNet
+    weights (conv1/bn1/layer1-4, e.g. ImageNet ones) whose RGB stem goes to the first 3 input channels and
+    whose classifier is dropped."""
+    state, _ = load_state(path)
+    if "conv1.weight" in state:
+        mapped = {}
+        for key, value in state.items():
+            if key == "conv1.weight":
+                stem = torch.zeros_like(model.inp_encoder.weight)
+                stem[:, :3] = value
+                mapped["inp_encoder.weight"] = stem
+            elif key.startswith("bn1."):
+                mapped["encoder.0." + key[4:]] = value
+            elif m := re.match(r"layer([1-4])\.(.*)", key):
+                mapped[f"encoder.{FIRST_STAGE - 1 + int(m[1])}.{m[2]}"] = value
+        state = mapped
+    state = {k: v for k, v in state.items() if not k.startswith("classify_fc.")}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:
+        raise ZsharmError(f"--init {path} does not fit the network: {_one_line(error)}") from None
+    missing = [k for k in missing if not k.startswith("classify_fc.")]
+    if missing or unexpected:
+        raise ZsharmError(f"--init {path} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
+
+def _device(device) -> torch.device:
+    if device is None:
+        from zsharm.models import default_device
+
+        return default_device()
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError) as error:
+        raise ZsharmError(f"unknown device {device!r}: {_one_line(error)}") from None
+
+
+def _to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    try:
+        return model.to(device)
+    except (RuntimeError, AssertionError) as error:  # e.g. cuda asked for on a machine without it
+        raise ZsharmError(f"cannot use device {device}: {_one_line(error)}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+

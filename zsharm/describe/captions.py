@@ -1,0 +1,43 @@
+"""The authors' caption files: one line per image, `source,target;source,target`, best candidate first."""
+
+from pathlib import Path
+
+from zsharm.errors import ZsharmError
+
+
+class DescriptionFormatError(ZsharmError):
+    """A description (a VLM answer, given prompts, a caption line) that breaks the format; says why."""
+
+
+def parse_caption_line(line: str, where: str = None) -> tuple:
+    """One line of the authors' caption file, `src,tgt;src,tgt` -> (("src", "tgt"), ...), best first."""
+    prefix = f"{where}: " if where else ""
+    if not line.strip():
+        raise DescriptionFormatError(f"{prefix}empty line (one line per image)")
+    pairs = []
+    for pair in line.strip().split(";"):
+        prompts = [p.strip() for p in pair.split(",")]
+        if len(prompts) != 2 or not all(prompts):
+            raise DescriptionFormatError(f"{prefix}{pair.strip()!r} is not 'source,target'")
+        pairs.append(tuple(prompts))
+    return tuple(pairs)
+
+
+def read_caption_file(path) -> list:
+    """The authors' caption file: line i holds the candidate prompt pairs of image i (natural name order).
+    Trailing blank lines are ignored; an error names the file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").rstrip("\n\r ").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ZsharmError(f"cannot read caption file {path}: {getattr(error, 'strerror', None) or error}") from None
+    if not lines:
+        raise DescriptionFormatError(f"caption file {path} is empty")
+    parsed = []
+    for number, line in enumerate(lines, 1):
+        try:
+            parsed.append(parse_caption_line(line))
+        except DescriptionFormatError as error:  # both spellings of the place: editors', and people's
+            raise DescriptionFormatError(f"{path}:{number}: {error} (line {number})") from None
+    return parsed
+
