@@ -86,3 +86,58 @@ def make_composite(width=160, height=128, seed=0):
     mask[height // 4: 3 * height // 4, width // 3: 2 * width // 3] = True
     image[mask] = image[mask] * [1.4, 0.8, 0.6] + 0.1
     return (np.clip(image, 0, 1) * 255).astype(np.uint8), mask
+
+
+class LoopbackServer:
+    """Files served over HTTP on 127.0.0.1, for the downloaders: `files` maps a path ("/a.pth") to its bytes;
+    `requests` lists the paths asked for."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        self.files, self.requests = {}, []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                data = server.files.get(self.path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}{path}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def loopback_server():
+    server = LoopbackServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def closed_port_url():
+    """A URL on loopback where nothing listens (the port was bound, then released)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/file"

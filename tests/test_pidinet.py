@@ -2,8 +2,6 @@
 
 import argparse
 import hashlib
-import io
-import urllib.error
 
 import cv2
 import numpy as np
@@ -16,23 +14,20 @@ from skimage import data
 import zsharm.edit.pidinet as pidinet
 from zsharm.edit.edges import pidinet_edges
 from zsharm.errors import ZsharmError
-from zsharm.edit.pidinet import cache_dir, load_pidinet, PiDiNet, pixel_difference_conv, random_pidinet, resolve_weights, VARIANTS
+from zsharm.cache import cache_dir
+from zsharm.edit.pidinet import load_pidinet, PiDiNet, pixel_difference_conv, random_pidinet, resolve_weights, VARIANTS
 
 TINY = VARIANTS["tiny"]["file"]
 FULL = VARIANTS["full"]["file"]
 
 
 @pytest.fixture(autouse=True)
-def no_network(monkeypatch, tmp_path):
-    """An empty private cache, no weights from the environment, and a network that fails the test if used."""
+def no_network(monkeypatch, tmp_path, closed_port_url):
+    """An empty private cache, no weights from the environment, and downloads pointed at a closed loopback port."""
     monkeypatch.setenv("ZSHARM_CACHE", str(tmp_path / "cache"))
-    for name in ("ZSHARM_PIDINET_WEIGHTS", "ZSHARM_OFFLINE"):
+    for name in ("ZSHARM_PIDINET_WEIGHTS", "ZSHARM_OFFLINE", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
-
-    def no_urlopen(*args, **kwargs):
-        pytest.fail("PiDiNet tried to use the network")
-
-    monkeypatch.setattr(pidinet.urllib.request, "urlopen", no_urlopen)
+    monkeypatch.setattr(pidinet, "WEIGHTS_URL", closed_port_url + "/{file}")
 
 
 def checkpoint_tensors(path):
@@ -211,15 +206,8 @@ def test_explicit_path_beats_env(pidinet_dir, monkeypatch, tmp_path):
         resolve_weights()
 
 
-def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("ZSHARM_CACHE", str(tmp_path / "z"))
-    assert cache_dir() == tmp_path / "z" / "pidinet"
-    monkeypatch.delenv("ZSHARM_CACHE")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache_dir() == tmp_path / "xdg" / "zsharm" / "pidinet"
-    monkeypatch.delenv("XDG_CACHE_HOME")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert cache_dir() == tmp_path / "home" / ".cache" / "zsharm" / "pidinet"
+def pidinet_cache():
+    return cache_dir("pidinet")
 
 
 def test_missing_weights_offline_is_one_clear_error(monkeypatch, tmp_path):
@@ -228,56 +216,44 @@ def test_missing_weights_offline_is_one_clear_error(monkeypatch, tmp_path):
     assert "not found" in str(err.value) and "\n" not in str(err.value)
     monkeypatch.setenv("ZSHARM_OFFLINE", "1")
     with pytest.raises(ZsharmError) as err:
-        load_pidinet()  # empty cache, download forbidden; the fixture fails the test if it goes online
+        load_pidinet()  # empty cache, download forbidden
     assert "ZSHARM_PIDINET_WEIGHTS" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_failed_download_is_one_clear_error(monkeypatch):
-    calls = []
-
-    def unreachable(url, timeout=None):
-        calls.append(url)
-        raise urllib.error.URLError("no route to host")
-
-    monkeypatch.setattr(pidinet.urllib.request, "urlopen", unreachable)
+def test_failed_download_is_one_clear_error(monkeypatch, closed_port_url):
+    monkeypatch.setattr(pidinet, "WEIGHTS_URL", closed_port_url + "/{file}")
     with pytest.raises(ZsharmError) as err:
         load_pidinet()
     message = str(err.value)
-    assert calls == ["https://github.com/hellozhuo/pidinet/raw/master/trained_models/" + TINY]
-    assert "ZSHARM_PIDINET_WEIGHTS" in message and "\n" not in message
-    assert list(cache_dir().iterdir()) == []  # no partial file left behind
+    assert closed_port_url in message and "ZSHARM_PIDINET_WEIGHTS" in message and "\n" not in message
+    assert list(pidinet_cache().iterdir()) == []  # no partial file left behind
 
 
-class FakeResponse(io.BytesIO):
-    def __init__(self, payload):
-        super().__init__(payload)
-        self.headers = {"Content-Length": str(len(payload))}
-
-
-def test_download_lands_in_the_cache_after_its_checksum(pidinet_dir, monkeypatch):
+def test_download_lands_in_the_cache_after_its_checksum(pidinet_dir, monkeypatch, loopback_server):
     payload = (pidinet_dir / TINY).read_bytes()
-    monkeypatch.setattr(pidinet.urllib.request, "urlopen", lambda url, timeout=None: FakeResponse(payload))
+    loopback_server.files["/w/" + TINY] = payload
+    monkeypatch.setattr(pidinet, "WEIGHTS_URL", loopback_server.url("/w/{file}"))
     model = load_pidinet()
-    assert (cache_dir() / TINY).read_bytes() == payload
-    assert sorted(p.name for p in cache_dir().iterdir()) == [TINY]
+    assert (pidinet_cache() / TINY).read_bytes() == payload
+    assert sorted(p.name for p in pidinet_cache().iterdir()) == [TINY]
     assert torch.equal(model.init_block.weight, checkpoint_tensors(pidinet_dir / TINY)["module.init_block.weight"])
 
     # the cached copy is used from now on, without the network
-    monkeypatch.setattr(pidinet.urllib.request, "urlopen", lambda *a, **k: pytest.fail("went online"))
-    assert resolve_weights() == cache_dir() / TINY
+    loopback_server.files.clear()
+    assert resolve_weights() == pidinet_cache() / TINY
+    assert loopback_server.requests == ["/w/" + TINY]
 
 
-def test_download_with_a_wrong_checksum_is_refused(pidinet_dir, monkeypatch):
-    payload = (pidinet_dir / FULL).read_bytes()  # a real checkpoint, but not the one asked for
-    monkeypatch.setattr(pidinet.urllib.request, "urlopen", lambda url, timeout=None: FakeResponse(payload))
+def test_download_with_a_wrong_checksum_is_refused(pidinet_dir, monkeypatch, loopback_server):
+    loopback_server.files["/w/" + TINY] = (pidinet_dir / FULL).read_bytes()  # a real checkpoint, not the one asked for
+    monkeypatch.setattr(pidinet, "WEIGHTS_URL", loopback_server.url("/w/{file}"))
     with pytest.raises(ZsharmError, match="sha256"):
         load_pidinet(variant="tiny")
-    assert list(cache_dir().iterdir()) == []
+    assert [p.name for p in pidinet_cache().iterdir()] == []
 
 
 def test_corrupt_cached_file_is_refused(pidinet_dir):
-    cache_dir().mkdir(parents=True)
-    (cache_dir() / TINY).write_bytes((pidinet_dir / TINY).read_bytes()[:-10])
+    (pidinet_cache() / TINY).write_bytes((pidinet_dir / TINY).read_bytes()[:-10])
     with pytest.raises(ZsharmError, match="sha256"):
         load_pidinet()
 

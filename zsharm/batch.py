@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from zsharm.describe.captions import read_caption_file
-from zsharm.errors import ZsharmError
+from zsharm.errors import ZsharmError, one_line
 from zsharm.io import atomic_path, write_json
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -236,8 +236,8 @@ def run_batch(items: Sequence[BatchItem], out_dir, process_one: Callable, shard:
             try:
                 _process(item, out_dir, process_one)
             except ITEM_ERRORS as error:
-                summary.failed.append((item.name, _one_line(error)))
-                bar.write(f"zsharm: {item.name}: {_one_line(error)}")
+                summary.failed.append((item.name, one_line(error, with_type=True)))
+                bar.write(f"zsharm: {item.name}: {one_line(error, with_type=True)}")
             else:
                 summary.done.append(item.name)
                 bar.set_postfix(done=len(summary.done), failed=len(summary.failed))
@@ -266,8 +266,3 @@ def _process(item: BatchItem, out_dir: Path, process_one: Callable) -> dict:
     write_json(marker_path(out_dir, item.name), info)
     return info
 
-
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    text = lines[0] if lines else ""
-    return f"{type(error).__name__}: {text}" if not isinstance(error, ZsharmError) else text

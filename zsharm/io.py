@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from zsharm.errors import ZsharmError
+from zsharm.errors import ZsharmError, one_line
 
 MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, the weights PIL uses for RGB -> L
@@ -253,7 +253,7 @@ def _load(src, what: str) -> Picture:
         try:
             image = ImageOps.exif_transpose(src)
         except Exception as error:  # a damaged EXIF block is the user's file, not our bug
-            raise ZsharmError(f"cannot read {what} <PIL image>: {_one_line(error)}") from None
+            raise ZsharmError(f"cannot read {what} <PIL image>: {one_line(error)}") from None
         return _from_pil(image, f"{what} <PIL image>", None)
     if not isinstance(src, (str, os.PathLike)):
         raise ZsharmError(f"cannot read {what} from a {type(src).__name__!r} object: "
@@ -267,7 +267,7 @@ def _load(src, what: str) -> Picture:
     except IsADirectoryError:
         raise ZsharmError(f"cannot read {label}: it is a folder") from None
     except OSError as error:
-        raise ZsharmError(f"cannot read {label}: {error.strerror or _one_line(error)}") from None
+        raise ZsharmError(f"cannot read {label}: {error.strerror or one_line(error)}") from None
     if not data:
         raise ZsharmError(f"cannot read {label}: the file is empty")
     try:
@@ -283,7 +283,7 @@ def _load(src, what: str) -> Picture:
     except UnidentifiedImageError:
         raise ZsharmError(f"cannot read {label}: not an image file, or one in a format PIL cannot read") from None
     except Exception as error:  # PIL reports bad files with many exception types
-        raise ZsharmError(f"cannot read {label}: {_one_line(error)}") from None
+        raise ZsharmError(f"cannot read {label}: {one_line(error)}") from None
     return _from_pil(image, label, path)
 
 
@@ -354,7 +354,7 @@ def _from_pil(image: Image.Image, label: str, path: Path | None) -> Picture:
         if image.mode != target:
             image = image.convert(target)
     except Exception as error:
-        reason = _one_line(error)
+        reason = one_line(error)
         raise ZsharmError(f"cannot read {label}: mode {source_mode} cannot be converted ({reason})") from None
     pixels = np.asarray(image)
     pixels = pixels[..., None] if pixels.ndim == 2 else pixels
@@ -398,9 +398,6 @@ def _quantise_float(array: np.ndarray, label: str) -> np.ndarray:
     return np.floor(array * 65535 + 0.5).astype(np.uint16)
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 # ---------------------------------------------------------------- writing
@@ -436,7 +433,7 @@ def _write_atomic(path: Path, write) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        reason = error.strerror or _one_line(error)
+        reason = error.strerror or one_line(error)
         raise ZsharmError(f"cannot save {path}: cannot create its folder ({reason})") from None
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -450,6 +447,6 @@ def _write_atomic(path: Path, write) -> None:
         temp.unlink(missing_ok=True)
         if isinstance(error, ZsharmError):
             raise
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else _one_line(error)
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else one_line(error)
         raise ZsharmError(f"cannot save {path}: {reason}") from None
 

@@ -13,19 +13,12 @@ from pathlib import Path
 
 import torch
 
+from zsharm.cache import cache_dir
 from zsharm.errors import ZsharmError
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-base"
 TINY_SPECS = {"tiny": 0.1, "tiny-tamed": 1e-3}  # spec -> scale of the UNet output layer
 TINY_VERSION = 1  # bump when the tiny architecture or seeding changes, so caches are rebuilt
-
-
-def cache_dir(*parts: str) -> Path:
-    root = os.environ.get("ZSHARM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "zsharm")
-    path = Path(root, *parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def default_device() -> torch.device:

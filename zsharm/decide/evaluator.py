@@ -22,11 +22,9 @@ composites made on the fly from any photos and masks.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
-import urllib.request
 import warnings
 from pathlib import Path
 
@@ -35,9 +33,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
-from tqdm.auto import tqdm
 
-from zsharm.errors import ZsharmError
+from zsharm.cache import cache_dir, fetch
+from zsharm.errors import ZsharmError, one_line
 from zsharm.io import atomic_path
 
 SIZE = 256  # the authors' input size
@@ -144,7 +142,7 @@ class HarmonyClassifier(nn.Module):
         try:
             model.load_state_dict(state)
         except RuntimeError as error:
-            raise ZsharmError(f"evaluator checkpoint does not fit the network: {_one_line(error)}") from None
+            raise ZsharmError(f"evaluator checkpoint does not fit the network: {one_line(error)}") from None
         return model
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -244,7 +242,7 @@ def load_state(path) -> tuple[dict, int]:
     except ZsharmError:
         raise
     except Exception as error:
-        raise ZsharmError(f"cannot read evaluator checkpoint {path}: {_one_line(error)}") from None
+        raise ZsharmError(f"cannot read evaluator checkpoint {path}: {one_line(error)}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -256,8 +254,6 @@ def load_state(path) -> tuple[dict, int]:
 
 def authors_checkpoint() -> Path:
     """Path of the authors' bestModel.pth in the cache, downloading it first if a URL is known."""
-    from zsharm.models import cache_dir
-
     path = cache_dir("evaluator") / AUTHORS_FILE
     if path.is_file():
         return path
@@ -266,26 +262,8 @@ def authors_checkpoint() -> Path:
         raise ZsharmError(f"the authors' evaluator is not at {path}; their repository (WindVChen/Diff-Harmonization) "
                           f"does not link it: put bestModel.pth there, or set ZSHARM_EVALUATOR_URL, or train one "
                           f"with `zsharm train-evaluator`")
-    _download(url, path, AUTHORS_SHA256 if url == AUTHORS_URL else None)
-    return path
-
-
-def _download(url: str, path: Path, sha256: str | None) -> None:
-    digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, atomic_path(path) as temp:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with open(temp, "wb") as file, tqdm(total=total, unit="B", unit_scale=True, desc=path.name) as bar:
-                while chunk := response.read(1 << 20):
-                    file.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-            if sha256 and digest.hexdigest() != sha256:
-                raise ZsharmError(f"downloaded {url} has sha256 {digest.hexdigest()}, expected {sha256}")
-    except ZsharmError:
-        raise
-    except Exception as error:
-        raise ZsharmError(f"cannot download the evaluator from {url}: {_one_line(error)}") from None
+    return fetch(url, path, sha256=AUTHORS_SHA256 if url == AUTHORS_URL else None, what="the authors' evaluator",
+                 hint=f"put {AUTHORS_FILE} at {path}")
 
 
 def save_checkpoint(model: HarmonyClassifier, path, size: int = SIZE, **metadata) -> Path:
@@ -321,7 +299,7 @@ def load_init(model: HarmonyClassifier, path) -> None:
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:
-        raise ZsharmError(f"--init {path} does not fit the network: {_one_line(error)}") from None
+        raise ZsharmError(f"--init {path} does not fit the network: {one_line(error)}") from None
     missing = [k for k in missing if not k.startswith("classify_fc.")]
     if missing or unexpected:
         raise ZsharmError(f"--init {path} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -336,17 +314,12 @@ def _device(device) -> torch.device:
     try:
         return torch.device(device)
     except (RuntimeError, ValueError) as error:
-        raise ZsharmError(f"unknown device {device!r}: {_one_line(error)}") from None
+        raise ZsharmError(f"unknown device {device!r}: {one_line(error)}") from None
 
 
 def _to_device(model: nn.Module, device: torch.device) -> nn.Module:
     try:
         return model.to(device)
     except (RuntimeError, AssertionError) as error:  # e.g. cuda asked for on a machine without it
-        raise ZsharmError(f"cannot use device {device}: {_one_line(error)}") from None
-
-
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+        raise ZsharmError(f"cannot use device {device}: {one_line(error)}") from None
 

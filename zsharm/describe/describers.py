@@ -32,10 +32,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +45,8 @@ from zsharm.describe.captions import DescriptionFormatError
 from zsharm.describe.captions import parse_caption_line as _caption_pairs
 from zsharm.describe.captions import read_caption_file as _caption_file_pairs
 from zsharm.describe.vlm import DEFAULT_VLM, OpenAIChatVLM, TransformersVLM
+from zsharm.cache import cache_dir
+from zsharm.io import write_bytes_atomic
 from zsharm.errors import ZsharmError
 from zsharm.vocabulary import (
     DICTIONARY,
@@ -512,25 +512,12 @@ class VLMDescriber(Describer):
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         record = {"backend": self.backend.kind, "model": self.backend.model, "prompt_version": self.prompt_version,
                   "descriptions": [d.to_json() for d in descriptions]}
-        _write_atomic(self.cache_dir / f"{key}.json", json.dumps(record, indent=1))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+        write_bytes_atomic(self.cache_dir / f"{key}.json", json.dumps(record, indent=1).encode("utf-8"))
 
 
 def default_cache_dir() -> Path:
-    """`$ZSHARM_CACHE/descriptions`, else `$XDG_CACHE_HOME/zsharm/descriptions` or `~/.cache/zsharm/descriptions`."""
-    root = os.environ.get("ZSHARM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zsharm")
-    return Path(root, "descriptions")
+    """`descriptions/` in the zsharm cache (zsharm.cache.cache_dir)."""
+    return cache_dir("descriptions", create=False)
 
 
 def read_caption_file(path) -> list[list[Description]]:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from zsharm.errors import ZsharmError
+from zsharm.errors import ZsharmError, one_line
 
 DEFAULT_VLM = "HuggingFaceTB/SmolVLM-Instruct"
 # The authors sampled Gemini at temperature 0.3 with top-k 64.
@@ -46,9 +46,6 @@ _END_OF_TURN = ("<end_of_utterance>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>
 _LOADED: dict = {}  # (model, device, dtype) -> (processor, model): one copy per process
 
 
-def _one_line(text, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class TransformersVLM:
@@ -85,7 +82,7 @@ class TransformersVLM:
                 processor = AutoProcessor.from_pretrained(self.model)
                 model = AutoModelForImageTextToText.from_pretrained(self.model, dtype=dtype)
             except Exception as error:  # hub, file and config problems come as many exception types
-                problem = f"{_one_line(error)}{self._hint(error)}"
+                problem = f"{one_line(error)}{self._hint(error)}"
                 raise ZsharmError(f"cannot load the VLM {self.model!r}: {problem}") from None
             if getattr(processor, "chat_template", None) is None:
                 raise ZsharmError(f"the VLM {self.model!r} has no chat template: give an instruction-tuned model")
@@ -253,7 +250,7 @@ class OpenAIChatVLM:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     payload = response.read()
             except urllib.error.HTTPError as error:
-                detail = _one_line(error.read().decode("utf-8", "replace"), 120)
+                detail = one_line(error.read().decode("utf-8", "replace"), 120)
                 problem = f"HTTP {error.code}" + (f" ({detail})" if detail else "")
                 if error.code in (401, 403):
                     raise ZsharmError(f"VLM endpoint {self.url} refused the request: {problem}; "
@@ -269,7 +266,7 @@ class OpenAIChatVLM:
                 if isinstance(reason, (TimeoutError, socket.timeout)):
                     problem = f"no answer within {self.timeout:g} s"
                 else:
-                    problem = f"cannot connect ({_one_line(reason, 120)})"
+                    problem = f"cannot connect ({one_line(reason, 120)})"
                 continue
             return _answer_text(payload, self.url)
         raise ZsharmError(f"VLM endpoint {self.url} failed {self.retries + 1} times; last: {problem}")
@@ -281,7 +278,7 @@ def _answer_text(payload: bytes, url: str) -> str:
         content = reply["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
         raise ZsharmError(f"VLM endpoint {url} sent a reply that is not a chat completion: "
-                          f"{_one_line(payload.decode('utf-8', 'replace'), 120)!r}") from None
+                          f"{one_line(payload.decode('utf-8', 'replace'), 120)!r}") from None
     if isinstance(content, list):  # some servers send content parts
         content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
     text = "" if content is None else str(content)

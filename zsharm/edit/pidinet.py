@@ -6,19 +6,15 @@ dilations, CSAM attention). Every op runs in the order of the original, unconver
 and the losses built on them match the authors' numbers to float rounding.
 """
 
-import hashlib
 import math
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from zsharm.cache import cache_dir, fetch
 from zsharm.errors import ZsharmError
 
 WEIGHTS_URL = "https://github.com/hellozhuo/pidinet/raw/master/trained_models/{file}"
@@ -215,51 +211,10 @@ def random_pidinet(variant="tiny", seed=0) -> PiDiNet:
     return _frozen(_build(_variant(variant), seed), None, None)
 
 
-def cache_dir() -> Path:
-    """Where downloaded PiDiNet weights live: $ZSHARM_CACHE/pidinet, else $XDG_CACHE_HOME/zsharm/pidinet,
-    else ~/.cache/zsharm/pidinet."""
-    if os.environ.get("ZSHARM_CACHE"):
-        return Path(os.environ["ZSHARM_CACHE"]).expanduser() / "pidinet"
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root).expanduser() / "zsharm" / "pidinet"
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _download(url, dest, sha256):
-    """Fetch url to dest through a temp file in the same folder, checking its sha256 before it lands."""
-    hint = f"download it yourself and set {WEIGHTS_ENV} to the file (or its folder), or pass its path"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-                for chunk in iter(lambda: response.read(1 << 16), b""):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-        if digest.hexdigest() != sha256:
-            raise ZsharmError(f"the PiDiNet weights downloaded from {url} fail their sha256 check; {hint}")
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError) as exc:
-        raise ZsharmError(f"cannot download the PiDiNet weights from {url} ({exc}); {hint}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def resolve_weights(weights=None, variant="tiny") -> Path:
     """The checkpoint file to load: `weights` if given, else $ZSHARM_PIDINET_WEIGHTS (a file, or a folder
     holding the published file name), else the cache, else a download from the authors' repository into
-    the cache (set ZSHARM_OFFLINE=1 to forbid it)."""
+    the cache (ZSHARM_OFFLINE=1 or HF_HUB_OFFLINE=1 forbid it)."""
     spec = _variant(variant)
     source = "the given path"
     if weights is None and os.environ.get(WEIGHTS_ENV):
@@ -271,17 +226,9 @@ def resolve_weights(weights=None, variant="tiny") -> Path:
         if not path.is_file():
             raise ZsharmError(f"PiDiNet weights not found: {path} (from {source})")
         return path
-    path = cache_dir() / spec["file"]
-    if path.is_file():
-        if _sha256(path) != spec["sha256"]:
-            raise ZsharmError(f"the cached PiDiNet weights {path} fail their sha256 check; delete the file")
-        return path
     url = WEIGHTS_URL.format(file=spec["file"])
-    if os.environ.get("ZSHARM_OFFLINE", "") not in ("", "0"):
-        raise ZsharmError(f"PiDiNet weights {spec['file']} are not in {path.parent} and ZSHARM_OFFLINE forbids "
-                          f"the download; get {url} and set {WEIGHTS_ENV} to the file or its folder")
-    _download(url, path, spec["sha256"])
-    return path
+    return fetch(url, cache_dir("pidinet") / spec["file"], sha256=spec["sha256"], what=f"PiDiNet weights {spec['file']}",
+                 hint=f"get {url} yourself and set {WEIGHTS_ENV} to the file or its folder")
 
 
 def load_pidinet(weights=None, variant="tiny", device=None, dtype=None) -> PiDiNet:

@@ -128,7 +128,7 @@ def sd2_configs() -> dict:
 
 def sd2_random_dir() -> Path:
     """Build (once) and return the cache folder of the random-weight SD 2 base pipeline."""
-    from zsharm.models import cache_dir
+    from zsharm.cache import cache_dir
     path = cache_dir("models") / f"sd2-random-v{SD2_RANDOM_VERSION}"
     if not (path / "model_index.json").is_file():
         build_sd2_random_pipeline(path)
