@@ -21,8 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_auto_arithmetic_is_the_authors_for_paper_on_cpu_only():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
     paper, fast = HarmonizeConfig.paper(), HarmonizeConfig.fast()
-    assert paper.authors_arithmetic(cpu) and not paper.authors_arithmetic(cuda)
-    assert not fast.authors_arithmetic(cpu) and not fast.authors_arithmetic(cuda)
+    assert paper.runs_authors_arithmetic(cpu) and not paper.runs_authors_arithmetic(cuda)
+    assert not fast.runs_authors_arithmetic(cpu) and not fast.runs_authors_arithmetic(cuda)
     assert paper.torch_dtype(cpu) == torch.float32
     assert paper.torch_dtype(cuda) is None  # the loader's GPU default, fp16
     assert HarmonizeConfig.paper(arithmetic="authors").torch_dtype(cuda) == torch.float32
@@ -108,7 +108,7 @@ def test_paper_with_fast_arithmetic_keeps_counts_and_lands_near_the_authors(rand
         out[name] = res
     a, f = (np.asarray(out[k].work_image, float) for k in ("authors", "fast"))
     assert model_counts(out["fast"].counts) == model_counts(out["authors"].counts) == schedule_counts(cfg)
-    recomputed = sum(v for k, v in out["fast"].counts.items() if k.split("/")[1] == "unet_recomputed")
+    recomputed = out["fast"].counts.total("unet_recomputed")
     retries = sum(r.get("scale_retries", 0) for r in out["fast"].nulltext.losses + out["fast"].refinement.losses)
     assert recomputed == retries and (retries > 0) == (dtype == torch.float16)  # fp16 refinement overflows at 1024
     diff = np.abs(f - a)[res.mask_work]
@@ -120,11 +120,11 @@ def test_paper_with_fast_arithmetic_keeps_counts_and_lands_near_the_authors(rand
 
 def test_harmonize_command_takes_the_arithmetic():
     from zsharm.cli import build_parser
-    from zsharm.pipeline import _config_from_args
+    from zsharm.options import config_from_options
     args = build_parser().parse_args(["harmonize", "in.png", "--mask", "m.png", "--out", "o.png", "--schedule", "paper",
                                       "--arithmetic", "fast", "--dtype", "fp32"])
-    config = _config_from_args(args)
+    config = config_from_options(args)
     assert (config.schedule, config.arithmetic, config.dtype) == ("paper", "fast", "fp32")
-    assert not config.authors_arithmetic(torch.device("cpu")) and config.torch_dtype("cpu") == torch.float32
-    config = _config_from_args(build_parser().parse_args(["harmonize", "in.png", "--out", "o.png", "--schedule", "paper"]))
-    assert config.arithmetic == "auto" and config.authors_arithmetic(torch.device("cpu"))
+    assert not config.runs_authors_arithmetic(torch.device("cpu")) and config.torch_dtype("cpu") == torch.float32
+    config = config_from_options(build_parser().parse_args(["harmonize", "in.png", "--out", "o.png", "--schedule", "paper"]))
+    assert config.arithmetic == "auto" and config.runs_authors_arithmetic(torch.device("cpu"))

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_paper_formula_gives_the_numbers_of_method_md():
     s = summarise(paper_counts(50))
     assert (s["unet_calls"], s["unet_images"], s["unet_images_grad"], s["vae_decodes_grad"]) == (439, 1270, 682, 145)
-    assert paper_counts(50)["nulltext/unet/grad"] == 145 and s["pidinet"] == 146 and s["vae_encodes"] == 1
+    assert paper_counts(50).total("unet", "nulltext", grad=True) == 145 and s["pidinet"] == 146 and s["vae_encodes"] == 1
     # the general formula, read off the config's switches, agrees with the authors' one at every step count
     for steps in (2, 3, 11, 12, 21, 50, 51, 70):
         assert schedule_counts(HarmonizeConfig.paper(steps=steps)) == paper_counts(steps), steps
@@ -109,9 +109,9 @@ def test_sd2_configs_build_the_released_architecture():
 def test_row_names_and_synthetic_composite():
     cfg, materialised = row_config("paper-fp32-materialised", steps=7, size=128)
     assert materialised and cfg.schedule == "paper" and cfg.steps == 7 and cfg.dtype == "fp32"
-    assert cfg.arithmetic == "authors" and cfg.authors_arithmetic(torch.device("cuda"))
+    assert cfg.arithmetic == "authors" and cfg.runs_authors_arithmetic(torch.device("cuda"))
     cfg, materialised = row_config("paper", size=128, arithmetic="fast")
-    assert not materialised and not cfg.authors_arithmetic(torch.device("cpu"))
+    assert not materialised and not cfg.runs_authors_arithmetic(torch.device("cpu"))
     cfg, materialised = row_config("paper-fp32-materialised", size=128, arithmetic="fast")
     assert cfg.arithmetic == "authors"  # the baseline is the authors' arithmetic whatever the other rows use
     cfg, materialised = row_config("fast", size=128)

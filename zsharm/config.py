@@ -1,8 +1,14 @@
-"""Every hyperparameter of stage 2 in one place, defaulting to the paper (METHOD.md).
+"""Every hyperparameter of stage 2 in one place (docs/method.md, sections 2 and 4-6).
 
 Two named schedules:
-- `paper`: the authors' pipeline, step for step and loss for loss (their Diff-Harmonization code as published).
-- `fast`: zsharm's default; the same method with fewer, better spent model calls (`zsharm ablate` shows each).
+- `fast` (DEFAULT_SCHEDULE: what `HarmonizeConfig()`, the CLI, `Harmonizer`, `run_iteration` and every other entry
+  point use unless told otherwise): the paper's method with fewer, better spent model calls (`zsharm ablate` shows
+  what each shortcut saves and costs);
+- `paper`: the authors' pipeline, step for step and loss for loss (their Diff-Harmonization code as published),
+  their numeric quirks included as named fields below.
+
+The field defaults are the fast schedule's; `HarmonizeConfig.paper()` sets the paper's values. Nothing reads the
+schedule's name to decide how to compute: it is a label.
 
 How the numbers are computed is a separate setting, `arithmetic`: the authors' (fp32, every attention map
 materialised; on CPU `paper` uses it and reproduces their numbers) or zsharm's (fp16 on a GPU, fused attention).
@@ -13,11 +19,10 @@ from dataclasses import asdict, dataclass, replace
 
 @dataclass
 class HarmonizeConfig:
-    schedule: str = "paper"
+    schedule: str = "fast"             # a label: which named schedule these values came from
 
     # diffusion
-    model: str = "stabilityai/stable-diffusion-2-base"
-    steps: int = 50                    # DDIM steps
+    steps: int = 20                    # DDIM steps (paper: 50)
     guidance: float = 2.5              # classifier-free guidance of null-text and editing
     inversion_guidance: float = 0.0    # DDIM inversion runs unconditionally
     seed: int = 8888                   # seeds the VAE posterior sample
@@ -27,22 +32,25 @@ class HarmonizeConfig:
     # stage 2.2: text-embedding refinement
     refine: bool = True
     refine_lr: float = 5e-4
-    refine_iters: int = 2              # AdamW steps per timestep
+    refine_iters: int = 1              # AdamW steps per timestep (paper: 2)
     refine_reg_weight: float = 1000.0  # weight of MSE(Emb, Emb_0)
     attention_res_divisor: int = 32    # L_Emb uses the image/32 cross-attention maps
 
     # stage 2.3: null-text optimisation with the edge loss
     nulltext_lr: float = 0.1
     nulltext_latent_weight: float = 10.0
-    nulltext_max_inner: int = 5        # inner steps i//10 + 1, capped (the cap is reached only beyond 50 steps)
-    nulltext_early_stop: float = 0.0   # stop inner steps once the latent MSE is below this (0 = never)
+    nulltext_max_inner: int = 1        # inner steps i//10 + 1, capped (paper: 5, reached only beyond 50 steps)
+    nulltext_early_stop: float = 1e-6  # stop inner steps once the latent MSE is below this (paper: 0 = never)
     use_edges: bool = True
     edge_pidinet_weight: float = 0.1   # gamma
     edge_sobel_weight: float = 1.0
     pidinet_variant: str = "tiny"
-    pidinet_grad: bool = False         # the authors run PiDiNet under no_grad: its term adds to the loss value only
-    edge_crop: bool = False            # fast: decode and compare edges in the mask's box only
+    pidinet_grad: bool = True          # paper: False, the authors run PiDiNet under no_grad (loss value only)
+    edge_crop: bool = True             # decode and compare edges in the mask's box only (paper: whole image)
     edge_crop_margin: int = 4          # latent pixels around the box
+    # the authors' quirks (paper: True); docs/method.md section 2.3
+    sobel_input_signed: bool = False   # the input's Sobel map taken on [-1, 1] pixels, the prediction's on [0, 1]
+    nulltext_stale_embedding: bool = False  # timestep i's first inner step uses timestep i-1's text embedding
 
     # stage 2.4: Prompt-to-Prompt editing
     cross_replace_steps: float = 1.0   # fraction of steps whose cross-attention maps are replaced
@@ -51,11 +59,12 @@ class HarmonizeConfig:
     # arithmetic: how the numbers are computed, never which (steps, inner iterations and losses stay the schedule's)
     arithmetic: str = "auto"           # "authors": fp32 with every attention map materialised in their order of
                                        # operations, reproducing their numbers; "fast": `dtype` and fused attention;
-                                       # "auto": authors for `paper` on CPU, fast everywhere else
+                                       # "auto": authors on CPU where `authors_arithmetic_on_cpu`, else fast
+    authors_arithmetic_on_cpu: bool = False  # paper: True, so that `paper` on CPU reproduces the authors' numbers
     dtype: str = "auto"                # "auto": fp32 under the authors' arithmetic, else fp16 on a GPU, fp32 on CPU
     fused_attention: bool = True       # fast arithmetic: SDPA wherever no attention map is needed
-    inversion_batch_uncond_only: bool = False  # fast: guidance 0 needs only the unconditional half
-    refine_cond_only: bool = False     # fast: the guidance-0 refinement step needs only the conditional rows' maps
+    inversion_batch_uncond_only: bool = True  # guidance 0 needs only the unconditional half (paper: both halves)
+    refine_cond_only: bool = True      # the guidance-0 refinement step needs only the conditional rows' maps
 
     # resolution
     transfer: str = "guided"           # "guided" (edge-aware colour transfer) or "resize"
@@ -72,15 +81,17 @@ class HarmonizeConfig:
 
     @classmethod
     def paper(cls, **overrides) -> "HarmonizeConfig":
-        return cls(schedule="paper", **overrides)
+        """The authors' schedule: their every step, inner iteration and loss, and their numeric quirks."""
+        values = dict(schedule="paper", steps=50, refine_iters=2, nulltext_max_inner=5, nulltext_early_stop=0.0,
+                      pidinet_grad=False, edge_crop=False, sobel_input_signed=True, nulltext_stale_embedding=True,
+                      authors_arithmetic_on_cpu=True, inversion_batch_uncond_only=False, refine_cond_only=False)
+        values.update(overrides)
+        return cls(**values)
 
     @classmethod
     def fast(cls, **overrides) -> "HarmonizeConfig":
-        base = dict(schedule="fast", steps=20, refine_iters=1, nulltext_max_inner=1, nulltext_early_stop=1e-6,
-                    fused_attention=True, inversion_batch_uncond_only=True, refine_cond_only=True,
-                    pidinet_grad=True, edge_crop=True)
-        base.update(overrides)
-        return cls(**base)
+        """zsharm's schedule (the default): the field defaults."""
+        return cls(**{"schedule": "fast", **overrides})
 
     @classmethod
     def named(cls, schedule: str, **overrides) -> "HarmonizeConfig":
@@ -94,10 +105,10 @@ class HarmonizeConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def authors_arithmetic(self, device) -> bool:
+    def runs_authors_arithmetic(self, device) -> bool:
         """Whether UNet calls on `device` run the authors' arithmetic (see `arithmetic`).
 
-        `paper` on CPU does, so that it reproduces their numbers (tests/test_reference.py); on a GPU it keeps the
+        `paper` on CPU does (`authors_arithmetic_on_cpu`), so that it reproduces their numbers (tests/test_reference.py); on a GPU it keeps the
         paper's every step, inner iteration and loss but computes them in half precision with fused attention,
         which is what makes it several times faster than their fp32 code."""
         import torch
@@ -105,7 +116,7 @@ class HarmonizeConfig:
             if device is None:
                 from zsharm.models import default_device
                 device = default_device()
-            return self.schedule == "paper" and torch.device(device).type == "cpu"
+            return self.authors_arithmetic_on_cpu and torch.device(device).type == "cpu"
         return self.arithmetic == "authors"
 
     def torch_dtype(self, device):
@@ -115,10 +126,11 @@ class HarmonizeConfig:
         names = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
         if self.dtype in names:
             return names[self.dtype]
-        return torch.float32 if self.authors_arithmetic(device) else None
+        return torch.float32 if self.runs_authors_arithmetic(device) else None
 
     def nulltext_inner_steps(self, index: int) -> int:
         return min(index // 10 + 1, self.nulltext_max_inner)
 
 
 SCHEDULES = {"paper": HarmonizeConfig.paper, "fast": HarmonizeConfig.fast}
+DEFAULT_SCHEDULE = "fast"

@@ -1,6 +1,9 @@
-"""The whole method: describe (stage 1), harmonize (stage 2), evaluate and decide (stage 3).
+"""The whole method: describe (stage 1), edit (stage 2), evaluate and decide (stage 3).
 
-    from zsharm.pipeline import Harmonizer
+    import zsharm
+    result = zsharm.harmonize("composite.png", "mask.png", source="cat bright", target="cat winter dull")
+
+    from zsharm import Harmonizer                               # the models loaded once, for many images
     harmonizer = Harmonizer(model="stabilityai/stable-diffusion-2-base", evaluator=None)
     result = harmonizer("composite.png", "mask.png")            # descriptions from the VLM
     result = harmonizer("composite.png", "mask.png", source="cat bright", target="cat winter dull")
@@ -18,42 +21,34 @@ import numpy as np
 from PIL import Image
 
 from zsharm.config import HarmonizeConfig
-from zsharm.edit.iteration import (
-    IterationResult,
-    _as_mask,
-    _as_picture,
-    _iterate_at_work_size,
-    at_work_size,
-    finish,
-)
+from zsharm.edit.iteration import WorkIteration, at_work_size, finish, iterate_at_work_size
 from zsharm.errors import ZsharmError
+from zsharm.loop import LoopResult, run_loop
+from zsharm.options import DEFAULT_MODEL, add_stage2_options, config_from_options
 from zsharm.io import Picture, load_image, load_mask, save_picture
 
 
 @dataclass
 class HarmonizeResult:
-    image: Image.Image
-    picture: Picture
-    work_image: Image.Image
-    iterations: list
-
-
-@dataclass
-class PipelineResult:
     image: Image.Image       # 8-bit RGB view at the input's size
-    picture: Picture         # the input's size, mode and depth
-    loop: object             # zsharm.loop.LoopResult: per-iteration descriptions, scores, decisions
-    last_iteration: IterationResult  # the intermediates of the last stage-2 iteration
+    picture: Picture         # the input's size, mode and depth; background bit-identical
+    work_image: Image.Image  # the kept (best-scoring, or last) image at work size
+    loop: LoopResult         # per-iteration descriptions, scores, decisions
+    iterations: list         # every stage-2 iteration run (WorkIteration), in order
+
+    @property
+    def last_iteration(self) -> WorkIteration | None:
+        return self.iterations[-1] if self.iterations else None
 
 
 class Harmonizer:
     """All three stages with their models loaded once; call it on (image, mask)."""
 
-    def __init__(self, model="stabilityai/stable-diffusion-2-base", config: HarmonizeConfig = None,
+    def __init__(self, model=DEFAULT_MODEL, config: HarmonizeConfig = None,
                  evaluator=None, describer=None, device=None, dtype=None, pipe=None, pidinet=None,
                  progress: bool = True):
         from zsharm.models import load_pipeline
-        self.config = config or HarmonizeConfig.fast()
+        self.config = config or HarmonizeConfig()
         if dtype is None:
             dtype = self.config.torch_dtype(device)
         self.pipe = pipe if pipe is not None else load_pipeline(model, device=device, dtype=dtype)
@@ -63,7 +58,7 @@ class Harmonizer:
         self.evaluator, self.describer, self.pidinet, self.progress = evaluator, describer, pidinet, progress
 
     def __call__(self, image, mask, source: str = None, target: str = None, candidates=None,
-                 iterations: int = None, history_dir=None, name: str = None) -> PipelineResult:
+                 iterations: int = None, history_dir=None, name: str = None) -> HarmonizeResult:
         picture = image if isinstance(image, Picture) else load_image(image)
         mask = mask if isinstance(mask, np.ndarray) else load_mask(mask, size=picture.size)
         cfg = self.config
@@ -72,23 +67,22 @@ class Harmonizer:
         start, mask_work = at_work_size(picture, mask, cfg)
         from_vlm = source is None and not candidates
         candidates = self._candidates(picture, mask, source, target, candidates, name)
-        last = {}
+        runs = []
 
         def step(current, src, tgt):
-            last["result"] = _iterate_at_work_size(self.pipe, current, mask_work, src, tgt, cfg, self.progress,
-                                                   False, self.pidinet)
-            return last["result"].work_image
+            runs.append(iterate_at_work_size(self.pipe, current, mask_work, src, tgt, cfg, progress=self.progress,
+                                             pidinet=self.pidinet))
+            return runs[-1].work_image
 
         score = None
         if self.evaluator is not None:
             score = self.evaluator.score
         regenerate = self._regenerator(picture, mask, name) if from_vlm else None
-        from zsharm.loop import run_loop
         loop = run_loop(start, mask_work, candidates, step, score=score, regenerate=regenerate,
                         iterations=iterations, history_dir=history_dir, progress=self.progress)
         final = finish(picture, mask, start, loop.image, cfg)
-        return PipelineResult(image=final.to_pil_rgb8(), picture=final, loop=loop,
-                              last_iteration=last.get("result"))
+        return HarmonizeResult(image=final.to_pil_rgb8(), picture=final, work_image=loop.image, loop=loop,
+                               iterations=runs)
 
     def _regenerator(self, picture, mask, name):
         """Stage 1 asked again for a description unlike those tried (None when it has no new one)."""
@@ -116,30 +110,20 @@ class Harmonizer:
         return self.describer.describe(picture.to_pil_rgb8(), mask, n=n, name=name)
 
 
+def harmonize(image, mask, source: str = None, target: str = None, *, model: str = DEFAULT_MODEL, pipe=None,
+              config: HarmonizeConfig = None, evaluator=None, describer=None, iterations: int = None,
+              history_dir=None, progress: bool = True, pidinet=None, device=None) -> HarmonizeResult:
+    """Harmonize `image`'s masked foreground in one call: `Harmonizer(...)(image, mask, ...)`.
+
+    Give `pipe` to reuse a loaded pipeline. With `evaluator=None` it runs `iterations` fixed iterations (default
+    1), each from the last one's blend; `history_dir` keeps every iteration's image, history.json and a contact
+    sheet (zsharm.loop)."""
+    harmonizer = Harmonizer(model=model, pipe=pipe, config=config, evaluator=evaluator, describer=describer,
+                            pidinet=pidinet, progress=progress, device=device)
+    return harmonizer(image, mask, source=source, target=target, iterations=iterations, history_dir=history_dir)
+
+
 # --- command line --------------------------------------------------------------------------------------------
-
-def harmonize(pipe, image, mask, source: str, target: str, config: HarmonizeConfig = None, iterations: int = 1,
-              progress: bool = True, history_dir=None, pidinet=None) -> HarmonizeResult:
-    """`iterations` harmonization iterations without the evaluator; each starts from the last one's blend.
-
-    history_dir keeps every iteration's image, history.json and a contact sheet (zsharm.loop's format)."""
-    from zsharm.describe.describers import Description
-    from zsharm.loop import run_loop
-    config = config or HarmonizeConfig()
-    picture = _as_picture(image)
-    mask = _as_mask(mask, picture.size)
-    start, mask_work = at_work_size(picture, mask, config)
-    results = []
-
-    def step(current, src, tgt):
-        results.append(_iterate_at_work_size(pipe, current, mask_work, src, tgt, config, progress, False, pidinet))
-        return results[-1].work_image
-
-    loop = run_loop(start, mask_work, [Description.from_prompts(source, target)], step, iterations=iterations,
-                    history_dir=history_dir, progress=progress and iterations > 1)
-    final = finish(picture, mask, start, loop.image, config)
-    return HarmonizeResult(image=final.to_pil_rgb8(), picture=final, work_image=loop.image, iterations=results)
-
 
 FORMATS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 
@@ -158,44 +142,18 @@ def register(subparsers):
     p.add_argument("--source", help='description of the foreground, e.g. "cat bright" (skips stage 1)')
     p.add_argument("--target", help='description of the background, e.g. "cat winter dull"')
     p.add_argument("--candidates", type=int, default=2, help="descriptions asked of the VLM (default 2)")
-    p.add_argument("--model", default="stabilityai/stable-diffusion-2-base",
-                   help="hub id, diffusers folder, .safetensors/.ckpt file, or tiny (default: %(default)s)")
-    p.add_argument("--schedule", default="fast", choices=["paper", "fast"],
-                   help="paper: the authors' pipeline number for number; fast: the same method, faster (default)")
     p.add_argument("--evaluator", default=os.environ.get("ZSHARM_EVALUATOR"),
                    help="evaluator checkpoint (.safetensors/.pth), 'authors' or 'random' (default: $ZSHARM_EVALUATOR)")
     p.add_argument("--no-evaluator", action="store_true", help="skip stage 3: a fixed number of iterations")
     p.add_argument("--iterations", type=int, help="iteration budget (10 with an evaluator, else 1)")
-    p.add_argument("--steps", type=int, help="DDIM steps (paper: 50; fast: 20)")
-    p.add_argument("--seed", type=int, help="seed of the VAE posterior sample (8888)")
-    p.add_argument("--size", type=int, help="long side of the work resolution, a multiple of 64 (512)")
-    p.add_argument("--no-edges", action="store_true", help="drop the edge loss from null-text optimisation")
-    p.add_argument("--transfer", choices=["guided", "resize"], help="how the change reaches full resolution")
     p.add_argument("--history", help="folder keeping every iteration's image, history.json and a contact sheet")
     p.add_argument("--save-intermediates", metavar="NPZ",
                    help="with one iteration: save every stage's arrays in the reference fixture's format")
-    p.add_argument("--device", help="cuda, cpu, mps (default: the best available)")
-    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"],
-                   help="model precision (default: fp32 under the authors' arithmetic, else fp16 on a GPU)")
-    p.add_argument("--arithmetic", choices=["auto", "authors", "fast"],
-                   help="authors: fp32 and their attention arithmetic, reproducing their numbers; fast: half "
-                        "precision and fused attention (default auto: authors for paper on CPU, else fast)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_stage2_options(p)
     from zsharm.describe.describers import add_vlm_arguments
     add_vlm_arguments(p)
     p.set_defaults(func=cli_harmonize)
-
-
-def _config_from_args(args) -> HarmonizeConfig:
-    overrides = {k: v for k, v in dict(steps=args.steps, seed=args.seed, size=args.size, transfer=args.transfer,
-                                         model=args.model, dtype=args.dtype,
-                                         arithmetic=args.arithmetic).items() if v is not None}
-    if args.no_edges:
-        overrides["use_edges"] = False
-    try:
-        return HarmonizeConfig.named(args.schedule, **overrides)
-    except ValueError as exc:
-        raise ZsharmError(str(exc)) from None
 
 
 def _check_out(path: Path):
@@ -204,7 +162,7 @@ def _check_out(path: Path):
 
 
 def cli_harmonize(args) -> int:
-    config = _config_from_args(args)
+    config = config_from_options(args)
     if (args.source is None) != (args.target is None):
         raise ZsharmError("give both --source and --target, or neither (then the VLM describes the composite)")
     if args.batch:

@@ -132,7 +132,7 @@ from zsharm.models import load_pipeline
 
 pipe = load_pipeline(MODEL, device=DEVICE)
 config = HarmonizeConfig.paper(steps=STEPS, size=SIZE)
-result = harmonize(pipe, picture, mask, source, target, config=config, iterations=ITERATIONS)
+result = harmonize(picture, mask, source, target, pipe=pipe, config=config, iterations=ITERATIONS)
 print(f"{ITERATIONS} iteration(s) at work size {result.work_image.size}, output {result.image.size}")
 
 # %% [markdown]
@@ -162,7 +162,7 @@ print("background pixels unchanged:", unchanged)
 # %%
 for i, it in enumerate(result.iterations):
     seconds = ", ".join(f"{k} {v:.1f} s" for k, v in it.seconds.items())
-    unet = sum(v for k, v in it.counts.items() if k.split("/")[1] == "unet")
+    unet = it.counts.total("unet")
     print(f"iteration {i}: {seconds}; {unet} UNet calls")
 
 # %% [markdown]

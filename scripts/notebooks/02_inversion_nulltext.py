@@ -125,7 +125,7 @@ with torch.no_grad():
     pair = torch.cat([cond, text_embeddings(run, "notebook", [target])])
 embeddings = [pair] * (len(inversion.timesteps) - 1)  # one (source, target) pair per denoising step
 plain = optimize_null_text(run, inversion, embeddings, edge_loss=None)
-edge_loss = EdgeLoss(run, work, torch.from_numpy(mask_work.astype(np.float32))[None, None], pidinet)
+edge_loss = EdgeLoss(run, work, mask_work, pidinet)
 with_edges = optimize_null_text(run, inversion, embeddings, edge_loss=edge_loss)
 errors[f"guidance {config.guidance:g}, null text optimised"] = latent_errors(plain.latents, inversion)
 errors[f"guidance {config.guidance:g}, null text + edge loss"] = latent_errors(with_edges.latents, inversion)
@@ -176,7 +176,7 @@ show_images([work, vae_round_trip, drifted, with_edges.reconstruction],
             ["input", "VAE round trip", f"guidance {config.guidance:g}, no null text", "null text + edges"],
             size=3.4)
 plt.show()
-unet_calls = sum(n for key, n in run.counter.table().items() if key.split("/")[1] == "unet")
+unet_calls = run.counter.total("unet")
 print(f"UNet calls made in this notebook so far: {unet_calls}")
 
 # %% [markdown]

@@ -112,9 +112,10 @@ plt.show()
 
 # %%
 from zsharm.benchmark.compare import evaluate, markdown_table, summarize, zsharm_method
+from zsharm.config import HarmonizeConfig
 
 methods = dict(BASELINES)
-ours = zsharm_method(MODEL, "paper", ITERATIONS, device=DEVICE, steps=STEPS, size=SIZE)
+ours = zsharm_method(MODEL, HarmonizeConfig(steps=STEPS, size=SIZE), ITERATIONS, device=DEVICE)
 ours.wants_sample = True  # it reads each sample's caption
 methods["zsharm"] = ours
 # every k-th sample, so a short run still covers the five photos and the four kinds of edit

@@ -26,13 +26,14 @@ from zsharm.benchmark.datasets import LAYOUTS, load_dataset
 from zsharm.benchmark.metrics import measure
 from zsharm.errors import ZsharmError
 from zsharm.io import write_bytes_atomic
+from zsharm.options import DEFAULT_MODEL, add_stage2_options, config_from_options
 
 METRIC_NAMES = ("mse", "fmse", "psnr", "fpsnr", "ssim")
 COLUMNS = ("name", "method") + METRIC_NAMES + ("seconds",)
 
 
-def zsharm_method(model: str = "stabilityai/stable-diffusion-2-base", schedule: str = "paper", iterations: int = 1,
-                  source=None, target=None, device=None, dtype=None, describer=None, **config_overrides):
+def zsharm_method(model: str = DEFAULT_MODEL, config=None, iterations: int = 1, source=None, target=None,
+                  device=None, dtype=None, describer=None):
     """A `(composite uint8, mask bool, sample) -> uint8` function running zsharm's stage 2.
 
     The pipeline is loaded once, here. Descriptions: `source`/`target` if given, else the sample's
@@ -47,7 +48,7 @@ def zsharm_method(model: str = "stabilityai/stable-diffusion-2-base", schedule: 
 
     if (source is None) != (target is None):
         raise ZsharmError("give both --source and --target, or neither")
-    config = HarmonizeConfig.named(schedule, model=model, **config_overrides)
+    config = config or HarmonizeConfig()
     pipe = load_pipeline(model, device=device, dtype=dtype)
     state = {"describer": describer}
 
@@ -63,7 +64,7 @@ def zsharm_method(model: str = "stabilityai/stable-diffusion-2-base", schedule: 
                 state["describer"] = get_describer()
             description = state["describer"].describe(image, mask, n=1)[0]
             src, tgt = description.source, description.target
-        result = harmonize(pipe, image, mask, src, tgt, config=config, iterations=iterations, progress=False)
+        result = harmonize(image, mask, src, tgt, pipe=pipe, config=config, iterations=iterations, progress=False)
         out = np.array(result.image.convert("RGB"))
         out[~mask] = composite[~mask]  # the contract of every method: the background is the input's
         return out
@@ -209,18 +210,10 @@ def register(subparsers):
     p.add_argument("--save-images", action="store_true", help="also write images/<method>/<name>.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     z = p.add_argument_group("the zsharm method")
-    z.add_argument("--model", default="stabilityai/stable-diffusion-2-base",
-                   help="hub id, diffusers folder, .safetensors/.ckpt file, or tiny (default: %(default)s)")
-    z.add_argument("--schedule", default="paper", choices=["paper", "fast"])
     z.add_argument("--iterations", type=int, default=1, help="harmonization iterations per image (default: 1)")
-    z.add_argument("--steps", type=int, help="DDIM steps (paper: 50)")
-    z.add_argument("--size", type=int, help="long side of the work resolution, a multiple of 64 (512)")
-    z.add_argument("--seed", type=int, help="seed of the VAE posterior sample (paper: 8888)")
-    z.add_argument("--no-edges", action="store_true", help="drop the edge loss from null-text optimisation")
     z.add_argument("--source", help="one source prompt for every image (else the dataset's captions, else the VLM)")
     z.add_argument("--target", help="one target prompt for every image")
-    z.add_argument("--device", help="cuda, cpu, mps (default: the best available)")
-    z.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="model precision")
+    add_stage2_options(p)
     p.set_defaults(func=cli_evaluate)
 
 
@@ -234,14 +227,8 @@ def cli_evaluate(args) -> int:
     methods = {}
     for name in names:
         if name == "zsharm":
-            overrides = {k: v for k, v in dict(steps=args.steps, size=args.size, seed=args.seed).items() if v is not None}
-            if args.no_edges:
-                overrides["use_edges"] = False
-            try:
-                run = zsharm_method(args.model, args.schedule, args.iterations, args.source, args.target,
-                                    device=args.device, dtype=args.dtype, **overrides)
-            except ValueError as error:  # HarmonizeConfig's checks
-                raise ZsharmError(str(error)) from None
+            run = zsharm_method(args.model, config_from_options(args), args.iterations, args.source, args.target,
+                                device=args.device, dtype=args.dtype)
             run.wants_sample = True
             methods[name] = run
         else:

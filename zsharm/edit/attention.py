@@ -187,7 +187,7 @@ def controlled_attention(unet, controller: AttentionControl, fused: bool = False
 
 
 @contextmanager
-def authors_arithmetic(unet, stage: str):
+def authors_attention(unet, stage: str):
     """The attention arithmetic the authors' code ran with, for the `paper` schedule's exact numbers.
 
     Their DDIM inversion ran diffusers 0.9's own attention (scores by baddbmm, as diffusers' classic

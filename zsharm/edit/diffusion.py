@@ -16,15 +16,20 @@ from zsharm.config import HarmonizeConfig
 @dataclass
 class CallCounter:
     """Counts model work per stage: UNet calls and image evaluations (batch rows), with and without
-    gradients, VAE encodes/decodes, PiDiNet passes, text-encoder calls."""
-    calls: Counter = field(default_factory=Counter)
+    gradients, VAE encodes/decodes, PiDiNet passes, text-encoder calls.
+
+        counts.total("unet_images")                  # every image evaluation of the iteration
+        counts.total("unet", stage="nulltext", grad=True)
+        counts.per_stage("unet_images")              # {"inversion": 49, "refinement": 98, ...}
+        counts.table()                               # {"nulltext/unet/grad": 49, ...}, for files
+    """
+    calls: Counter = field(default_factory=Counter)  # (stage, what, grad: bool) -> n
     suffix: str = ""  # "_recomputed" while a forward is computed again (see optimizer_step)
 
-    def add(self, stage: str, what: str, batch: int = 1, grad: bool = False):
-        g = "grad" if grad else "nograd"
-        self.calls[(stage, what + self.suffix, g)] += 1
+    def add(self, stage: str, what: str, batch: int = 1, grad: bool = False, n: int = 1):
+        self.calls[(stage, what + self.suffix, bool(grad))] += n
         if what == "unet":
-            self.calls[(stage, "unet_images" + self.suffix, g)] += batch
+            self.calls[(stage, "unet_images" + self.suffix, bool(grad))] += batch * n
 
     @contextmanager
     def recomputing(self):
@@ -37,10 +42,29 @@ class CallCounter:
 
     def total(self, what: str, stage: str = None, grad: bool = None) -> int:
         return sum(n for (s, w, g), n in self.calls.items()
-                   if w == what and (stage is None or s == stage) and (grad is None or g == ("grad" if grad else "nograd")))
+                   if w == what and (stage is None or s == stage) and (grad is None or g == grad))
+
+    def per_stage(self, what: str, grad: bool = None) -> dict:
+        stages = dict.fromkeys(s for s, w, g in self.calls if w == what)  # in the order stages ran
+        return {s: self.total(what, s, grad) for s in stages}
+
+    def only(self, whats) -> "CallCounter":
+        """The entries whose `what` is in `whats` (e.g. the model work, without text-encoder calls)."""
+        return CallCounter(Counter({k: n for k, n in self.calls.items() if k[1] in whats and n}))
+
+    def __le__(self, other: "CallCounter") -> bool:
+        return all(n <= other.calls.get(k, 0) for k, n in self.calls.items())
 
     def table(self) -> dict:
-        return {f"{s}/{w}/{g}": n for (s, w, g), n in sorted(self.calls.items())}
+        return {f"{s}/{w}/{'grad' if g else 'nograd'}": n for (s, w, g), n in sorted(self.calls.items())}
+
+    @classmethod
+    def from_table(cls, table: dict) -> "CallCounter":
+        calls = Counter()
+        for key, n in table.items():
+            stage, what, grad = key.split("/")
+            calls[(stage, what, grad == "grad")] += n
+        return cls(calls)
 
 
 @dataclass
@@ -78,26 +102,22 @@ class Run:
         return torch.float64 if self.dtype == torch.float64 else torch.float32
 
     @property
-    def paper(self) -> bool:
-        return self.config.schedule == "paper"
-
-    @property
-    def authors_arithmetic(self) -> bool:
-        return self.config.authors_arithmetic(self.device)
+    def runs_authors_arithmetic(self) -> bool:
+        return self.config.runs_authors_arithmetic(self.device)
 
     @property
     def fused(self) -> bool:
         """Fused attention (SDPA) wherever no map is needed; never under the authors' arithmetic."""
-        return self.config.fused_attention and not self.authors_arithmetic
+        return self.config.fused_attention and not self.runs_authors_arithmetic
 
     def arithmetic(self, stage: str):
         """Within this block UNet calls of `stage` use the authors' attention arithmetic when the configuration
         asks for it, and the UNet's own (fused) attention otherwise."""
         from contextlib import nullcontext
-        if not self.authors_arithmetic:
+        if not self.runs_authors_arithmetic:
             return nullcontext()
-        from zsharm.edit.attention import authors_arithmetic
-        return authors_arithmetic(self.unet, stage)
+        from zsharm.edit.attention import authors_attention
+        return authors_attention(self.unet, stage)
 
     def gradient_scaler(self):
         """Loss scaling for a half-precision model: the optimised embeddings stay float32, but their gradients

@@ -1,4 +1,4 @@
-"""Stage 2 end to end: one harmonization iteration, and N of them without the evaluator.
+"""Stage 2 end to end: one harmonization iteration (zsharm.pipeline runs several, with stage 3 deciding).
 
     result = run_iteration(pipe, image, mask, "cat bright", "cat winter dull")
     result.image            # PIL, the input's size; background pixels untouched
@@ -10,7 +10,7 @@ the end, by an edge-aware colour transfer (zsharm.edit.transfer), so the output 
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from functools import lru_cache
 
 import numpy as np
@@ -30,20 +30,26 @@ from zsharm.io import Picture, load_image, load_mask, work_size
 
 
 @dataclass
-class IterationResult:
-    image: Image.Image            # the input's size (8-bit RGB view)
-    picture: Picture              # the input's size, mode and depth; background bit-identical
-    work_image: Image.Image       # the blended result at work size (the next iteration's input)
+class WorkIteration:
+    """One iteration at work size, every intermediate kept (what the loop runs, iteration after iteration)."""
     work_input: Image.Image       # what this iteration started from, at work size
+    work_image: Image.Image       # the blended result at work size (the next iteration's input)
     mask_work: np.ndarray         # boolean mask at work size
     source: str
     target: str
-    inversion: Inversion = None
-    refinement: Refinement = None
-    nulltext: NullText = None
-    edit: Edit = None
-    counts: dict = field(default_factory=dict)
-    seconds: dict = field(default_factory=dict)
+    inversion: Inversion
+    refinement: Refinement | None  # None with config.refine off
+    nulltext: NullText
+    edit: Edit
+    counts: CallCounter           # model work of this iteration
+    seconds: dict                 # per stage
+
+
+@dataclass
+class IterationResult(WorkIteration):
+    """One iteration carried to the input's resolution (`run_iteration`)."""
+    image: Image.Image            # the input's size (8-bit RGB view)
+    picture: Picture              # the input's size, mode and depth; background bit-identical
 
 
 @lru_cache(maxsize=4)
@@ -82,13 +88,19 @@ def run_iteration(pipe, image, mask, source: str, target: str, config: Harmonize
     picture = _as_picture(image)
     mask = _as_mask(mask, picture.size)
     work_input, mask_work = at_work_size(picture, mask, config)
-    work = _iterate_at_work_size(pipe, work_input, mask_work, source, target, config, progress, keep_maps, pidinet)
-    work.picture = finish(picture, mask, work_input, work.work_image, config)
-    work.image = work.picture.to_pil_rgb8()
-    return work
+    work = iterate_at_work_size(pipe, work_input, mask_work, source, target, config, progress=progress,
+                                keep_maps=keep_maps, pidinet=pidinet)
+    full = finish(picture, mask, work_input, work.work_image, config)
+    return IterationResult(**{f.name: getattr(work, f.name) for f in fields(WorkIteration)}, picture=full,
+                           image=full.to_pil_rgb8())
 
 
-def _iterate_at_work_size(pipe, work_input, mask_work, source, target, config, progress, keep_maps, pidinet):
+def iterate_at_work_size(pipe, work_input: Image.Image, mask_work: np.ndarray, source: str, target: str,
+                         config: HarmonizeConfig, *, progress: bool = True, keep_maps: bool = False,
+                         pidinet=None) -> WorkIteration:
+    """One iteration on an image already at work size (see `at_work_size`): inversion, refinement, null-text with
+    the edge loss, Prompt-to-Prompt editing, blending. `pidinet` overrides the published detector (e.g. a random
+    one for tests)."""
     run = Run(pipe=pipe, config=config, counter=CallCounter(), progress=progress)
     n_object = split_object(source, target, condition_vocabulary())
     tok = pipe.tokenizer
@@ -121,17 +133,15 @@ def _iterate_at_work_size(pipe, work_input, mask_work, source, target, config, p
     edge_loss = None
     if config.use_edges:
         detector = pidinet if pidinet is not None else _pidinet(config.pidinet_variant, str(run.device))
-        full_mask = torch.from_numpy(mask_work.astype(np.float32))[None, None]
-        edge_loss = EdgeLoss(run, work_input, full_mask, detector)
+        edge_loss = EdgeLoss(run, work_input, mask_work, detector)
     nulltext = timed("nulltext", optimize_null_text, run, inversion, embeddings, edge_loss)
     edit = timed("editing", edit_with_prompt_to_prompt, run, inversion, embeddings, nulltext.uncond, keep_maps)
     if not np.isfinite(edit.latents[-1].float().cpu().numpy()).all():
         raise ZsharmError("the diffusion produced NaN values (try fp32: --dtype fp32)")
     work_output = Image.fromarray(blend(edit.images[1], np.asarray(work_input), mask_work))
-    return IterationResult(image=None, picture=None, work_image=work_output, work_input=work_input,
-                           mask_work=mask_work, source=source, target=target, inversion=inversion,
-                           refinement=refinement, nulltext=nulltext, edit=edit, counts=run.counter.table(),
-                           seconds=seconds)
+    return WorkIteration(work_input=work_input, work_image=work_output, mask_work=mask_work, source=source,
+                         target=target, inversion=inversion, refinement=refinement, nulltext=nulltext, edit=edit,
+                         counts=run.counter, seconds=seconds)
 
 
 def finish(picture: Picture, mask: np.ndarray, work_before: Image.Image, work_after: Image.Image,

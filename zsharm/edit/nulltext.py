@@ -10,11 +10,12 @@ decoded prediction I' keeps the edges of the input I inside the mask:
 E_S is a Sobel filter, E_D the PiDiNet edge detector, gamma = 0.1. AdamW, lr 0.1, i//10 + 1 inner steps at
 timestep index i.
 
-Three details of the authors' code change the numbers, and the `paper` schedule keeps them
-(`config.schedule == "paper"`):
-- the Sobel map of the input is taken on its [-1, 1] pixels, the prediction's on [0, 1] ones;
-- PiDiNet runs under no_grad, so its term adds to the loss value but not to the gradient (config.pidinet_grad);
-- the first inner step at timestep i still uses timestep i-1's text embedding (it is updated after the step).
+Three details of the authors' code change the numbers; the `paper` schedule keeps them, each a field of the
+configuration (docs/method.md, section 2.3):
+- the Sobel map of the input is taken on its [-1, 1] pixels, the prediction's on [0, 1] ones (sobel_input_signed);
+- PiDiNet runs under no_grad, so its term adds to the loss value but not to the gradient (pidinet_grad False);
+- the first inner step at timestep i still uses timestep i-1's text embedding, updated after the step
+  (nulltext_stale_embedding).
 """
 
 from dataclasses import dataclass, field
@@ -58,8 +59,10 @@ def mask_box(mask: torch.Tensor, margin: int):
 class EdgeLoss:
     """L_Edge against a fixed input image, inside the mask."""
 
-    def __init__(self, run: Run, image_pil, mask_full: torch.Tensor, pidinet):
+    def __init__(self, run: Run, image_pil, mask, pidinet):
+        """`mask`: the boolean foreground mask at work size (H x W, as `at_work_size` gives it)."""
         from zsharm.edit.edges import pidinet_edges, sobel
+        mask_full = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
         self.run, self.mask, self.pidinet = run, mask_full.to(run.device), pidinet
         self.sobel, self.pidinet_edges = sobel, pidinet_edges
         image01 = (image_to_tensor(image_pil).to(run.device, run.work_dtype) + 1) / 2
@@ -72,7 +75,7 @@ class EdgeLoss:
             self.area = (y1 - y0) * (x1 - x0) / (mask_full.shape[-1] * mask_full.shape[-2])
             image01, self.mask = image01[..., y0:y1, x0:x1], self.mask[..., y0:y1, x0:x1]
         # the authors feed PiDiNet a bilinear resize and Sobel a Lanczos one; at work size both are the image
-        sobel_input = image01 * 2 - 1 if run.paper else image01
+        sobel_input = image01 * 2 - 1 if run.config.sobel_input_signed else image01
         with torch.no_grad():
             self.ref_sobel = sobel(sobel_input)
             self.ref_pidinet = None
@@ -117,7 +120,7 @@ def optimize_null_text(run: Run, inversion, embeddings, edge_loss: EdgeLoss = No
     result = NullText(uncond=[], latents=[])
     for index, t in enumerate(progress(run, inversion.timesteps[1:], "Null-text + edges")):
         target = inversion.target_for_step(index)
-        if not run.paper:
+        if not cfg.nulltext_stale_embedding:
             context = torch.cat([uncond, embeddings[index][:1]])
         for inner in range(cfg.nulltext_inner_steps(index)):
             record = dict(step=index, iter=inner)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from zsharm.config import SCHEDULES, HarmonizeConfig
+from zsharm.edit.diffusion import CallCounter
 from zsharm.errors import ZsharmError
 
 SD2_CONFIG_DIR = Path(__file__).parents[1] / "assets" / "sd2_base_config"
@@ -35,8 +36,8 @@ COUNTED = ("unet", "unet_images", "vae_encode", "vae_decode", "pidinet")
 
 # --- counting formulas ---------------------------------------------------------------------------------------
 
-def paper_counts(steps: int = 50, use_edges: bool = True) -> dict:
-    """The authors' per-iteration model work (METHOD.md) for `steps` DDIM steps, as CallCounter keys.
+def paper_counts(steps: int = 50, use_edges: bool = True) -> CallCounter:
+    """The authors' per-iteration model work (docs/method.md, section 7) for `steps` DDIM steps.
 
     With n = steps - 1 denoising steps: inversion n UNet calls at batch 2; refinement 2n calls at batch 4 with
     gradients and n without; null-text sum_i min(i//10 + 1, 5) calls at batch 2 with gradients, each followed by
@@ -58,11 +59,11 @@ def paper_counts(steps: int = 50, use_edges: bool = True) -> dict:
         counts["nulltext/vae_decode/grad"] = inner
         # + the input's edge map, once; the authors run PiDiNet without gradients
         counts["nulltext/pidinet/nograd"] = inner + 1
-    return counts
+    return CallCounter.from_table(counts)
 
 
-def schedule_counts(config: HarmonizeConfig) -> dict:
-    """The model work one iteration under `config` does, from its switches (CallCounter keys).
+def schedule_counts(config: HarmonizeConfig) -> CallCounter:
+    """The model work one iteration under `config` does, from its switches.
 
     Exact except with `nulltext_early_stop` > 0 and more than one inner step allowed, where the null-text
     figures are an upper bound (an early stop saves calls)."""
@@ -97,23 +98,21 @@ def schedule_counts(config: HarmonizeConfig) -> dict:
     add("editing/unet/nograd", n)
     add("editing/unet_images/nograd", 4 * n)
     add("editing/vae_decode/nograd", 1)
-    return counts
+    return CallCounter.from_table(counts)
 
 
-def model_counts(counts: dict) -> dict:
-    """The UNet, VAE and PiDiNet entries of a CallCounter table (text-encoder calls left out)."""
-    return {k: v for k, v in counts.items() if k.split("/")[1] in COUNTED}
+def model_counts(counts: CallCounter) -> CallCounter:
+    """The UNet, VAE and PiDiNet entries of a count (text-encoder calls left out)."""
+    return counts.only(COUNTED)
 
 
-def summarise(counts: dict) -> dict:
-    """Totals of a CallCounter table: UNet calls, UNet image evaluations (all / with gradients), VAE encodes,
-    VAE decodes (all / with gradients), PiDiNet passes."""
-    def total(what, grad=None):
-        return sum(v for k, v in counts.items()
-                   if k.split("/")[1] == what and (grad is None or k.split("/")[2] == grad))
+def summarise(counts: CallCounter) -> dict:
+    """Totals: UNet calls, UNet image evaluations (all / with gradients), VAE encodes, VAE decodes (all / with
+    gradients), PiDiNet passes."""
+    total = counts.total
     return dict(unet_calls=total("unet"), unet_images=total("unet_images"),
-                unet_images_grad=total("unet_images", "grad"), vae_encodes=total("vae_encode"),
-                vae_decodes=total("vae_decode"), vae_decodes_grad=total("vae_decode", "grad"),
+                unet_images_grad=total("unet_images", grad=True), vae_encodes=total("vae_encode"),
+                vae_decodes=total("vae_decode"), vae_decodes_grad=total("vae_decode", grad=True),
                 pidinet=total("pidinet"))
 
 
@@ -229,7 +228,7 @@ def row_dtype(config: HarmonizeConfig, materialised: bool, device, override: str
 def attention_label(config: HarmonizeConfig, materialised: bool, device) -> str:
     """How the row's attention is computed: every map materialised (the authors' arithmetic), or fused (SDPA)
     wherever no map is needed."""
-    if materialised or config.authors_arithmetic(torch.device(device)):
+    if materialised or config.runs_authors_arithmetic(torch.device(device)):
         return "all maps"
     return "fused" if config.fused_attention else "maps in P2P"
 
@@ -336,7 +335,7 @@ def measure_row(model: str, name: str, size: int = 512, steps: int = None, repea
     measured = model_counts(counts)
     if measured == formula:
         match = "="
-    elif all(measured.get(k, 0) <= v for k, v in formula.items()) and set(measured) <= set(formula):
+    elif measured <= formula:
         match = "<="
     else:
         match = "!="
@@ -344,8 +343,8 @@ def measure_row(model: str, name: str, size: int = 512, steps: int = None, repea
                 attention=attention_label(config, materialised, device), seconds=seconds,
                 seconds_median=statistics.median(seconds),
                 stage_seconds={k: statistics.median(s[k] for s in stages) for k in stages[0]},
-                peak_memory_bytes=peak, memory=memory, counts=counts, summary=summarise(counts),
-                formula=formula, formula_match=match)
+                peak_memory_bytes=peak, memory=memory, counts=counts.table(), summary=summarise(counts),
+                formula=formula.table(), formula_match=match)
 
 
 def _measure_row_isolated(kwargs: dict) -> dict:

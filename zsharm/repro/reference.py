@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from zsharm.edit.diffusion import CallCounter
 import torch
 
 # (stage, array key, absolute tolerance) in the order the pipeline computes them
@@ -76,10 +78,10 @@ def save_intermediates(result, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **arrays)
     path.with_suffix(".losses.json").write_text(json.dumps(losses, indent=1))
-    path.with_suffix(".counts.json").write_text(json.dumps(result.counts, indent=1))
+    path.with_suffix(".counts.json").write_text(json.dumps(result.counts.table(), indent=1))
 
 
-def authors_counts(stats: dict) -> dict:
+def authors_counts(stats: dict) -> CallCounter:
     """The reference's call counts (stats.json) in zsharm's counter keys: UNet calls and image evaluations per
     stage (their editing runs with autograd on but nothing requiring gradients: no-gradient work)."""
     out = {}
@@ -94,7 +96,7 @@ def authors_counts(stats: dict) -> dict:
         grad = "grad" if "z_requires_grad=True" in key else "nograd"
         out[f"nulltext/vae_decode/{grad}"] = out.get(f"nulltext/vae_decode/{grad}", 0) + n
     out["nulltext/pidinet/nograd"] = sum(stats["pidinet_by_stage"]["nulltext"].values())
-    return out
+    return CallCounter.from_table(out)
 
 
 def load_intermediates(path):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from zsharm.config import HarmonizeConfig
+from zsharm.edit.diffusion import CallCounter
 from zsharm.errors import ZsharmError
 
 
@@ -36,7 +37,8 @@ def fast_switches() -> list:
         return Switch(name, {k: getattr(paper, k) for k in keys}, {k: getattr(fast, k) for k in keys}, why)
 
     return [
-        Switch("fast arithmetic", dict(arithmetic="authors"), dict(arithmetic="fast"),
+        Switch("fast arithmetic", dict(arithmetic="authors", authors_arithmetic_on_cpu=True),
+               dict(arithmetic="fast", authors_arithmetic_on_cpu=False),
                "fp16 on a GPU and fused attention (SDPA) wherever no map is needed, instead of fp32 with every map "
                "materialised: the same computation, rounded differently"),
         switch(f"{fast.steps} DDIM steps", ["steps"], f"{fast.steps} instead of {paper.steps} timesteps in every stage"),
@@ -54,7 +56,7 @@ def fast_switches() -> list:
                "the PiDiNet edge term also steers the gradient (the authors' adds to the loss value only)"),
         switch("edge loss on the mask's box", ["edge_crop"],
                "decode and compare edges only in the mask's bounding box, not the whole image"),
-        Switch("without the authors' quirks", dict(schedule="paper"), dict(schedule="fast"),
+        switch("without the authors' quirks", ["sobel_input_signed", "nulltext_stale_embedding"],
                "the input's Sobel map on [0, 1] like the prediction's, and each null-text step with its own "
                "timestep's text embedding"),
     ]
@@ -65,7 +67,7 @@ class AblationRow:
     name: str
     changes: dict            # the switch values that differ from the row's base schedule
     seconds: float
-    counts: dict             # CallCounter table
+    counts: CallCounter      # model work of the row's iteration
     fpsnr: float             # dB against the paper schedule's output, inside the mask
     max_levels: int          # largest change of a foreground value against paper's, in grey levels
     image: np.ndarray = field(repr=False, default=None)
@@ -76,11 +78,11 @@ class AblationRow:
 
     @property
     def unet_images(self) -> int:
-        return sum(v for k, v in self.counts.items() if k.split("/")[1] == "unet_images")
+        return self.counts.total("unet_images")
 
     @property
     def unet_images_grad(self) -> int:
-        return sum(v for k, v in self.counts.items() if k.split("/")[1] == "unet_images" and k.endswith("/grad"))
+        return self.counts.total("unet_images", grad=True)
 
 
 def row_configs(size: int = 512, steps: int = None, device="cpu") -> list:
@@ -92,8 +94,11 @@ def row_configs(size: int = 512, steps: int = None, device="cpu") -> list:
     common = dict(size=size) if steps is None else dict(size=size, steps=steps)
     paper, fast = HarmonizeConfig.paper(**common), HarmonizeConfig.fast(**common)
     device = torch.device(device)
-    paper = paper.replace(arithmetic="authors" if paper.authors_arithmetic(device) else "fast")
-    fast = fast.replace(arithmetic="authors" if fast.authors_arithmetic(device) else "fast")
+    # an explicit arithmetic makes authors_arithmetic_on_cpu moot: one value for both, so only `arithmetic` differs
+    paper = paper.replace(arithmetic="authors" if paper.runs_authors_arithmetic(device) else "fast",
+                          authors_arithmetic_on_cpu=False)
+    fast = fast.replace(arithmetic="authors" if fast.runs_authors_arithmetic(device) else "fast",
+                        authors_arithmetic_on_cpu=False)
     switches = [s for s in fast_switches() if steps is None or "steps" not in s.on]
     rows = [("paper", paper, {})]
     rows += [(f"paper + {s.name}", paper.replace(**s.on), s.on) for s in switches if paper.replace(**s.on) != paper]
@@ -114,7 +119,7 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
     from zsharm.edit.iteration import (
         _as_mask,
         _as_picture,
-        _iterate_at_work_size,
+        iterate_at_work_size,
         at_work_size,
     )
     from zsharm.models import default_device, default_dtype, load_pipeline
@@ -138,14 +143,14 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
         if dtype not in pipes:
             pipes[dtype] = load_pipeline(model, device=device, dtype=dtype)
             if device.type == "cuda":  # kernels are chosen and compiled on first use: keep that out of the timings
-                _iterate_at_work_size(pipes[dtype], work_input, mask_work, source, target,
-                                      HarmonizeConfig.fast(size=size, steps=2, dtype=config.dtype), False, False,
-                                      pidinet)
+                iterate_at_work_size(pipes[dtype], work_input, mask_work, source, target,
+                                     HarmonizeConfig.fast(size=size, steps=2, dtype=config.dtype), progress=False,
+                                     pidinet=pidinet)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        out = _iterate_at_work_size(pipes[dtype], work_input, mask_work, source, target, config, False, False,
-                                    pidinet)
+        out = iterate_at_work_size(pipes[dtype], work_input, mask_work, source, target, config, progress=False,
+                                   pidinet=pidinet)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
@@ -243,15 +248,10 @@ def cli_ablate(args) -> int:
     return 0
 
 
-def stage_work(counts: dict) -> dict:
-    """UNet image evaluations per stage of a CallCounter table: {stage: (without gradients, with gradients)}."""
-    work = {}
-    for key, n in counts.items():
-        stage, what, grad = key.split("/")
-        if what == "unet_images":
-            nograd, withgrad = work.get(stage, (0, 0))
-            work[stage] = (nograd, withgrad + n) if grad == "grad" else (nograd + n, withgrad)
-    return work
+def stage_work(counts) -> dict:
+    """UNet image evaluations per stage: {stage: (without gradients, with gradients)}."""
+    return {stage: (counts.total("unet_images", stage, grad=False), counts.total("unet_images", stage, grad=True))
+            for stage in counts.per_stage("unet_images")}
 
 
 def plot_stage_work(tables: dict, ax=None):

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from zsharm.errors import ZsharmError
+from zsharm.options import add_stage2_options, config_from_options
 
 # colours of the three decisions (and of a dropped iteration-0 candidate, and of the budget's end)
 DECISION_COLOURS = {"continue": "#2a7ab9", "regenerate": "#e08214", "conclude": "#b2182b", "drop": "#999999",
@@ -412,7 +413,7 @@ def backgrounds_figure(pipe, config, iterations: int = 1, backgrounds=None, prog
     columns = []
     for name, words in backgrounds.items():
         composite = paste(image, mask, sample_photo(name))
-        result = harmonize(pipe, composite, mask, source, f"{obj} {words}", config=config, iterations=iterations,
+        result = harmonize(composite, mask, source, f"{obj} {words}", pipe=pipe, config=config, iterations=iterations,
                            progress=progress)
         columns.append((name, words, composite, result.image))
     fig, axes = plt.subplots(2, len(columns), figsize=(3.6 * len(columns), 6.0), squeeze=False)
@@ -449,8 +450,8 @@ FIGURES = {  # name -> (file, needs a diffusion model)
 }
 
 
-def make_figures(out="figures", model=None, only=None, steps=None, size=None, iterations: int = 1, device=None,
-                 dtype=None, progress: bool = True) -> list:
+def make_figures(out="figures", model=None, only=None, config=None, iterations: int = 1, device=None, dtype=None,
+                 progress: bool = True) -> list:
     """Write the figures named in `only` (default: every one that `model` allows) into `out`; returns paths."""
     plt = _plt()
     names = list(only) if only else [n for n, (_, needs) in FIGURES.items() if model or not needs]
@@ -461,12 +462,11 @@ def make_figures(out="figures", model=None, only=None, steps=None, size=None, it
     if needing and not model:
         raise ZsharmError(f"figure {needing[0]!r} runs the method: give --model (e.g. "
                           "stabilityai/stable-diffusion-2-base, or tiny to try the machinery)")
-    pipe = config = pidinet = None
+    pipe = pidinet = None
     if needing:
         from zsharm.config import HarmonizeConfig
         from zsharm.models import load_pipeline
-        overrides = {k: v for k, v in dict(steps=steps, size=size).items() if v is not None}
-        config = HarmonizeConfig.paper(model=model, **overrides)
+        config = config or HarmonizeConfig()
         pipe = load_pipeline(model, device=device, dtype=dtype)
     if "edges" in names or "ablations" in names:
         from zsharm.edit.pidinet import load_pidinet
@@ -499,15 +499,11 @@ def register(subparsers):
                                           "diffusion weights: " + ", ".join(n for n, (_, m) in FIGURES.items()
                                                                             if not m) + ".")
     p.add_argument("--out", default="figures", help="folder to write the PNGs to (default: figures)")
-    p.add_argument("--model", help="diffusion model (hub id, folder, file or tiny); adds the figures that run "
-                                   "the method")
     p.add_argument("--only", help=f"comma-separated figure names ({', '.join(FIGURES)})")
-    p.add_argument("--steps", type=int, help="DDIM steps for the method's figures (paper: 50)")
-    p.add_argument("--size", type=int, help="work resolution, a multiple of 64 (paper: 512)")
     p.add_argument("--iterations", type=int, default=1, help="harmonization iterations per image (default 1)")
-    p.add_argument("--device", help="cuda, cpu, mps (default: the best available)")
-    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="model precision")
     p.add_argument("--quiet", action="store_true", help="print nothing")
+    add_stage2_options(p, model_default=None, model_help="diffusion model (hub id, folder, file or tiny); adds the "
+                                                         "figures that run the method")
     p.set_defaults(func=cli_figures)
 
 
@@ -515,6 +511,6 @@ def cli_figures(args) -> int:
     import matplotlib
     matplotlib.use("Agg")  # files only: no window, whatever the environment
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
-    make_figures(args.out, model=args.model, only=only, steps=args.steps, size=args.size,
-                 iterations=args.iterations, device=args.device, dtype=args.dtype, progress=not args.quiet)
+    make_figures(args.out, model=args.model, only=only, config=config_from_options(args), iterations=args.iterations,
+                 device=args.device, dtype=args.dtype, progress=not args.quiet)
     return 0
