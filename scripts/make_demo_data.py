@@ -134,7 +134,7 @@ def resize_to(image, long_side):
 
 # name -> (object, background photo, scale, left, bottom gap, background long side or None, captions)
 # captions: the authors' format, candidates separated by ';', each "OBJECT fgwords,OBJECT bgwords",
-# words from the paper's dictionary (METHOD.md), a brightness word in each list.
+# words from the paper's dictionary (docs/method.md, section 1.2), a brightness word in each list.
 REAL_COMPOSITES = {
     "astronaut_rocket": ("astronaut_person", "rocket", 0.64, 40, 0, None,
                          "astronaut bright warm indoor,astronaut dim blue twilight;"
