@@ -1,12 +1,15 @@
 """The whole method: describe (stage 1), harmonize (stage 2), evaluate and decide (stage 3).
 
     from zsharm.pipeline import Harmonizer
-    harmonizer = Harmonizer(model="stabilityai/stable-diffusion-2-base", evaluator=None)
-    result = harmonizer("composite.png", "mask.png")            # descriptions from the VLM
+    harmonizer = Harmonizer()                                   # SD 2 base, the VLM, the authors' evaluator
+    result = harmonizer("composite.png", "mask.png")            # 2 VLM descriptions, up to 10 iterations
     result = harmonizer("composite.png", "mask.png", source="cat bright", target="cat winter dull")
-    result.picture, result.image, result.loop.history
+    result.picture, result.image, result.loop.history           # history: every score and decision
+    Harmonizer(evaluator=None)                                  # no stage 3: a fixed number of iterations
 
 The decision loop runs at work size; the final, best-scoring image is carried to the input's resolution once.
+The VLM is released as soon as its descriptions are made (and again after a Regenerate), before Stable
+Diffusion needs the memory.
 This module also holds the `zsharm harmonize` command (single image or `--batch`).
 """
 
@@ -47,25 +50,42 @@ class PipelineResult:
 
 
 class Harmonizer:
-    """All three stages with their models loaded once; call it on (image, mask)."""
+    """All three stages with their models loaded once; call it on (image, mask).
+
+    evaluator: "authors" (the default: their bestModel.pth, fetched once), a checkpoint path, an Evaluator, or
+    None for no stage 3 (a fixed number of iterations with the first description). n_candidates: descriptions
+    asked of stage 1 (default 2, as the authors; 1 without an evaluator, which would use only the first), and
+    the most taken from a caption line. Scoring follows the schedule: `paper` scores each blend as the authors
+    do, saved as a quality-75 JPEG and re-read, with the soft mask of the mask file; `fast` scores the image in
+    memory.
+    """
 
     def __init__(self, model="stabilityai/stable-diffusion-2-base", config: HarmonizeConfig = None,
-                 evaluator=None, describer=None, device=None, dtype=None, pipe=None, pidinet=None,
-                 progress: bool = True):
+                 evaluator="authors", describer=None, device=None, dtype=None, pipe=None, pidinet=None,
+                 progress: bool = True, n_candidates: int = None):
         from zsharm.models import load_pipeline
         self.config = config or HarmonizeConfig.fast()
+        if n_candidates is not None and n_candidates < 1:
+            raise ZsharmError(f"the number of candidate descriptions must be at least 1, got {n_candidates}")
+        if n_candidates is not None and n_candidates > 1 and evaluator is None:
+            raise ZsharmError(f"{n_candidates} candidate descriptions need the evaluator to choose among them "
+                              f"(without it only the first is used)")
+        if isinstance(evaluator, (str, os.PathLike)):  # first: a small download that may fail, before SD's
+            from zsharm.decide.evaluator import load_evaluator
+            evaluator = load_evaluator(evaluator, device=device)
         if dtype is None:
             dtype = self.config.torch_dtype(device)
         self.pipe = pipe if pipe is not None else load_pipeline(model, device=device, dtype=dtype)
-        if isinstance(evaluator, str):
-            from zsharm.decide.evaluator import load_evaluator
-            evaluator = load_evaluator(evaluator, device=device)
         self.evaluator, self.describer, self.pidinet, self.progress = evaluator, describer, pidinet, progress
+        self.n_candidates = n_candidates
 
     def __call__(self, image, mask, source: str = None, target: str = None, candidates=None,
                  iterations: int = None, history_dir=None, name: str = None) -> PipelineResult:
+        """mask: a path (its soft values, read as the authors read them, are what the evaluator sees), or an
+        array (bool, or soft values in [0, 1] / uint8) at the image's size."""
         picture = image if isinstance(image, Picture) else load_image(image)
-        mask = mask if isinstance(mask, np.ndarray) else load_mask(mask, size=picture.size)
+        score_mask = _score_mask(mask)
+        mask = mask if isinstance(mask, np.ndarray) and mask.dtype == bool else load_mask(mask, size=picture.size)
         cfg = self.config
         if iterations is None:
             iterations = 10 if self.evaluator is not None else 1
@@ -79,19 +99,35 @@ class Harmonizer:
                                                    False, self.pidinet)
             return last["result"].work_image
 
-        score = None
+        score = reload = None
+        about = {"schedule": cfg.schedule, "evaluator": None}
         if self.evaluator is not None:
-            score = self.evaluator.score
+            paper = cfg.schedule == "paper"
+            scorer = self.evaluator.score_saved if paper else self.evaluator.score
+            score_mask = mask if score_mask is None else score_mask
+
+            def score(image, _mask_work):
+                return scorer(image, score_mask)
+            if paper:  # the authors go on from the re-opened JPEG after iteration 0 and on Regenerate
+                from zsharm.decide.evaluator import jpeg_round_trip
+
+                def reload(image):
+                    return Image.fromarray(jpeg_round_trip(image))
+            about.update(evaluator=getattr(self.evaluator, "name", type(self.evaluator).__name__),
+                         scoring="each blend saved as a quality-75 JPEG and re-read (the authors')" if paper
+                         else "the blend in memory")
         regenerate = self._regenerator(picture, mask, name) if from_vlm else None
         from zsharm.loop import run_loop
         loop = run_loop(start, mask_work, candidates, step, score=score, regenerate=regenerate,
-                        iterations=iterations, history_dir=history_dir, progress=self.progress)
+                        iterations=iterations, history_dir=history_dir, progress=self.progress, reload=reload,
+                        about=about)
         final = finish(picture, mask, start, loop.image, cfg)
         return PipelineResult(image=final.to_pil_rgb8(), picture=final, loop=loop,
                               last_iteration=last.get("result"))
 
     def _regenerator(self, picture, mask, name):
-        """Stage 1 asked again for a description unlike those tried (None when it has no new one)."""
+        """Stage 1 asked again for a description unlike those tried (None when it has no new one); the VLM is
+        released again before stage 2 goes on."""
         from zsharm.describe.describers import DescriptionExhaustedError
 
         def regenerate(tried):
@@ -99,21 +135,41 @@ class Harmonizer:
                 return self.describer.regenerate(picture.to_pil_rgb8(), mask, tried, name=name)
             except DescriptionExhaustedError:
                 return None
+            finally:
+                self.describer.release()
         return regenerate
 
     def _candidates(self, picture, mask, source, target, candidates, name):
         from zsharm.describe.describers import Description
+        wanted = self.n_candidates or (2 if self.evaluator is not None else 1)
         if candidates:
-            return [c if hasattr(c, "source") else Description.from_prompts(*c) for c in candidates]
+            given = [c if hasattr(c, "source") else Description.from_prompts(*c) for c in candidates]
+            return given[:wanted] if self.n_candidates else given
         if (source is None) != (target is None):
             raise ZsharmError("give both source and target descriptions, or neither (then the VLM describes)")
         if source is not None:
+            if self.n_candidates and self.n_candidates > 1:
+                raise ZsharmError(f"{self.n_candidates} candidates asked for, but source and target give one")
             return [Description.from_prompts(source, target)]
         if self.describer is None:
             from zsharm.describe.describers import get_describer
             self.describer = get_describer()
-        n = 2 if self.evaluator is not None else 1  # without an evaluator only the first would be used
-        return self.describer.describe(picture.to_pil_rgb8(), mask, n=n, name=name)
+        try:
+            return self.describer.describe(picture.to_pil_rgb8(), mask, n=wanted, name=name)
+        finally:
+            self.describer.release()  # before Stable Diffusion needs the memory
+
+
+def _score_mask(mask):
+    """What the evaluator sees of a mask given as a path: the authors' soft reading of the file (None for an
+    array: the caller's values are used)."""
+    if isinstance(mask, (str, os.PathLike)):
+        from zsharm.decide.evaluator import read_mask_as_authors
+        return read_mask_as_authors(mask)
+    if isinstance(mask, np.ndarray) and mask.dtype != bool:
+        from zsharm.decide.evaluator import soft_mask
+        return soft_mask(mask)
+    return None
 
 
 # --- command line --------------------------------------------------------------------------------------------
@@ -157,14 +213,18 @@ def register(subparsers):
     p.add_argument("--shard", metavar="I/N", help="with --batch: do the I-th of N shares (default: from RANK/WORLD_SIZE)")
     p.add_argument("--source", help='description of the foreground, e.g. "cat bright" (skips stage 1)')
     p.add_argument("--target", help='description of the background, e.g. "cat winter dull"')
-    p.add_argument("--candidates", type=int, default=2, help="descriptions asked of the VLM (default 2)")
+    p.add_argument("--candidates", type=int, metavar="N",
+                   help="descriptions asked of the VLM (default 2, as the authors), or the most taken from a "
+                        "caption line; iteration 0 tries each and the evaluator keeps the best")
     p.add_argument("--model", default="stabilityai/stable-diffusion-2-base",
                    help="hub id, diffusers folder, .safetensors/.ckpt file, or tiny (default: %(default)s)")
     p.add_argument("--schedule", default="fast", choices=["paper", "fast"],
                    help="paper: the authors' pipeline number for number; fast: the same method, faster (default)")
-    p.add_argument("--evaluator", default=os.environ.get("ZSHARM_EVALUATOR"),
-                   help="evaluator checkpoint (.safetensors/.pth), 'authors' or 'random' (default: $ZSHARM_EVALUATOR)")
-    p.add_argument("--no-evaluator", action="store_true", help="skip stage 3: a fixed number of iterations")
+    p.add_argument("--evaluator", default=os.environ.get("ZSHARM_EVALUATOR") or "authors",
+                   help="'authors' (their bestModel.pth, fetched once, ~94 MB), a checkpoint in their layout "
+                        "(.pth/.safetensors) or 'random' (default: $ZSHARM_EVALUATOR, else authors)")
+    p.add_argument("--no-evaluator", action="store_true",
+                   help="skip stage 3: a fixed number of iterations (--iterations, default 1), no scores")
     p.add_argument("--iterations", type=int, help="iteration budget (10 with an evaluator, else 1)")
     p.add_argument("--steps", type=int, help="DDIM steps (paper: 50; fast: 20)")
     p.add_argument("--seed", type=int, help="seed of the VAE posterior sample (8888)")
@@ -216,9 +276,9 @@ def cli_harmonize(args) -> int:
     out = Path(args.out)
     _check_out(out)
     picture = load_image(args.composite)
-    mask = load_mask(args.mask, size=picture.size)
+    load_mask(args.mask, size=picture.size)  # a bad mask fails here, before any model is loaded
     harmonizer = _harmonizer(args, config)
-    result = harmonizer(picture, mask, source=args.source, target=args.target, iterations=args.iterations,
+    result = harmonizer(picture, args.mask, source=args.source, target=args.target, iterations=args.iterations,
                         history_dir=args.history, name=Path(args.composite).name)
     if args.save_intermediates:
         if len(result.loop.history) != 1:
@@ -240,7 +300,7 @@ def _harmonizer(args, config) -> Harmonizer:
         from zsharm.describe.describers import describer_from_args
         describer = describer_from_args(args)
     return Harmonizer(model=args.model, config=config, evaluator=evaluator, describer=describer,
-                      device=args.device, dtype=args.dtype, progress=not args.quiet)
+                      device=args.device, dtype=args.dtype, progress=not args.quiet, n_candidates=args.candidates)
 
 
 def _cli_batch(args, config) -> int:
@@ -252,10 +312,10 @@ def _cli_batch(args, config) -> int:
 
     def process_one(item, out_path):
         picture = load_image(item.composite)
-        mask = load_mask(item.mask, size=picture.size)
+        load_mask(item.mask, size=picture.size)  # a bad mask fails here, before any model work
         candidates = list(item.captions) or None
         history = out_dir / "history" / item.name if args.history else None
-        result = harmonizer(picture, mask, source=args.source, target=args.target, candidates=candidates,
+        result = harmonizer(picture, item.mask, source=args.source, target=args.target, candidates=candidates,
                             iterations=args.iterations, history_dir=history, name=item.composite.name)
         save_picture(result.picture, out_path)
         best = result.loop.best

@@ -369,6 +369,9 @@ class Describer:
         """A description whose words differ from every one in `tried`; `DescriptionExhaustedError` if none."""
         return self.describe(image, mask, n=1, exclude=tried, name=name)[0]
 
+    def release(self) -> None:
+        """Free what the describer holds (a local VLM's weights) until it is asked again."""
+
 
 def _as_descriptions(items) -> list[Description]:
     """Descriptions from Descriptions, (source, target) pairs or anything with .source and .target."""
@@ -505,6 +508,12 @@ class VLMDescriber(Describer):
         except (ValueError, KeyError, TypeError, ZsharmError):
             warnings.warn(f"ignoring the unreadable description cache {path}", stacklevel=3)
             return []
+
+    def release(self) -> None:
+        """Unload a local model (it loads again on the next question); an endpoint holds nothing."""
+        unload = getattr(self.backend, "unload", None)
+        if callable(unload):
+            unload()
 
     def _write_cache(self, key, descriptions) -> None:
         if key is None:
