@@ -291,6 +291,11 @@ def load_authors(path) -> HarmonyClassifier:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ZsharmError(f"the authors' evaluator {path} is not a state_dict of tensors")
     model = HarmonyClassifier.from_arch(AUTHORS_ARCH)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ZsharmError(f"{path} is not the authors' evaluator layout: {len(missing)} keys missing "
+                          f"({', '.join(missing[:3])}), {len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
