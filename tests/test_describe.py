@@ -452,19 +452,31 @@ def _folder_of_composites(root, names):
         Image.fromarray(mask.astype(np.uint8) * 255).save(root / "mask" / f"{name}_mask.png")
 
 
+class ByWidth:
+    """A backend whose answers depend on the picture (its width), so a line written for the wrong image shows."""
+
+    kind, model = "by-width", "w-1"
+
+    def __init__(self, answers):
+        self.answers = {width: list(a) for width, a in answers.items()}
+
+    def ask(self, parts, seed=0):
+        return self.answers[parts[0].width].pop(0)
+
+
 def test_describe_a_folder_writes_the_caption_file_batch_reads(tmp_path, monkeypatch, capsys):
     import zsharm.describe.describers as describers
     from zsharm.batch import find_batch_items
     from zsharm.cli import main
-    _folder_of_composites(tmp_path / "set", ["10", "2", "1"])
-    backend = Scripted([A, B, "not a description", C, A, B, C])
+    _folder_of_composites(tmp_path / "set", ["10", "2", "1"])  # widths 64, 72, 80
+    backend = ByWidth({64: [A, B], 72: [C, "not a description", A], 80: [B, C]})
     monkeypatch.setattr(describers, "describer_from_args", lambda args: VLMDescriber(backend, cache_dir=None))
     assert main(["describe", str(tmp_path / "set"), "--quiet"]) == 0
     lines = (tmp_path / "set" / "caption.txt").read_text().splitlines()
-    # natural order 1, 2, 10; two candidates each, `src,tgt;src,tgt`
-    assert lines == ["dog bright summer,dog dull winter;dog dazzling,dog dim night",
+    # line i is the i-th image in natural order (1, 2, 10): two candidates each, `src,tgt;src,tgt`
+    assert lines == ["dog dazzling,dog dim night;puppy bright,puppy shaded autumn",
                      "puppy bright,puppy shaded autumn;dog bright summer,dog dull winter",
-                     "dog dazzling,dog dim night;puppy bright,puppy shaded autumn"]
+                     "dog bright summer,dog dull winter;dog dazzling,dog dim night"]
     items = find_batch_items(tmp_path / "set")
     assert [item.name for item in items] == ["1", "2", "10"]
     assert [[(c.source, c.target) for c in item.captions] for item in items] == [

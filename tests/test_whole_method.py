@@ -96,7 +96,7 @@ class Scores:
 def fake_stage_two(monkeypatch):
     """Stage 2 as a function that brightens the image a little and checks the VLM is not in memory."""
     import zsharm.pipeline as pipeline
-    seen = {"steps": 0}
+    seen = {"steps": 0, "inputs": [], "outputs": []}
 
     class Result:
         def __init__(self, image):
@@ -106,7 +106,10 @@ def fake_stage_two(monkeypatch):
         assert not seen["describer"].loaded, "stage 2 ran while the VLM was loaded"
         seen["describer"].events.append("step")
         seen["steps"] += 1
-        return Result(Image.fromarray(np.clip(np.asarray(current).astype(int) + 1, 0, 255).astype(np.uint8)))
+        out = Image.fromarray(np.clip(np.asarray(current).astype(int) + 1, 0, 255).astype(np.uint8))
+        seen["inputs"].append(np.asarray(current))
+        seen["outputs"].append(np.asarray(out))
+        return Result(out)
 
     monkeypatch.setattr(pipeline, "_iterate_at_work_size", iterate)
     return seen
@@ -151,6 +154,12 @@ def test_the_evaluator_sees_the_soft_mask_file_and_the_schedules_scoring(fake_st
     assert 0 < ((want > 0) & (want < 1)).sum()
     assert [c[0] for c in scores.calls] == [method] * 3
     assert all(np.array_equal(c[1], want) for c in scores.calls)
+    # iteration 1 goes on from the kept candidate (c1, 0.6): in `paper` from its re-read JPEG, as the authors
+    from zsharm.decide.evaluator import jpeg_round_trip
+    kept = fake_stage_two["outputs"][1]
+    expected = jpeg_round_trip(Image.fromarray(kept)) if schedule == "paper" else kept
+    assert np.array_equal(fake_stage_two["inputs"][2], expected)
+    assert np.array_equal(expected, kept) == (schedule == "fast")  # the JPEG's loss is there to see
 
 
 def test_candidates_asked_for_and_taken(fake_stage_two, soft_mask_files):
