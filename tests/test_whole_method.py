@@ -259,3 +259,18 @@ def test_harmonize_with_no_options_runs_all_three_stages(vlm_endpoint, authors_e
     scores = [r["score"] for r in rows]
     assert data["best_index"] == scores.index(max(scores))
     assert np.asarray(Image.open(out)).shape == np.asarray(Image.open(comp)).shape
+
+
+def test_a_mask_the_authors_reader_would_misread_reaches_the_evaluator_as_zsharm_reads_it(fake_stage_two,
+                                                                                       soft_mask_files, tmp_path):
+    """A 0/1 label map reads as nothing through their `/ 255`; zsharm's boolean reading is scored instead."""
+    from zsharm.io import load_mask
+    from zsharm.pipeline import Harmonizer
+    fake_stage_two["describer"] = describer = Describer()
+    comp, soft = soft_mask_files
+    labels = (np.asarray(Image.open(soft)) > 127).astype(np.uint8)
+    Image.fromarray(labels).save(tmp_path / "labels.png")
+    scores = Scores([0.5, 0.6])
+    Harmonizer(pipe=object(), evaluator=scores, describer=describer, config=HarmonizeConfig.fast(size=64),
+               progress=False)(comp, tmp_path / "labels.png", iterations=1)
+    assert all(np.array_equal(c[1], load_mask(tmp_path / "labels.png")) for c in scores.calls)
