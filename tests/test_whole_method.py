@@ -274,3 +274,20 @@ def test_a_mask_the_authors_reader_would_misread_reaches_the_evaluator_as_zsharm
     Harmonizer(pipe=object(), evaluator=scores, describer=describer, config=HarmonizeConfig.fast(size=64),
                progress=False)(comp, tmp_path / "labels.png", iterations=1)
     assert all(np.array_equal(c[1], load_mask(tmp_path / "labels.png")) for c in scores.calls)
+
+
+@pytest.mark.parametrize("extra, problem", [(["--source", "cat bright", "--target", "cat dull"], "--source"),
+                                            (["--no-evaluator"], "need the evaluator"),
+                                            (["--source", "cat bright", "--target", "cat dull", "--candidates", "0"],
+                                             "at least 1")])
+def test_candidates_that_cannot_be_honoured_are_refused_before_any_model(soft_mask_files, tmp_path, capsys,
+                                                                         monkeypatch, extra, problem):
+    import zsharm.models
+    monkeypatch.setattr(zsharm.models, "load_pipeline", lambda *a, **k: pytest.fail("a model was loaded"))
+    comp, mask = soft_mask_files
+    if "0" not in extra:
+        extra = [*extra, "--candidates", "3"]
+    code = main(["harmonize", str(comp), "--mask", str(mask), "--out", str(tmp_path / "out.png"), *extra, *QUICK])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and problem in error and "\n" not in error
+    assert not (tmp_path / "out.png").exists()

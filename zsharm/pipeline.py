@@ -84,7 +84,7 @@ class Harmonizer:
         """mask: a path (its soft values, read as the authors read them, are what the evaluator sees), or an
         array (bool, or soft values in [0, 1] / uint8) at the image's size."""
         picture = image if isinstance(image, Picture) else load_image(image)
-        score_mask = _score_mask(mask)
+        mask_given = mask
         mask = mask if isinstance(mask, np.ndarray) and mask.dtype == bool else load_mask(mask, size=picture.size)
         cfg = self.config
         if iterations is None:
@@ -104,7 +104,7 @@ class Harmonizer:
         if self.evaluator is not None:
             paper = cfg.schedule == "paper"
             scorer = self.evaluator.score_saved if paper else self.evaluator.score
-            score_mask = mask if score_mask is None else score_mask
+            score_mask = _score_mask(mask_given, mask)
 
             def score(image, _mask_work):
                 return scorer(image, score_mask)
@@ -136,7 +136,7 @@ class Harmonizer:
             except DescriptionExhaustedError:
                 return None
             finally:
-                self.describer.release()
+                _release(self.describer)
         return regenerate
 
     def _candidates(self, picture, mask, source, target, candidates, name):
@@ -157,19 +157,33 @@ class Harmonizer:
         try:
             return self.describer.describe(picture.to_pil_rgb8(), mask, n=wanted, name=name)
         finally:
-            self.describer.release()  # before Stable Diffusion needs the memory
+            _release(self.describer)  # before Stable Diffusion needs the memory
 
 
-def _score_mask(mask):
-    """What the evaluator sees of a mask given as a path: the authors' soft reading of the file (None for an
-    array: the caller's values are used)."""
-    if isinstance(mask, (str, os.PathLike)):
-        from zsharm.decide.evaluator import read_mask_as_authors
-        return read_mask_as_authors(mask)
-    if isinstance(mask, np.ndarray) and mask.dtype != bool:
-        from zsharm.decide.evaluator import soft_mask
-        return soft_mask(mask)
-    return None
+def _release(describer) -> None:
+    release = getattr(describer, "release", None)  # a describer of the user's own may hold nothing
+    if callable(release):
+        release()
+
+
+def _score_mask(given, mask: np.ndarray) -> np.ndarray:
+    """What the evaluator sees of the mask: for a file, the authors' soft reading of it (first channel / 255);
+    for an array, its own values; `mask` (zsharm's boolean reading) where the authors' reading would show another
+    mask (a cut-out whose alpha is the mask, a 0/1 label map: their reader sees colours or nothing there)."""
+    from zsharm.decide.evaluator import read_mask_as_authors, soft_mask
+    if isinstance(given, (str, os.PathLike)):
+        soft = read_mask_as_authors(given)
+    elif isinstance(given, np.ndarray) and given.ndim == 2:
+        soft = soft_mask(given)
+    else:
+        return mask
+    if soft.shape != mask.shape or np.mean((soft > MASK_AGREEMENT_THRESHOLD) != mask) > MASK_AGREEMENT:
+        return mask
+    return soft
+
+
+MASK_AGREEMENT_THRESHOLD = 100 / 255  # the binarisation both readings share
+MASK_AGREEMENT = 0.01  # the soft reading is used when it disagrees with the boolean one on at most 1 % of pixels
 
 
 # --- command line --------------------------------------------------------------------------------------------
@@ -267,6 +281,9 @@ def cli_harmonize(args) -> int:
     config = _config_from_args(args)
     if (args.source is None) != (args.target is None):
         raise ZsharmError("give both --source and --target, or neither (then the VLM describes the composite)")
+    if args.candidates is not None and args.candidates > 1 and args.source is not None:
+        raise ZsharmError(f"--candidates {args.candidates} asks the VLM for descriptions, but --source/--target "
+                          f"give one: drop one of them")
     if args.batch:
         return _cli_batch(args, config)
     if not args.composite:
