@@ -496,3 +496,17 @@ def test_describe_a_folder_writes_nothing_when_an_image_fails(tmp_path, monkeypa
     error = capsys.readouterr().err.strip()
     assert error.startswith("zsharm: error: b.png:") and "\n" not in error
     assert sorted(p.name for p in (tmp_path / "set").iterdir()) == ["composite", "mask"]
+
+
+def test_release_unloads_a_local_vlm_and_leaves_an_endpoint_alone():
+    from zsharm.describe import vlm
+    local = vlm.TransformersVLM("some/model", device="cpu", dtype="float32")
+    device, dtype = local._placement()
+    key = (local.model, str(device), str(dtype))
+    vlm._LOADED[key] = ("processor", "model")
+    try:
+        VLMDescriber(local, cache_dir=None).release()
+        assert key not in vlm._LOADED
+    finally:
+        vlm._LOADED.pop(key, None)
+    VLMDescriber(Scripted([]), cache_dir=None).release()  # a backend with nothing to unload
