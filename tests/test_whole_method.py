@@ -229,11 +229,14 @@ def authors_evaluator_served(loopback_server, monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("schedule", ["fast", "paper"])
-def test_harmonize_with_no_options_runs_all_three_stages(vlm_endpoint, authors_evaluator_served, soft_mask_files,
-                                                         tmp_path, capsys, schedule):
+def test_harmonize_with_no_options_runs_all_three_stages(vlm_endpoint, authors_evaluator_served, tmp_path, capsys,
+                                                         schedule):
+    """`zsharm harmonize data/demo/composite.png --mask data/demo/mask.png --out out.png`, the README's first line,
+    with the downloads served on loopback and a tiny SD."""
+    from conftest import REPO
     url, asked = vlm_endpoint
     server, model = authors_evaluator_served
-    comp, mask = soft_mask_files
+    comp, mask = REPO / "data" / "demo" / "composite.png", REPO / "data" / "demo" / "mask.png"
     out, history = tmp_path / "out.png", tmp_path / "history"
     code = main(["harmonize", str(comp), "--mask", str(mask), "--out", str(out), "--history", str(history),
                  "--base-url", url, "--vlm-model", "test", "--no-vlm-cache", "--schedule", schedule, *QUICK])
