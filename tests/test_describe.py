@@ -438,3 +438,75 @@ def test_instruction_explains_each_mask_view():
         assert model_inputs(image, mask, style=style)[2] == text
     with pytest.raises(ZsharmError, match="unknown mask style"):
         instruction(style="glow")
+
+
+# ----------------------------------------------------------------------------- a folder, captioned once
+
+
+def _folder_of_composites(root, names):
+    (root / "composite").mkdir(parents=True)
+    (root / "mask").mkdir()
+    for i, name in enumerate(names):
+        image, mask = _scene(64 + 8 * i, 48)
+        image.save(root / "composite" / f"{name}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "mask" / f"{name}_mask.png")
+
+
+class ByWidth:
+    """A backend whose answers depend on the picture (its width), so a line written for the wrong image shows."""
+
+    kind, model = "by-width", "w-1"
+
+    def __init__(self, answers):
+        self.answers = {width: list(a) for width, a in answers.items()}
+
+    def ask(self, parts, seed=0):
+        return self.answers[parts[0].width].pop(0)
+
+
+def test_describe_a_folder_writes_the_caption_file_batch_reads(tmp_path, monkeypatch, capsys):
+    import zsharm.describe.describers as describers
+    from zsharm.batch import find_batch_items
+    from zsharm.cli import main
+    _folder_of_composites(tmp_path / "set", ["10", "2", "1"])  # widths 64, 72, 80
+    backend = ByWidth({64: [A, B], 72: [C, "not a description", A], 80: [B, C]})
+    monkeypatch.setattr(describers, "describer_from_args", lambda args: VLMDescriber(backend, cache_dir=None))
+    assert main(["describe", str(tmp_path / "set"), "--quiet"]) == 0
+    lines = (tmp_path / "set" / "caption.txt").read_text().splitlines()
+    # line i is the i-th image in natural order (1, 2, 10): two candidates each, `src,tgt;src,tgt`
+    assert lines == ["dog dazzling,dog dim night;puppy bright,puppy shaded autumn",
+                     "puppy bright,puppy shaded autumn;dog bright summer,dog dull winter",
+                     "dog bright summer,dog dull winter;dog dazzling,dog dim night"]
+    items = find_batch_items(tmp_path / "set")
+    assert [item.name for item in items] == ["1", "2", "10"]
+    assert [[(c.source, c.target) for c in item.captions] for item in items] == [
+        [tuple(pair.split(",")) for pair in line.split(";")] for line in lines]
+    capsys.readouterr()
+    assert main(["describe", str(tmp_path / "set")]) == 2
+    assert "caption.txt exists" in capsys.readouterr().err
+
+
+def test_describe_a_folder_writes_nothing_when_an_image_fails(tmp_path, monkeypatch, capsys):
+    import zsharm.describe.describers as describers
+    from zsharm.cli import main
+    _folder_of_composites(tmp_path / "set", ["a", "b"])
+    backend = Scripted([A, B] + ["prose, not a description"] * 4)
+    monkeypatch.setattr(describers, "describer_from_args", lambda args: VLMDescriber(backend, cache_dir=None))
+    assert main(["describe", str(tmp_path / "set"), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("zsharm: error: b.png:") and "\n" not in error
+    assert sorted(p.name for p in (tmp_path / "set").iterdir()) == ["composite", "mask"]
+
+
+def test_release_unloads_a_local_vlm_and_leaves_an_endpoint_alone():
+    from zsharm.describe import vlm
+    local = vlm.TransformersVLM("some/model", device="cpu", dtype="float32")
+    device, dtype = local._placement()
+    key = (local.model, str(device), str(dtype))
+    vlm._LOADED[key] = ("processor", "model")
+    try:
+        VLMDescriber(local, cache_dir=None).release()
+        assert key not in vlm._LOADED
+    finally:
+        vlm._LOADED.pop(key, None)
+    VLMDescriber(Scripted([]), cache_dir=None).release()  # a backend with nothing to unload

@@ -1,7 +1,9 @@
 """The evaluator network, its checkpoint layout, its input, and a tiny training run on CPU."""
 
+import io
 import json
 import math
+import re
 import warnings
 
 import cv2
@@ -70,7 +72,31 @@ def random_model(arch_layers=(1, 1, 1, 1), width=8, seed=0):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
                 module.weight.uniform_(0.5, 1.5)
-    return model.eval()
+        tame_head(model.eval())
+    return model
+
+
+def tame_head(model):
+    """Re-aim the random head so scores of photo-like inputs spread over (0, 1). A random deep network's features
+    share one dominant direction (cosine ~0.999 between any two photos), so its raw softmax is saturated (1e-20)
+    and every score comparison would pass trivially; the head is made orthogonal to the mean feature of a few
+    composites (the demo's and synthetic ones) and scaled so their logits differ by about 1."""
+    from conftest import REPO, make_composite
+    images = [np.asarray(Image.open(REPO / "data" / "demo" / "composite.png").convert("RGB"))]
+    masks = [np.asarray(Image.open(REPO / "data" / "demo" / "mask.png")) > 127]
+    for seed in range(3):
+        image, mask = make_composite(seed=seed)
+        images.append(image)
+        masks.append(mask)
+    batch = [preprocess(image, mask) for image, mask in zip(images, masks)]
+    x, m = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+    features = torch.flatten(model.avgpool(model.encoder(model.inp_encoder(torch.cat([x, m], 1)))), 1)
+    mean = features.mean(0)
+    w = model.classify_fc.weight[1] - model.classify_fc.weight[0]
+    w = w - (w @ mean) / (mean @ mean) * mean
+    w = w / ((features - mean) @ w).std()
+    model.classify_fc.weight.copy_(torch.stack([-w / 2, w / 2]))
+    model.classify_fc.bias.copy_(torch.stack([mean @ w / 2, -mean @ w / 2]))
 
 
 def picture(seed=0, size=(40, 30)):
@@ -183,11 +209,217 @@ def load_evaluator_from(model, device="cpu"):
     return Evaluator(model, device)
 
 
-def test_score_rejects_a_mask_of_another_size():
-    evaluator = load_evaluator_from(random_model())
-    image, mask = picture()
-    with pytest.raises(ZsharmError, match="mask"):
-        evaluator.score(image, mask.T)
+def test_a_mask_of_another_resolution_is_squashed_on_its_own():
+    """The authors pair the 512x512 blend with the original mask file: each is resized to 256x256 alone."""
+    model = random_model()
+    evaluator = load_evaluator_from(model)
+    image, _ = picture(size=(40, 30))
+    soft = np.zeros((90, 160), np.float32)  # the same frame at another size, with soft values
+    soft[15:60, 40:120] = 1.0
+    soft[15:60, 36:40] = 0.5
+    rgb = cv2.resize(np.asarray(image), (256, 256), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    m = cv2.resize(soft, (256, 256), interpolation=cv2.INTER_LINEAR)
+    x = torch.from_numpy((rgb / 255 - 0.5) / 0.5).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = torch.softmax(model(x, torch.from_numpy(m)[None, None]), 1)[0, 1].item()
+    assert evaluator.score(image, soft) == pytest.approx(expected, abs=1e-6)
+    for bad in (np.zeros((30, 40, 3)), np.full((30, 40), 2.0), np.full((30, 40), np.nan)):
+        with pytest.raises(ZsharmError, match="mask"):
+            evaluator.score(image, bad)
+
+
+# ---------------------------------------------------------------- the authors' preprocessing, on real photos
+
+
+def authors_harmon_detect(model, img_path, mask_path):
+    """Their inference.py `harmon_detect`, step by step with OpenCV (albumentations' Resize is cv2.resize
+    INTER_LINEAR; ToTensor divides uint8 by 255 and keeps floats)."""
+    bgr = cv2.imread(str(img_path))
+    rgb = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (256, 256), interpolation=cv2.INTER_LINEAR)
+    image = (torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
+    mask = cv2.imread(str(mask_path))[:, :, 0].astype(np.float32) / 255.0
+    mask = torch.from_numpy(cv2.resize(mask, (256, 256), interpolation=cv2.INTER_LINEAR))[None]
+    with torch.no_grad():
+        out = torch.softmax(model(image[None], mask[None]), dim=1)
+    return image, mask, out[0][1].item()
+
+
+@pytest.fixture(scope="module")
+def real_photo_files(tmp_path_factory):
+    """The demo composite and mask (PNG), and the files the authors' loop scores: the blend at 512x512 saved
+    by PIL as JPEG (their `image.save(...jpg)`), and a soft JPEG mask at the original size (like their demo's)."""
+    from conftest import REPO
+    folder = tmp_path_factory.mktemp("photos")
+    composite, mask = REPO / "data" / "demo" / "composite.png", REPO / "data" / "demo" / "mask.png"
+    blend = folder / "00_repeat_blend_prompt00.jpg"
+    Image.open(composite).convert("RGB").resize((512, 512), Image.LANCZOS).save(blend)
+    soft = cv2.GaussianBlur(np.asarray(Image.open(mask).convert("L")), (0, 0), 3)
+    soft_mask = folder / "mask.jpg"
+    Image.fromarray(soft).save(soft_mask)
+    return {"png": (composite, mask), "jpeg": (blend, soft_mask)}
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+def test_preprocessing_equals_the_authors_opencv_steps_on_real_photos(real_photo_files, kind):
+    from zsharm.decide.evaluator import read_image_as_authors, read_mask_as_authors
+    image_path, mask_path = real_photo_files[kind]
+    model = random_model((3, 4, 6, 3), 64, seed=1)
+    want_image, want_mask, want_score = authors_harmon_detect(model, image_path, mask_path)
+    soft = read_mask_as_authors(mask_path)
+    if kind == "jpeg":
+        assert 0 < ((soft > 0) & (soft < 1)).mean() < 0.5  # the soft values reach the network
+    x, m = preprocess(read_image_as_authors(image_path), soft)
+    assert torch.equal(x, want_image) and torch.equal(m, want_mask)
+    assert load_evaluator_from(model).score_files(image_path, mask_path) == pytest.approx(want_score, abs=1e-5)
+
+
+def test_score_saved_is_the_score_of_the_jpeg_the_authors_write(real_photo_files, tmp_path):
+    from zsharm.decide.evaluator import read_mask_as_authors
+    blend_source, soft_mask = real_photo_files["jpeg"]
+    image = Image.open(real_photo_files["png"][0]).convert("RGB").resize((512, 512), Image.LANCZOS)
+    image.save(tmp_path / "blend.jpg")  # what their loop writes for this image
+    model = random_model((3, 4, 6, 3), 64, seed=2)
+    evaluator = load_evaluator_from(model)
+    _, _, theirs = authors_harmon_detect(model, tmp_path / "blend.jpg", soft_mask)
+    assert evaluator.score_saved(image, read_mask_as_authors(soft_mask)) == pytest.approx(theirs, abs=1e-5)
+    assert evaluator.score(image, read_mask_as_authors(soft_mask)) != pytest.approx(theirs, abs=1e-7)
+
+
+# ---------------------------------------------------------------- the authors' checkpoint, fetched
+
+
+@pytest.fixture(scope="module")
+def authors_layout():
+    """A random ResNet-50 saved as their bestModel.pth is: torch.save of the plain state_dict."""
+    model = random_model((3, 4, 6, 3), 64, seed=3)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return model, buffer.getvalue()
+
+
+def blob_of(data: bytes, folder) -> str:
+    from zsharm.cache import git_blob_id
+    (folder / "blob").write_bytes(data)
+    return git_blob_id(folder / "blob")
+
+
+@pytest.fixture
+def serve_authors(loopback_server, monkeypatch, tmp_path):
+    """Point the authors' URL at a loopback server holding `data`, expecting the blob id of `expected`."""
+    from zsharm.decide import evaluator as module
+    monkeypatch.setenv("ZSHARM_CACHE", str(tmp_path / "cache"))
+    for name in ("ZSHARM_OFFLINE", "HF_HUB_OFFLINE", module.WEIGHTS_ENV):
+        monkeypatch.delenv(name, raising=False)
+
+    def serve(data: bytes, expected: bytes = None):
+        loopback_server.files["/bestModel.pth"] = data
+        monkeypatch.setattr(module, "AUTHORS_URL", loopback_server.url("/bestModel.pth"))
+        monkeypatch.setattr(module, "AUTHORS_GIT_BLOB", blob_of(data if expected is None else expected, tmp_path))
+        return loopback_server
+    return serve
+
+
+def cached_files(tmp_path):
+    folder = tmp_path / "cache" / "evaluator"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_the_authors_evaluator_is_fetched_verified_cached_and_loaded_strictly(serve_authors, authors_layout,
+                                                                               tmp_path):
+    model, data = authors_layout
+    server = serve_authors(data)
+    evaluator = load_evaluator("authors", device="cpu")
+    assert cached_files(tmp_path) == ["bestModel.pth"]
+    assert (tmp_path / "cache" / "evaluator" / "bestModel.pth").read_bytes() == data
+    loaded = evaluator.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    image, mask = picture(5)
+    score = evaluator.score(image, mask)
+    assert 0 <= score <= 1 and score == pytest.approx(reference_score(model, image, mask), abs=1e-6)
+    load_evaluator("authors", device="cpu")  # the cached copy, checked again, not fetched again
+    assert server.requests == ["/bestModel.pth"]
+
+
+def test_a_tampered_authors_checkpoint_is_refused_and_nothing_is_cached(serve_authors, authors_layout, tmp_path):
+    _, data = authors_layout
+    tampered = bytearray(data)
+    tampered[len(data) // 2] ^= 0x01
+    serve_authors(bytes(tampered), expected=data)
+    with pytest.raises(ZsharmError, match="fails its check") as error:
+        load_evaluator("authors", device="cpu")
+    message = str(error.value)
+    assert "\n" not in message and "ZSHARM_EVALUATOR_WEIGHTS" in message and "bestModel.pth" in message
+    assert cached_files(tmp_path) == []
+
+
+def test_a_checkpoint_missing_a_key_is_refused_though_its_blob_matches(serve_authors, authors_layout, tmp_path):
+    model, _ = authors_layout
+    state = dict(model.state_dict())
+    del state["encoder.6.2.bn3.running_var"]
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    serve_authors(buffer.getvalue())
+    with pytest.raises(ZsharmError, match="not the authors' evaluator layout.*running_var"):
+        load_evaluator("authors", device="cpu")
+
+
+def test_a_server_that_is_down_gives_one_line_naming_the_fix(serve_authors, closed_port_url, monkeypatch, tmp_path):
+    from zsharm.decide import evaluator as module
+    serve_authors(b"unused")
+    monkeypatch.setattr(module, "AUTHORS_URL", closed_port_url)
+    with pytest.raises(ZsharmError) as error:
+        load_evaluator("authors", device="cpu")
+    message = str(error.value)
+    assert "\n" not in message and closed_port_url in message
+    assert "ZSHARM_EVALUATOR_WEIGHTS" in message and str(tmp_path / "cache" / "evaluator" / "bestModel.pth") in message
+    assert cached_files(tmp_path) == []
+
+
+def test_offline_the_authors_evaluator_is_not_fetched(serve_authors, authors_layout, monkeypatch, tmp_path):
+    server = serve_authors(authors_layout[1])
+    monkeypatch.setenv("ZSHARM_OFFLINE", "1")
+    with pytest.raises(ZsharmError, match="offline.*ZSHARM_EVALUATOR_WEIGHTS"):
+        load_evaluator("authors", device="cpu")
+    assert server.requests == [] and cached_files(tmp_path) == []
+
+
+def test_a_local_copy_is_used_only_if_it_is_theirs(serve_authors, authors_layout, monkeypatch, tmp_path):
+    model, data = authors_layout
+    server = serve_authors(data)
+    (tmp_path / "mine.pth").write_bytes(data)
+    monkeypatch.setenv("ZSHARM_EVALUATOR_WEIGHTS", str(tmp_path / "mine.pth"))
+    image, mask = picture(6)
+    assert load_evaluator("authors", "cpu").score(image, mask) == pytest.approx(reference_score(model, image, mask),
+                                                                                abs=1e-6)
+    (tmp_path / "other.pth").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    monkeypatch.setenv("ZSHARM_EVALUATOR_WEIGHTS", str(tmp_path / "other.pth"))
+    with pytest.raises(ZsharmError, match="is not the authors' bestModel.pth"):
+        load_evaluator("authors", "cpu")
+    assert server.requests == [] and cached_files(tmp_path) == []
+
+
+def test_the_authors_url_is_pinned_to_a_commit_of_their_repository():
+    from zsharm.decide import evaluator as module
+    assert re.fullmatch(r"https://github\.com/WindVChen/Diff-Harmonization/raw/[0-9a-f]{40}/"
+                        r"HarmonizationDetect/exp/bestModel\.pth", module.AUTHORS_URL)
+    assert module.AUTHORS_COMMIT in module.AUTHORS_URL and re.fullmatch(r"[0-9a-f]{40}", module.AUTHORS_GIT_BLOB)
+
+
+def test_course_evaluator_is_the_authors_when_fetchable_else_a_labelled_random_network(serve_authors,
+                                                                                       authors_layout,
+                                                                                       monkeypatch):
+    from zsharm.decide.evaluator import course_evaluator
+    monkeypatch.delenv("ZSHARM_EVALUATOR", raising=False)
+    model, data = authors_layout
+    serve_authors(data)
+    monkeypatch.setenv("ZSHARM_OFFLINE", "1")
+    evaluator, label = course_evaluator(device="cpu", fallback="random:tiny")
+    assert "RANDOM" in label and "offline" in label and evaluator.model.width == 8
+    monkeypatch.delenv("ZSHARM_OFFLINE")
+    evaluator, label = course_evaluator(device="cpu")
+    assert label.startswith("the authors' evaluator") and evaluator.name == "authors"
+    image, mask = picture(7)
+    assert evaluator.score(image, mask) == pytest.approx(reference_score(model, image, mask), abs=1e-6)
 
 
 def test_roc_auc_known_answers():

@@ -157,6 +157,39 @@ def test_regenerate_asks_stage_one_for_a_new_description():
     assert serial(result.image) == 5
 
 
+def test_reload_is_where_the_loop_goes_on_after_iteration_zero_and_on_regenerate():
+    """The authors go on from the JPEG they re-open after iteration 0 and on Regenerate, and from the image in
+    memory otherwise: `reload` marks exactly those inputs."""
+    script = Script([0.50, 0.30, 0.40, 0.35, 0.45, 0.44, 0.43])
+    reloaded = []
+
+    def reload(image):
+        reloaded.append(serial(image))
+        pixels = np.asarray(image).copy()
+        pixels[..., 1] = 200
+        return Image.fromarray(pixels)
+
+    inputs = []
+
+    def step(image, source, target):
+        inputs.append((serial(image), int(np.asarray(image)[0, 0, 1])))
+        return script.step(Image.fromarray(np.asarray(image)[..., :1].repeat(3, -1)), source, target)
+
+    run_loop(composite(), mask(), CANDIDATES[:2], step, script.score, iterations=10, reload=reload, progress=False)
+    # outputs: 1 (c0, kept), 2 (c1), 3, 4 -> regenerate from 1, 5, 6, 7 -> conclude
+    assert reloaded == [1, 1]
+    assert inputs == [(0, 0), (0, 0), (1, 200), (3, 0), (1, 200), (5, 0), (6, 0)]
+
+
+def test_history_records_what_the_caller_says_about_the_run(tmp_path):
+    script = Script([0.4, 0.5])
+    run_loop(composite(), mask(), CANDIDATES[:1], script.step, script.score, iterations=2, history_dir=tmp_path,
+             about={"evaluator": "authors", "scoring": "jpeg"}, progress=False)
+    data = json.loads((tmp_path / "history.json").read_text())
+    assert data["evaluator"] == "authors" and data["scoring"] == "jpeg"
+    assert [(r["score"], r["decision"]) for r in data["iterations"]] == [(0.4, "continue"), (0.5, "stop")]
+
+
 def test_regenerate_without_other_candidates_concludes():
     script = Script([0.6, 0.5, 0.4, 0.9])
     result = run_loop(composite(), mask(), CANDIDATES[:1], script.step, script.score, iterations=10, progress=False)

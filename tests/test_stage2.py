@@ -65,7 +65,7 @@ def test_background_bit_identical_and_input_size_kept(tiny_pipe, tmp_path, mode)
     picture = load_image(path)
     assert picture.size == (333, 517)
     cfg = HarmonizeConfig.paper(use_edges=False, steps=2, size=128)
-    res = harmonize(picture, mask, "cat bright", "cat winter dull", pipe=tiny_pipe, config=cfg, progress=False)
+    res = harmonize(picture, mask, "cat bright", "cat winter dull", pipe=tiny_pipe, config=cfg, evaluator=None, progress=False)
     out = res.picture
     assert out.size == picture.size and out.mode == picture.mode and out.pixels.dtype == picture.pixels.dtype
     assert np.array_equal(out.pixels[~mask], picture.pixels[~mask])

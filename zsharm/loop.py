@@ -81,7 +81,7 @@ class LoopResult:
 
 def run_loop(image: Image.Image, mask: np.ndarray, candidates: Sequence, step: Callable, score: Callable | None = None,
              regenerate: Callable | None = None, iterations: int = 10, history_dir=None,
-             progress: bool = True) -> LoopResult:
+             progress: bool = True, reload: Callable | None = None, about: dict | None = None) -> LoopResult:
     """Harmonize `image` (PIL RGB, any size) inside `mask` (bool, same size) with the decision loop.
 
     candidates: descriptions with `.source` and `.target` prompts (stage 1's output).
@@ -93,6 +93,9 @@ def run_loop(image: Image.Image, mask: np.ndarray, candidates: Sequence, step: C
         and concludes if there is none. A `regenerate` that returns None also concludes.
     iterations: the budget, iteration 0 included (the authors' `harmonize_iterations`, 10 by default).
     history_dir: where to write every image, `history.json` and `contact_sheet.png` (atomically).
+    reload(image) -> PIL image: what the loop goes on from when it goes back to a kept image (after iteration 0,
+        and on Regenerate); the authors re-open the JPEG they saved there. None: the image itself.
+    about: what to record at the top of `history.json` (e.g. the evaluator and how it scores).
     """
     if iterations < 1:
         raise ZsharmError(f"the loop needs at least 1 iteration, got {iterations}")
@@ -102,7 +105,8 @@ def run_loop(image: Image.Image, mask: np.ndarray, candidates: Sequence, step: C
     mask = np.asarray(mask)
     if mask.shape != (image.size[1], image.size[0]):
         raise ZsharmError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.size[0]}x{image.size[1]}")
-    history = _History(Path(history_dir)) if history_dir is not None else None
+    history = _History(Path(history_dir), about) if history_dir is not None else None
+    reload = reload or (lambda kept: kept)
 
     records: list[IterationRecord] = []
     thumbs: list[Image.Image] = []
@@ -150,7 +154,7 @@ def run_loop(image: Image.Image, mask: np.ndarray, candidates: Sequence, step: C
     bar.update(1)
     bar.set_postfix(score=_fmt(first[kept][1].score), decision=first[kept][1].decision)
 
-    current = first[kept][0]
+    current = reload(first[kept][0])
     for iteration in range(1, iterations):
         out, record = run(iteration, current_candidate, current)
         run_images.append(out)
@@ -163,7 +167,7 @@ def run_loop(image: Image.Image, mask: np.ndarray, candidates: Sequence, step: C
                 record.decision, record.note = CONCLUDE, "no other description to switch to"
             else:
                 current_candidate = new
-                current = run_images[-3]  # back to the image from two iterations earlier (scored s[-3])
+                current = reload(run_images[-3])  # back to the image from two iterations earlier (scored s[-3])
                 run_images, run_scores, regenerated = [], [], True
                 record.note = f"switch to description {new}"
         elif record.decision == CONTINUE:
@@ -226,8 +230,8 @@ def _fmt(value) -> str:
 
 
 class _History:
-    def __init__(self, folder: Path):
-        self.folder = folder
+    def __init__(self, folder: Path, about: dict | None = None):
+        self.folder, self.about = folder, dict(about or {})
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -241,6 +245,7 @@ class _History:
     def write_json(self, descriptions, records, best_index, done, stop_reason=None):
         best = records[best_index] if best_index is not None else None
         data = {
+            **self.about,
             "done": done,
             "stop_reason": stop_reason,
             "best_index": best_index,

@@ -1,15 +1,16 @@
 """The whole method: describe (stage 1), edit (stage 2), evaluate and decide (stage 3).
 
     import zsharm
-    result = zsharm.harmonize("composite.png", "mask.png", source="cat bright", target="cat winter dull")
-
-    from zsharm import Harmonizer                               # the models loaded once, for many images
-    harmonizer = Harmonizer(model="stabilityai/stable-diffusion-2-base", evaluator=None)
-    result = harmonizer("composite.png", "mask.png")            # descriptions from the VLM
+    result = zsharm.harmonize("composite.png", "mask.png")     # SD 2 base, the VLM, the authors' evaluator:
+                                                                # 2 VLM descriptions, up to 10 iterations
+    harmonizer = zsharm.Harmonizer()                            # the models loaded once, for many images
     result = harmonizer("composite.png", "mask.png", source="cat bright", target="cat winter dull")
-    result.picture, result.image, result.loop.history
+    result.picture, result.image, result.loop.history           # history: every score and decision
+    Harmonizer(evaluator=None)                                  # no stage 3: a fixed number of iterations
 
 The decision loop runs at work size; the final, best-scoring image is carried to the input's resolution once.
+The VLM is released as soon as its descriptions are made (and again after a Regenerate), before Stable
+Diffusion needs the memory.
 This module also holds the `zsharm harmonize` command (single image or `--batch`).
 """
 
@@ -42,25 +43,42 @@ class HarmonizeResult:
 
 
 class Harmonizer:
-    """All three stages with their models loaded once; call it on (image, mask)."""
+    """All three stages with their models loaded once; call it on (image, mask).
+
+    evaluator: "authors" (the default: their bestModel.pth, fetched once), a checkpoint path, an Evaluator, or
+    None for no stage 3 (a fixed number of iterations with the first description). n_candidates: descriptions
+    asked of stage 1 (default 2, as the authors; 1 without an evaluator, which would use only the first), and
+    the most taken from a caption line. Scoring follows the schedule: `paper` scores each blend as the authors
+    do, saved as a quality-75 JPEG and re-read, with the soft mask of the mask file; `fast` scores the image in
+    memory.
+    """
 
     def __init__(self, model=DEFAULT_MODEL, config: HarmonizeConfig = None,
-                 evaluator=None, describer=None, device=None, dtype=None, pipe=None, pidinet=None,
-                 progress: bool = True):
+                 evaluator="authors", describer=None, device=None, dtype=None, pipe=None, pidinet=None,
+                 progress: bool = True, n_candidates: int = None):
         from zsharm.models import load_pipeline
         self.config = config or HarmonizeConfig()
+        if n_candidates is not None and n_candidates < 1:
+            raise ZsharmError(f"the number of candidate descriptions must be at least 1, got {n_candidates}")
+        if n_candidates is not None and n_candidates > 1 and evaluator is None:
+            raise ZsharmError(f"{n_candidates} candidate descriptions need the evaluator to choose among them "
+                              f"(without it only the first is used)")
+        if isinstance(evaluator, (str, os.PathLike)):  # first: a small download that may fail, before SD's
+            from zsharm.decide.evaluator import load_evaluator
+            evaluator = load_evaluator(evaluator, device=device)
         if dtype is None:
             dtype = self.config.torch_dtype(device)
         self.pipe = pipe if pipe is not None else load_pipeline(model, device=device, dtype=dtype)
-        if isinstance(evaluator, str):
-            from zsharm.decide.evaluator import load_evaluator
-            evaluator = load_evaluator(evaluator, device=device)
         self.evaluator, self.describer, self.pidinet, self.progress = evaluator, describer, pidinet, progress
+        self.n_candidates = n_candidates
 
     def __call__(self, image, mask, source: str = None, target: str = None, candidates=None,
                  iterations: int = None, history_dir=None, name: str = None) -> HarmonizeResult:
+        """mask: a path (its soft values, read as the authors read them, are what the evaluator sees), or an
+        array (bool, or soft values in [0, 1] / uint8) at the image's size."""
         picture = image if isinstance(image, Picture) else load_image(image)
-        mask = mask if isinstance(mask, np.ndarray) else load_mask(mask, size=picture.size)
+        mask_given = mask
+        mask = mask if isinstance(mask, np.ndarray) and mask.dtype == bool else load_mask(mask, size=picture.size)
         cfg = self.config
         if iterations is None:
             iterations = 10 if self.evaluator is not None else 1
@@ -74,18 +92,34 @@ class Harmonizer:
                                              pidinet=self.pidinet))
             return runs[-1].work_image
 
-        score = None
+        score = reload = None
+        about = {"schedule": cfg.schedule, "evaluator": None}
         if self.evaluator is not None:
-            score = self.evaluator.score
+            paper = cfg.schedule == "paper"
+            scorer = self.evaluator.score_saved if paper else self.evaluator.score
+            score_mask = _score_mask(mask_given, mask)
+
+            def score(image, _mask_work):
+                return scorer(image, score_mask)
+            if paper:  # the authors go on from the re-opened JPEG after iteration 0 and on Regenerate
+                from zsharm.decide.evaluator import jpeg_round_trip
+
+                def reload(image):
+                    return Image.fromarray(jpeg_round_trip(image))
+            about.update(evaluator=getattr(self.evaluator, "name", type(self.evaluator).__name__),
+                         scoring="each blend saved as a quality-75 JPEG and re-read (the authors')" if paper
+                         else "the blend in memory")
         regenerate = self._regenerator(picture, mask, name) if from_vlm else None
         loop = run_loop(start, mask_work, candidates, step, score=score, regenerate=regenerate,
-                        iterations=iterations, history_dir=history_dir, progress=self.progress)
+                        iterations=iterations, history_dir=history_dir, progress=self.progress, reload=reload,
+                        about=about)
         final = finish(picture, mask, start, loop.image, cfg)
         return HarmonizeResult(image=final.to_pil_rgb8(), picture=final, work_image=loop.image, loop=loop,
                                iterations=runs)
 
     def _regenerator(self, picture, mask, name):
-        """Stage 1 asked again for a description unlike those tried (None when it has no new one)."""
+        """Stage 1 asked again for a description unlike those tried (None when it has no new one); the VLM is
+        released again before stage 2 goes on."""
         from zsharm.describe.describers import DescriptionExhaustedError
 
         def regenerate(tried):
@@ -93,27 +127,61 @@ class Harmonizer:
                 return self.describer.regenerate(picture.to_pil_rgb8(), mask, tried, name=name)
             except DescriptionExhaustedError:
                 return None
+            finally:
+                _release(self.describer)
         return regenerate
 
     def _candidates(self, picture, mask, source, target, candidates, name):
         from zsharm.describe.describers import Description
+        wanted = self.n_candidates or (2 if self.evaluator is not None else 1)
         if candidates:
-            return [c if hasattr(c, "source") else Description.from_prompts(*c) for c in candidates]
+            given = [c if hasattr(c, "source") else Description.from_prompts(*c) for c in candidates]
+            return given[:wanted] if self.n_candidates else given
         if (source is None) != (target is None):
             raise ZsharmError("give both source and target descriptions, or neither (then the VLM describes)")
         if source is not None:
+            if self.n_candidates and self.n_candidates > 1:
+                raise ZsharmError(f"{self.n_candidates} candidates asked for, but source and target give one")
             return [Description.from_prompts(source, target)]
         if self.describer is None:
             from zsharm.describe.describers import get_describer
             self.describer = get_describer()
-        n = 2 if self.evaluator is not None else 1  # without an evaluator only the first would be used
-        return self.describer.describe(picture.to_pil_rgb8(), mask, n=n, name=name)
+        try:
+            return self.describer.describe(picture.to_pil_rgb8(), mask, n=wanted, name=name)
+        finally:
+            _release(self.describer)  # before Stable Diffusion needs the memory
+
+
+def _release(describer) -> None:
+    release = getattr(describer, "release", None)  # a describer of the user's own may hold nothing
+    if callable(release):
+        release()
+
+
+def _score_mask(given, mask: np.ndarray) -> np.ndarray:
+    """What the evaluator sees of the mask: for a file, the authors' soft reading of it (first channel / 255);
+    for an array, its own values; `mask` (zsharm's boolean reading) where the authors' reading would show another
+    mask (a cut-out whose alpha is the mask, a 0/1 label map: their reader sees colours or nothing there)."""
+    from zsharm.decide.evaluator import read_mask_as_authors, soft_mask
+    if isinstance(given, (str, os.PathLike)):
+        soft = read_mask_as_authors(given)
+    elif isinstance(given, np.ndarray) and given.ndim == 2:
+        soft = soft_mask(given)
+    else:
+        return mask
+    if soft.shape != mask.shape or np.mean((soft > MASK_AGREEMENT_THRESHOLD) != mask) > MASK_AGREEMENT:
+        return mask
+    return soft
+
+
+MASK_AGREEMENT_THRESHOLD = 100 / 255  # the binarisation both readings share
+MASK_AGREEMENT = 0.01  # the soft reading is used when it disagrees with the boolean one on at most 1 % of pixels
 
 
 def harmonize(image, mask, source: str = None, target: str = None, *, model: str = DEFAULT_MODEL, pipe=None,
-              config: HarmonizeConfig = None, evaluator=None, describer=None, iterations: int = None,
+              config: HarmonizeConfig = None, evaluator="authors", describer=None, iterations: int = None,
               history_dir=None, progress: bool = True, pidinet=None, device=None) -> HarmonizeResult:
-    """Harmonize `image`'s masked foreground in one call: `Harmonizer(...)(image, mask, ...)`.
+    """Harmonize `image`'s masked foreground in one call: `Harmonizer(...)(image, mask, ...)`, the same defaults.
 
     Give `pipe` to reuse a loaded pipeline. With `evaluator=None` it runs `iterations` fixed iterations (default
     1), each from the last one's blend; `history_dir` keeps every iteration's image, history.json and a contact
@@ -141,10 +209,14 @@ def register(subparsers):
     p.add_argument("--shard", metavar="I/N", help="with --batch: do the I-th of N shares (default: from RANK/WORLD_SIZE)")
     p.add_argument("--source", help='description of the foreground, e.g. "cat bright" (skips stage 1)')
     p.add_argument("--target", help='description of the background, e.g. "cat winter dull"')
-    p.add_argument("--candidates", type=int, default=2, help="descriptions asked of the VLM (default 2)")
-    p.add_argument("--evaluator", default=os.environ.get("ZSHARM_EVALUATOR"),
-                   help="evaluator checkpoint (.safetensors/.pth), 'authors' or 'random' (default: $ZSHARM_EVALUATOR)")
-    p.add_argument("--no-evaluator", action="store_true", help="skip stage 3: a fixed number of iterations")
+    p.add_argument("--candidates", type=int, metavar="N",
+                   help="descriptions asked of the VLM (default 2, as the authors), or the most taken from a "
+                        "caption line; iteration 0 tries each and the evaluator keeps the best")
+    p.add_argument("--evaluator", default=os.environ.get("ZSHARM_EVALUATOR") or "authors",
+                   help="'authors' (their bestModel.pth, fetched once, ~94 MB), a checkpoint in their layout "
+                        "(.pth/.safetensors) or 'random' (default: $ZSHARM_EVALUATOR, else authors)")
+    p.add_argument("--no-evaluator", action="store_true",
+                   help="skip stage 3: a fixed number of iterations (--iterations, default 1), no scores")
     p.add_argument("--iterations", type=int, help="iteration budget (10 with an evaluator, else 1)")
     p.add_argument("--history", help="folder keeping every iteration's image, history.json and a contact sheet")
     p.add_argument("--save-intermediates", metavar="NPZ",
@@ -165,6 +237,9 @@ def cli_harmonize(args) -> int:
     config = config_from_options(args)
     if (args.source is None) != (args.target is None):
         raise ZsharmError("give both --source and --target, or neither (then the VLM describes the composite)")
+    if args.candidates is not None and args.candidates > 1 and args.source is not None:
+        raise ZsharmError(f"--candidates {args.candidates} asks the VLM for descriptions, but --source/--target "
+                          f"give one: drop one of them")
     if args.batch:
         return _cli_batch(args, config)
     if not args.composite:
@@ -174,9 +249,9 @@ def cli_harmonize(args) -> int:
     out = Path(args.out)
     _check_out(out)
     picture = load_image(args.composite)
-    mask = load_mask(args.mask, size=picture.size)
+    load_mask(args.mask, size=picture.size)  # a bad mask fails here, before any model is loaded
     harmonizer = _harmonizer(args, config)
-    result = harmonizer(picture, mask, source=args.source, target=args.target, iterations=args.iterations,
+    result = harmonizer(picture, args.mask, source=args.source, target=args.target, iterations=args.iterations,
                         history_dir=args.history, name=Path(args.composite).name)
     if args.save_intermediates:
         if len(result.loop.history) != 1:
@@ -198,7 +273,7 @@ def _harmonizer(args, config) -> Harmonizer:
         from zsharm.describe.describers import describer_from_args
         describer = describer_from_args(args)
     return Harmonizer(model=args.model, config=config, evaluator=evaluator, describer=describer,
-                      device=args.device, dtype=args.dtype, progress=not args.quiet)
+                      device=args.device, dtype=args.dtype, progress=not args.quiet, n_candidates=args.candidates)
 
 
 def _cli_batch(args, config) -> int:
@@ -210,10 +285,10 @@ def _cli_batch(args, config) -> int:
 
     def process_one(item, out_path):
         picture = load_image(item.composite)
-        mask = load_mask(item.mask, size=picture.size)
+        load_mask(item.mask, size=picture.size)  # a bad mask fails here, before any model work
         candidates = list(item.captions) or None
         history = out_dir / "history" / item.name if args.history else None
-        result = harmonizer(picture, mask, source=args.source, target=args.target, candidates=candidates,
+        result = harmonizer(picture, item.mask, source=args.source, target=args.target, candidates=candidates,
                             iterations=args.iterations, history_dir=history, name=item.composite.name)
         save_picture(result.picture, out_path)
         best = result.loop.best

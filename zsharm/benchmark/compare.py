@@ -64,7 +64,8 @@ def zsharm_method(model: str = DEFAULT_MODEL, config=None, iterations: int = 1, 
                 state["describer"] = get_describer()
             description = state["describer"].describe(image, mask, n=1)[0]
             src, tgt = description.source, description.target
-        result = harmonize(image, mask, src, tgt, pipe=pipe, config=config, iterations=iterations, progress=False)
+        result = harmonize(image, mask, src, tgt, pipe=pipe, config=config, evaluator=None,
+                           iterations=iterations, progress=False)
         out = np.array(result.image.convert("RGB"))
         out[~mask] = composite[~mask]  # the contract of every method: the background is the input's
         return out

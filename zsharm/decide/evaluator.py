@@ -16,12 +16,21 @@ checkpoint, so `bestModel.pth` loads unchanged:
 (They build `encoder` as `children()[1:-2]` of a `pretrainedmodels` ResNet-50, which lists conv1, bn1, relu,
 maxpool, layer1-4, avgpool, last_linear: seven modules, numbered 0-6.)
 
-The authors did not publish how they trained it; `zsharm train-evaluator` trains one on iHarmony4 or on
-composites made on the fly from any photos and masks.
+Their trained weights are in their repository, `HarmonizationDetect/exp/bestModel.pth` (WindVChen/Diff-Harmonization,
+added in commit 8d8cb0f, unchanged since): `load_evaluator("authors")` fetches that file once, checks its git blob
+id, and loads it weights-only with strict key matching. How they trained it is not published;
+`zsharm train-evaluator` trains one on iHarmony4 or on composites made on the fly from any photos and masks.
+
+What the authors score (`harmon_detect` in their inference.py) is a file pair: each iteration's blend saved as a
+JPEG (PIL's defaults, quality 75) and re-read with cv2, and the user's original mask file read with cv2, its first
+channel divided by 255 (soft, not binarised), at its own resolution. `score_files` is exactly that;
+`score_saved` encodes an in-memory image the same way first (what the `paper` schedule scores); `score` takes the
+image as it is in memory (the `fast` schedule: no JPEG loss in the decisions).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -34,7 +43,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from zsharm.cache import cache_dir, fetch
+from zsharm.cache import cache_dir, fetch, verify
 from zsharm.errors import ZsharmError, one_line
 from zsharm.io import atomic_path
 
@@ -48,15 +57,17 @@ ARCHS = {
 EXPANSION = 4
 FIRST_STAGE = 3  # encoder.3 is layer1
 
-# The authors' checkpoint. Their code loads `pretrained/bestModel.pth`, but neither their README nor their
-# repository (as far as we could find) links the file; set ZSHARM_EVALUATOR_URL to where you got it, or put it
-# at `<cache>/evaluator/bestModel.pth` (cache: $ZSHARM_CACHE, else $XDG_CACHE_HOME/zsharm, else ~/.cache/zsharm).
-AUTHORS_URL = None
-AUTHORS_SHA256 = None
+# The authors' checkpoint, pinned to the commit that added it; a download is verified by its git blob id (nobody
+# published a SHA-256). ~94 MB: a torch.save of the ResNet-50 state_dict.
+AUTHORS_REPO = "WindVChen/Diff-Harmonization"
+AUTHORS_COMMIT = "8d8cb0f8d33936bd15a1d529a0f305501b3a8e27"
+AUTHORS_PATH = "HarmonizationDetect/exp/bestModel.pth"
+AUTHORS_URL = f"https://github.com/{AUTHORS_REPO}/raw/{AUTHORS_COMMIT}/{AUTHORS_PATH}"
+AUTHORS_GIT_BLOB = "d970f57d676ced739f072ffcc140af9d4e6ece2e"
+AUTHORS_ARCH = "resnet50"
 AUTHORS_FILE = "bestModel.pth"
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-MASK_THRESHOLD = 100 / 255  # the paper binarises masks at > 100/255
+WEIGHTS_ENV = "ZSHARM_EVALUATOR_WEIGHTS"  # a copy of bestModel.pth the user already has
+JPEG_QUALITY = 75  # PIL's default, what the authors' `image.save(... .jpg)` writes
 
 
 # ---------------------------------------------------------------- the network
@@ -152,23 +163,68 @@ class HarmonyClassifier(nn.Module):
 
 
 def preprocess(image, mask, size: int = SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """The authors' input: (3,S,S) image in [-1,1] and (1,S,S) mask in [0,1], both resized bilinearly.
+    """The authors' input: (3,S,S) image in [-1,1] and (1,S,S) mask in [0,1], each resized bilinearly on its own.
 
-    image: PIL image or uint8 H x W x 3 RGB array; mask: bool or float in [0,1], H x W, same size.
+    image: PIL image or uint8 H x W x 3 RGB array. mask: H x W of bool, 8- or 16-bit values (divided by full
+    scale) or floats in [0, 1]; soft values are kept, as the authors keep theirs. The mask may have another
+    resolution than the image (the authors pair the 512x512 blend with the original mask file): both are
+    squashed to S x S, so they only need to show the same frame.
+
+    The arithmetic is albumentations' Resize(S, S) as the authors call it: cv2.resize INTER_LINEAR on the uint8
+    image (so the resized image is rounded to uint8 before /255) and on the float32 mask.
     """
     rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    mask = np.asarray(mask)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ZsharmError(f"the evaluator needs an 8-bit RGB image, got {rgb.dtype} {rgb.shape}")
-    if mask.shape != rgb.shape[:2]:
-        raise ZsharmError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {rgb.shape[1]}x{rgb.shape[0]}")
-    mask = mask.astype(np.float32)
-    if mask.max(initial=0) > 1:  # an 8-bit mask image
-        mask = mask / 255
+    mask = soft_mask(mask)
     rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_LINEAR)
     mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR)
     x = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)
     return x, torch.from_numpy(mask)[None]
+
+
+def soft_mask(mask) -> np.ndarray:
+    """A mask as float32 H x W in [0, 1]: bool as 0/1, unsigned integers divided by their full scale."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ZsharmError(f"the evaluator's mask must be H x W, got shape {mask.shape}")
+    if mask.dtype == bool:
+        return mask.astype(np.float32)
+    if mask.dtype in (np.uint8, np.uint16):
+        return mask.astype(np.float32) / np.iinfo(mask.dtype).max
+    mask = mask.astype(np.float32)
+    if not (np.isfinite(mask).all() and mask.min(initial=0) >= 0 and mask.max(initial=0) <= 1):
+        raise ZsharmError("the evaluator's mask must hold values in [0, 1] (or be bool, uint8 or uint16)")
+    return mask
+
+
+def read_image_as_authors(path) -> np.ndarray:
+    """uint8 RGB H x W x 3 as their inference.py reads it: cv2.imread (BGR, EXIF orientation applied), BGR->RGB.
+
+    The authors' decoder, not zsharm.io's reader, because the score must be theirs to the last bit."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ZsharmError(f"cv2 cannot read the image {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_mask_as_authors(path) -> np.ndarray:
+    """float32 H x W in [0, 1] as their inference.py reads the mask: cv2.imread (3 channels), channel 0 / 255.
+
+    Not binarised: a JPEG mask's soft edges and compression noise reach the network as they are."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ZsharmError(f"cv2 cannot read the mask {path}")
+    return bgr[:, :, 0].astype(np.float32) / 255.0
+
+
+def jpeg_round_trip(image: Image.Image, quality: int = JPEG_QUALITY) -> np.ndarray:
+    """uint8 RGB of `image` saved as the authors save each blend (PIL JPEG, quality 75, 4:2:0) and read back
+    with cv2, as their evaluator reads it. Same bytes as writing the file: PIL encodes in memory identically."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    bgr = cv2.imdecode(np.frombuffer(buffer.getvalue(), np.uint8), cv2.IMREAD_COLOR)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 class Evaluator:
@@ -182,9 +238,8 @@ class Evaluator:
 
     @torch.no_grad()
     def score(self, image, mask) -> float:
-        """Probability of the harmonious class, in [0, 1]. image: PIL RGB; mask: bool H x W (same size)."""
-        if isinstance(image, Image.Image) and np.asarray(mask).shape != (image.size[1], image.size[0]):
-            raise ZsharmError(f"mask is {np.asarray(mask).shape[::-1]} (W, H) but the image is {image.size}")
+        """Probability of the harmonious class, in [0, 1], of `image` as it is in memory (PIL RGB or uint8
+        array) with `mask` (bool or soft, see `preprocess`)."""
         x, m = preprocess(image, mask, self.size)
         logits = self.model(x[None].to(self.device), m[None].to(self.device)).float()
         value = torch.softmax(logits, dim=1)[0, 1].item()
@@ -194,14 +249,23 @@ class Evaluator:
 
     __call__ = score
 
+    def score_saved(self, image: Image.Image, mask) -> float:
+        """The score the authors' loop gives `image`: saved as a quality-75 JPEG, read back, then scored."""
+        return self.score(jpeg_round_trip(image), mask)
+
+    def score_files(self, image_path, mask_path) -> float:
+        """Their `harmon_detect(img_path, mask_path)`: both files read with cv2 as they read them."""
+        return self.score(read_image_as_authors(image_path), read_mask_as_authors(mask_path))
+
     def __repr__(self):
         return f"Evaluator({self.name!r}, layers={self.model.layers}, width={self.model.width}, size={self.size})"
 
 
 def load_evaluator(spec, device=None) -> Evaluator:
     """An Evaluator from `spec`: a checkpoint path (.safetensors, or .pth/.pt/.bin loaded weights-only),
-    "authors" (their bestModel.pth from the cache, downloaded once when a URL is known), or "random"
-    ("random:tiny", "random:small"): untrained, seeded weights for tests, with a warning."""
+    "authors" (their bestModel.pth: from $ZSHARM_EVALUATOR_WEIGHTS, the cache, or fetched once from their
+    repository, verified), or "random" ("random:tiny", "random:small"): untrained, seeded weights for tests,
+    with a warning."""
     spec = str(spec)
     if spec == "random" or spec.startswith("random:"):
         arch = spec.partition(":")[2] or "resnet50"
@@ -212,10 +276,74 @@ def load_evaluator(spec, device=None) -> Evaluator:
             model = HarmonyClassifier.from_arch(arch)
         return Evaluator(model, device, SIZE, spec)
     if spec == "authors":
-        return load_evaluator(authors_checkpoint(), device)
+        return Evaluator(load_authors(authors_checkpoint()), device, SIZE, "authors")
     path = Path(spec).expanduser()
     state, size = load_state(path)
     return Evaluator(HarmonyClassifier.from_state_dict(state), device, size, str(path))
+
+
+def load_authors(path) -> HarmonyClassifier:
+    """Their network with the weights of `path` (their bestModel.pth: a plain state_dict), every key matched."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling problems come as many exception types
+        raise ZsharmError(f"cannot read the authors' evaluator {path}: {one_line(error)}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ZsharmError(f"the authors' evaluator {path} is not a state_dict of tensors")
+    model = HarmonyClassifier.from_arch(AUTHORS_ARCH)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ZsharmError(f"{path} is not the authors' evaluator layout: {len(missing)} keys missing "
+                          f"({', '.join(missing[:3])}), {len(unexpected)} unexpected ({', '.join(unexpected[:3])})")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ZsharmError(f"{path} is not the authors' evaluator layout: {one_line(error)}") from None
+    return model
+
+
+def authors_checkpoint() -> Path:
+    """Path of the authors' bestModel.pth: $ZSHARM_EVALUATOR_WEIGHTS, else the cache, fetched there first if
+    absent. Either way its git blob id must be the one committed to their repository."""
+    local = os.environ.get(WEIGHTS_ENV)
+    if local:
+        path = Path(local).expanduser()
+        if not path.is_file():
+            raise ZsharmError(f"{WEIGHTS_ENV}={local} is not a file; point it at bestModel.pth ({AUTHORS_URL})")
+        problem = verify(path, git_blob=AUTHORS_GIT_BLOB)
+        if problem:
+            raise ZsharmError(f"{path} (from {WEIGHTS_ENV}) is not the authors' bestModel.pth ({problem}); "
+                              f"download it from {AUTHORS_URL}")
+        return path
+    path = cache_dir("evaluator") / AUTHORS_FILE
+    return fetch(AUTHORS_URL, path, git_blob=AUTHORS_GIT_BLOB, what="the authors' evaluator (bestModel.pth, ~94 MB)",
+                 hint=f"download {AUTHORS_URL} and place it at {path}, or set {WEIGHTS_ENV} to its path")
+
+
+def course_evaluator(spec: str | None = None, device=None, fallback: str = "random") -> tuple[Evaluator, str]:
+    """(evaluator, label) for the course notebooks: `spec` (default $ZSHARM_EVALUATOR, else "authors").
+
+    The authors' evaluator whenever it is cached or can be fetched; if it cannot (offline, no connection, a
+    file that fails its check), the untrained `fallback` network, and the label says so in capitals. A spec
+    other than "authors" is loaded as it is, and its errors are raised."""
+    spec = spec or os.environ.get("ZSHARM_EVALUATOR") or "authors"
+    if spec != "authors":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the label says it when the network is random
+            evaluator = load_evaluator(spec, device)
+        random = spec.startswith("random")
+        return evaluator, (f"evaluator {spec!r}: UNTRAINED random weights, its scores and decisions are arbitrary"
+                           if random else f"evaluator checkpoint {spec}")
+    try:
+        return load_evaluator("authors", device), (f"the authors' evaluator (bestModel.pth from {AUTHORS_REPO} "
+                                                   f"at {AUTHORS_COMMIT[:7]})")
+    except ZsharmError as error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            evaluator = load_evaluator(fallback, device)
+        return evaluator, (f"RANDOM, UNTRAINED evaluator {fallback!r} (scores and decisions are arbitrary), "
+                           f"because the authors' is unavailable: {error}")
 
 
 def load_state(path) -> tuple[dict, int]:
@@ -250,20 +378,6 @@ def load_state(path) -> tuple[dict, int]:
         raise ZsharmError(f"evaluator checkpoint {path} is not a state_dict of tensors")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     return state, size
-
-
-def authors_checkpoint() -> Path:
-    """Path of the authors' bestModel.pth in the cache, downloading it first if a URL is known."""
-    path = cache_dir("evaluator") / AUTHORS_FILE
-    if path.is_file():
-        return path
-    url = os.environ.get("ZSHARM_EVALUATOR_URL") or AUTHORS_URL
-    if not url:
-        raise ZsharmError(f"the authors' evaluator is not at {path}; their repository (WindVChen/Diff-Harmonization) "
-                          f"does not link it: put bestModel.pth there, or set ZSHARM_EVALUATOR_URL, or train one "
-                          f"with `zsharm train-evaluator`")
-    return fetch(url, path, sha256=AUTHORS_SHA256 if url == AUTHORS_URL else None, what="the authors' evaluator",
-                 hint=f"put {AUTHORS_FILE} at {path}")
 
 
 def save_checkpoint(model: HarmonyClassifier, path, size: int = SIZE, **metadata) -> Path:
@@ -303,7 +417,6 @@ def load_init(model: HarmonyClassifier, path) -> None:
     missing = [k for k in missing if not k.startswith("classify_fc.")]
     if missing or unexpected:
         raise ZsharmError(f"--init {path} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
-
 
 
 def _device(device) -> torch.device:

@@ -18,7 +18,10 @@ def decide(scores: Sequence[float], regenerated: bool) -> str:
       candidate not used in an iteration; scores are probabilities (>= 0), so those zeros can never be part
       of a strict fall, and a fresh run needs three scores of its own before it can end, as here.
     - Both go back to the image from two iterations earlier (the one scored s[-3]) on Regenerate, and both
-      return the best-scoring image over all iterations (iteration-0 candidates included).
+      return the best-scoring image over all iterations (iteration-0 candidates included). Equal best scores:
+      theirs goes to the lowest-numbered candidate's earliest iteration, zsharm's to the earliest iteration.
+    - They go on from the re-opened JPEG after iteration 0 and on Regenerate; `run_loop(reload=...)` does
+      so under the `paper` schedule.
     - Their offline fallback picks the new description at random among the other candidates; `run_loop`
       takes the best-scoring other candidate, or asks `regenerate` (stage 1) for a new one as the paper does.
     """

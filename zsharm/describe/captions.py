@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from zsharm.errors import ZsharmError
+from zsharm.io import write_bytes_atomic
 
 
 class DescriptionFormatError(ZsharmError):
@@ -41,3 +42,20 @@ def read_caption_file(path) -> list:
             raise DescriptionFormatError(f"{path}:{number}: {error} (line {number})") from None
     return parsed
 
+
+
+def format_caption_line(pairs) -> str:
+    """`src,tgt;src,tgt` from (source, target) pairs, best first: what `parse_caption_line` reads back."""
+    pairs = [tuple(pair) for pair in pairs]
+    if not pairs:
+        raise DescriptionFormatError("a caption line needs at least one (source, target) pair")
+    for pair in pairs:
+        if len(pair) != 2 or any(not p.strip() or set(p) & {",", ";", "\n", "\r"} for p in pair):
+            raise DescriptionFormatError(f"{pair!r} cannot be written as 'source,target'")
+    return ";".join(f"{source.strip()},{target.strip()}" for source, target in pairs)
+
+
+def write_caption_file(path, lines) -> None:
+    """The authors' caption file (atomically): line i from the pairs of image i."""
+    text = "".join(format_caption_line(pairs) + "\n" for pairs in lines)
+    write_bytes_atomic(Path(path), text.encode("utf-8"))

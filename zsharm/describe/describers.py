@@ -369,6 +369,9 @@ class Describer:
         """A description whose words differ from every one in `tried`; `DescriptionExhaustedError` if none."""
         return self.describe(image, mask, n=1, exclude=tried, name=name)[0]
 
+    def release(self) -> None:
+        """Free what the describer holds (a local VLM's weights) until it is asked again."""
+
 
 def _as_descriptions(items) -> list[Description]:
     """Descriptions from Descriptions, (source, target) pairs or anything with .source and .target."""
@@ -506,6 +509,12 @@ class VLMDescriber(Describer):
             warnings.warn(f"ignoring the unreadable description cache {path}", stacklevel=3)
             return []
 
+    def release(self) -> None:
+        """Unload a local model (it loads again on the next question); an endpoint holds nothing."""
+        unload = getattr(self.backend, "unload", None)
+        if callable(unload):
+            unload()
+
     def _write_cache(self, key, descriptions) -> None:
         if key is None:
             return
@@ -613,22 +622,33 @@ def describer_from_args(args: argparse.Namespace) -> Describer:
 def register(subparsers) -> None:
     """Add `zsharm describe`."""
     parser = subparsers.add_parser(
-        "describe", help="describe a composite's imaging conditions with a VLM (stage 1)",
+        "describe", help="describe a composite's imaging conditions with a VLM (stage 1), or a whole folder",
         description="Ask a vision-language model for imaging-condition descriptions of a composite: the object, "
-                    "the foreground's conditions and the background's, in the paper's dictionary words.")
-    parser.add_argument("composite", metavar="COMPOSITE", help="the composite image")
-    parser.add_argument("--mask", required=True, help="the foreground mask (foreground > 100/255)")
+                    "the foreground's conditions and the background's, in the paper's dictionary words. Given a "
+                    "folder (the layouts of `zsharm harmonize --batch`), write the authors' caption.txt, one line "
+                    "per image, so the folder can then be harmonized in batch without the VLM.")
+    parser.add_argument("composite", metavar="COMPOSITE", help="the composite image, or a folder of them")
+    parser.add_argument("--mask", help="the foreground mask (foreground > 100/255); not with a folder")
     add_vlm_arguments(parser)
     parser.add_argument("--candidates", type=int, default=2, metavar="N", help="distinct descriptions (default: 2)")
     parser.add_argument("--json", action="store_true",
                         help='one JSON object a line per candidate: '
                              '{"object", "foreground", "background", "source", "target"}')
+    parser.add_argument("--out", metavar="TXT", help="with a folder: the caption file to write (default: "
+                        "FOLDER/caption.txt, which `harmonize --batch FOLDER` reads)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from zsharm.io import load_image, load_mask
 
+    if Path(args.composite).is_dir():
+        return _describe_folder(args)
+    if not args.mask:
+        raise ZsharmError(f"no --mask given for {args.composite}: describing needs the foreground mask")
+    if args.out:
+        raise ZsharmError("--out writes a folder's caption file; for one image the descriptions are printed")
     image = load_image(args.composite).to_pil_rgb8()
     mask = load_mask(args.mask, size=image.size)
     describer = describer_from_args(args)
@@ -639,4 +659,43 @@ def _run(args: argparse.Namespace) -> int:
         print(f"zsharm: warning: {warning.message}", file=sys.stderr)
     for description in descriptions:
         print(json.dumps(description.to_json()) if args.json else description)
+    return 0
+
+
+def _describe_folder(args: argparse.Namespace) -> int:
+    """Caption a folder once (the authors' workflow): line i of the caption file holds image i's candidates,
+    in the natural name order `harmonize --batch` pairs them in. Written only when every image is described."""
+    from tqdm.auto import tqdm
+
+    from zsharm.batch import find_batch_items
+    from zsharm.describe.captions import write_caption_file
+    from zsharm.io import load_image, load_mask
+
+    folder = Path(args.composite)
+    if args.mask:
+        raise ZsharmError(f"{folder} is a folder: its masks are found beside the images (no --mask)")
+    out = Path(args.out) if args.out else folder / "caption.txt"
+    if out.exists():
+        raise ZsharmError(f"{out} exists; delete it or write elsewhere with --out")
+    items = find_batch_items(folder)
+    missing = [item.composite.name for item in items if item.mask is None]
+    if missing:
+        raise ZsharmError(f"no mask found for {missing[0]} ({len(missing)} image(s) without one) in {folder}")
+    describer = describer_from_args(args)
+    lines = []
+    try:
+        for item in tqdm(items, desc="describe", disable=args.quiet):
+            image = load_image(item.composite).to_pil_rgb8()
+            mask = load_mask(item.mask, size=image.size)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                found = describer.describe(image, mask, n=args.candidates, name=item.composite.name)
+            for warning in caught:
+                print(f"zsharm: warning: {warning.message}", file=sys.stderr)
+            lines.append([(d.source, d.target) for d in found])
+    finally:
+        describer.release()
+    write_caption_file(out, lines)
+    if not args.quiet:
+        print(f"{out}: {len(lines)} images, {sum(map(len, lines))} descriptions")
     return 0

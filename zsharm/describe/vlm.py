@@ -21,6 +21,7 @@ again when it is malformed.
 from __future__ import annotations
 
 import base64
+import gc
 import http.client
 import io
 import json
@@ -95,7 +96,9 @@ class TransformersVLM:
         import torch
 
         device, dtype = self._placement()
-        _LOADED.pop((self.model, str(device), str(dtype)), None)
+        if _LOADED.pop((self.model, str(device), str(dtype)), None) is None:
+            return
+        gc.collect()  # the model's modules may sit in reference cycles; the cache below frees only what is gone
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -413,7 +413,8 @@ def backgrounds_figure(pipe, config, iterations: int = 1, backgrounds=None, prog
     columns = []
     for name, words in backgrounds.items():
         composite = paste(image, mask, sample_photo(name))
-        result = harmonize(composite, mask, source, f"{obj} {words}", pipe=pipe, config=config, iterations=iterations,
+        result = harmonize(composite, mask, source, f"{obj} {words}", pipe=pipe, config=config, evaluator=None,
+                           iterations=iterations,
                            progress=progress)
         columns.append((name, words, composite, result.image))
     fig, axes = plt.subplots(2, len(columns), figsize=(3.6 * len(columns), 6.0), squeeze=False)
