@@ -102,7 +102,7 @@ def fake_stage_two(monkeypatch):
         def __init__(self, image):
             self.work_image = image
 
-    def iterate(pipe, current, mask_work, source, target, config, *rest):
+    def iterate(pipe, current, mask_work, source, target, config, **options):
         assert not seen["describer"].loaded, "stage 2 ran while the VLM was loaded"
         seen["describer"].events.append("step")
         seen["steps"] += 1
@@ -111,7 +111,7 @@ def fake_stage_two(monkeypatch):
         seen["outputs"].append(np.asarray(out))
         return Result(out)
 
-    monkeypatch.setattr(pipeline, "_iterate_at_work_size", iterate)
+    monkeypatch.setattr(pipeline, "iterate_at_work_size", iterate)
     return seen
 
 
