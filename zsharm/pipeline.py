@@ -52,11 +52,11 @@ class Harmonizer:
     def __init__(self, model="stabilityai/stable-diffusion-2-base", config: HarmonizeConfig = None,
                  evaluator=None, describer=None, device=None, dtype=None, pipe=None, pidinet=None,
                  progress: bool = True):
-        from zsharm.models import load_pipeline
+        from zsharm.models import load_pipeline, prepare_pipeline
         self.config = config or HarmonizeConfig.fast()
         if dtype is None:
             dtype = self.config.torch_dtype(device)
-        self.pipe = pipe if pipe is not None else load_pipeline(model, device=device, dtype=dtype)
+        self.pipe = prepare_pipeline(pipe) if pipe is not None else load_pipeline(model, device=device, dtype=dtype)
         if isinstance(evaluator, str):
             from zsharm.decide.evaluator import load_evaluator
             evaluator = load_evaluator(evaluator, device=device)
@@ -154,7 +154,10 @@ def register(subparsers):
     p.add_argument("--out", required=True, help="output image (png, jpg, tif, webp), or a folder with --batch")
     p.add_argument("--batch", metavar="DIR", help="harmonize a folder: the authors' layout (composite/, mask/, "
                    "caption.txt) or image + image_mask pairs; resumes where it stopped")
-    p.add_argument("--shard", metavar="I/N", help="with --batch: do the I-th of N shares (default: from RANK/WORLD_SIZE)")
+    p.add_argument("--shard", metavar="I/N", help="with --batch: do the I-th of N shares (default: from the launcher: "
+                   "torchrun/accelerate RANK, SLURM_PROCID, SLURM array, MPI)")
+    p.add_argument("--merge", action="store_true", help="write one summary.json in --out from the shards' summaries "
+                   "and results (with --batch: also list what nobody has done yet)")
     p.add_argument("--source", help='description of the foreground, e.g. "cat bright" (skips stage 1)')
     p.add_argument("--target", help='description of the background, e.g. "cat winter dull"')
     p.add_argument("--candidates", type=int, default=2, help="descriptions asked of the VLM (default 2)")
@@ -204,6 +207,9 @@ def _check_out(path: Path):
 
 
 def cli_harmonize(args) -> int:
+    if args.merge:
+        from zsharm.batch import cli_merge
+        return cli_merge(args)
     config = _config_from_args(args)
     if (args.source is None) != (args.target is None):
         raise ZsharmError("give both --source and --target, or neither (then the VLM describes the composite)")

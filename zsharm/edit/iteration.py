@@ -27,6 +27,7 @@ from zsharm.edit.refinement import Refinement, refine_embeddings
 from zsharm.edit.tokens import condition_vocabulary, description_positions, split_object
 from zsharm.errors import ZsharmError
 from zsharm.io import Picture, load_image, load_mask, work_size
+from zsharm.models import prepare_pipeline
 
 
 @dataclass
@@ -89,6 +90,7 @@ def run_iteration(pipe, image, mask, source: str, target: str, config: Harmonize
 
 
 def _iterate_at_work_size(pipe, work_input, mask_work, source, target, config, progress, keep_maps, pidinet):
+    pipe = prepare_pipeline(pipe)  # a user's own pipeline: DDIM, frozen, or a one-line refusal
     run = Run(pipe=pipe, config=config, counter=CallCounter(), progress=progress)
     n_object = split_object(source, target, condition_vocabulary())
     tok = pipe.tokenizer
