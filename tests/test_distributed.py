@@ -157,3 +157,30 @@ def test_an_item_claimed_elsewhere_is_left_alone_and_merge_reports_it(tmp_path):
     assert merged["failed"] == [{"name": "003", "error": "a bad image"}] and merged["remaining"] == []
     without_items = merge_summaries(out)
     assert without_items["total"] == 4 and without_items["missing_shards"] == [] and without_items["remaining"] == 0
+
+
+def test_the_merge_command_writes_one_summary_and_says_what_is_left(tmp_path, capsys):
+    from zsharm.cli import main
+    root = authors_layout(tmp_path / "in", n=5, captions=False)
+    out = tmp_path / "out"
+    broken = {"003"}
+
+    def process_one(item, out_path):
+        if item.name in broken:
+            raise ZsharmError("unreadable")
+        out_path.write_bytes(item.composite.read_bytes())
+
+    run_batch(find_batch_items(root), out, process_one, shard=(2, 3), progress=False)  # 003: fails
+    run_batch(find_batch_items(root), out, process_one, shard=(0, 3), progress=False)  # 001, 004
+    assert main(["harmonize", "--merge", "--out", str(out), "--batch", str(root)]) == 1
+    assert capsys.readouterr().out.startswith("2 done, 1 failed, 0 running, 2 remaining")
+    merged = json.loads((out / "summary.json").read_text())
+    assert merged["remaining"] == ["002", "005"] and merged["failed"] == [{"name": "003", "error": "unreadable"}]
+    broken.clear()  # fixed; a relaunch with two processes does the rest
+    for rank in (0, 1):
+        run_batch(find_batch_items(root), out, process_one, shard=(rank, 2), progress=False)
+    assert main(["harmonize", "--merge", "--out", str(out), "--batch", str(root)]) == 0
+    merged = json.loads((out / "summary.json").read_text())
+    assert merged["done"] == ["001", "002", "003", "004", "005"] and merged["failed"] == []  # 003's old failure
+    assert main(["harmonize", "--merge", "--out", str(tmp_path / "nothing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err

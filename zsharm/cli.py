@@ -47,20 +47,37 @@ class _Formatter(logging.Formatter):
         return prefix + super().format(record)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (pytest and Jupyter replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(verbose: int = 0, quiet: int = 0) -> logging.Logger:
     """The `zsharm` logger on stderr: warnings and errors by default, -v info, -vv debug, -q errors only.
 
-    A library leaves logging to its user; only the command line calls this (again on every call, so the
-    handler writes to the current sys.stderr)."""
-    logger = logging.getLogger("zsharm")
-    for handler in [h for h in logger.handlers if getattr(h, "_zsharm_cli", False)]:
-        logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler._zsharm_cli = True
+    A library leaves logging to its user; the command line calls this (and `reset_logging` when it is done)."""
+    logger = reset_logging()
+    handler = _StderrHandler()
     handler.setFormatter(_Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(max(logging.DEBUG, min(logging.ERROR, logging.WARNING - 10 * verbose + 10 * quiet)))
     logger.propagate = False
+    return logger
+
+
+def reset_logging() -> logging.Logger:
+    logger = logging.getLogger("zsharm")
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
     return logger
 
 
@@ -76,6 +93,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("zsharm: interrupted", file=sys.stderr)
         return 130
+    finally:
+        reset_logging()
 
 
 if __name__ == "__main__":
