@@ -184,3 +184,17 @@ def test_the_merge_command_writes_one_summary_and_says_what_is_left(tmp_path, ca
     assert merged["done"] == ["001", "002", "003", "004", "005"] and merged["failed"] == []  # 003's old failure
     assert main(["harmonize", "--merge", "--out", str(tmp_path / "nothing")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_under_accelerate_launch_its_own_state_is_asked(monkeypatch):
+    import types
+
+    class PartialState:  # what accelerate reports for process 5 of 8 (machine 2, slot 1)
+        process_index, num_processes, local_process_index = 5, 8, 1
+
+    monkeypatch.setitem(sys.modules, "accelerate", types.SimpleNamespace(PartialState=PartialState))
+    monkeypatch.setenv("RANK", "0")  # torchrun's variables, which accelerate's own view overrides
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert process_place() == ProcessPlace(0, 1, 0, "torchrun")  # not launched by accelerate: not asked
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert process_place() == ProcessPlace(5, 8, 1, "accelerate")
