@@ -198,3 +198,11 @@ def test_under_accelerate_launch_its_own_state_is_asked(monkeypatch):
     assert process_place() == ProcessPlace(0, 1, 0, "torchrun")  # not launched by accelerate: not asked
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
     assert process_place() == ProcessPlace(5, 8, 1, "accelerate")
+
+
+def test_a_live_claim_moved_aside_by_a_late_taker_is_put_back(tmp_path):
+    # B saw a dead holder, but A took the claim over first: B's move finds A's live claim and restores it
+    claim_path(tmp_path, "x").write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "since": 0}))
+    distributed._move_aside(claim_path(tmp_path, "x"))
+    assert json.loads(claim_path(tmp_path, "x").read_text())["pid"] == os.getpid()
+    assert [p.name for p in tmp_path.iterdir()] == ["x.claim"]

@@ -156,19 +156,35 @@ def try_claim(out_dir, name: str) -> bool:
     The claim file is created with O_EXCL, which the file system grants to exactly one creator (also on NFS
     v3 and later). A claim left by a dead process of this machine is taken over."""
     path = claim_path(out_dir, name)
-    for _ in range(2):
+    for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             if not _holder_is_gone(path):
                 return False
             log.info("%s: taking over the claim of a process that is gone", name)
-            path.unlink(missing_ok=True)
+            _move_aside(path)
             continue
         with os.fdopen(fd, "w") as file:
             json.dump(_owner(), file)
         return True
     return False
+
+
+def _move_aside(path: Path) -> None:
+    """Remove a dead holder's claim. A rename succeeds for one process only; if what it moved is a live claim
+    after all (another process took over first), it is put back."""
+    aside = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.stale")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    if not _holder_is_gone(aside):
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+    aside.unlink(missing_ok=True)
 
 
 def release_claim(out_dir, name: str) -> None:
