@@ -13,7 +13,7 @@ import torch
 
 from zsharm import distributed
 from zsharm.batch import find_batch_items, merge_summaries, run_batch
-from zsharm.distributed import ProcessPlace, claim_path, process_device, process_place, try_claim
+from zsharm.distributed import ProcessPlace, claim_path, process_place, try_claim
 from zsharm.errors import ZsharmError
 from zsharm.models import default_device
 

@@ -19,7 +19,6 @@ is claimed (`<name>.claim`) while it runs, so overlapping launches never do it t
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
 import time
