@@ -23,13 +23,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 # One launched process: run_batch over the folder with a process_one that copies the composite, sleeps a little
 # (so launches overlap) and appends its name to a log shared by all processes (O_APPEND: one line per write).
+# Each process says it is ready and waits for the others, so none finishes before another has started.
 WORKER = """
-import os, shutil, sys, time
+import os, pathlib, shutil, sys, time
 from zsharm.batch import find_batch_items, run_batch
 folder, out, log = sys.argv[1:4]
+pathlib.Path(log + f".ready{os.getpid()}").touch()
+while not os.path.exists(log + ".go"):
+    time.sleep(0.01)
 def process_one(item, out_path):
     shutil.copyfile(item.composite, out_path)
-    time.sleep(0.05)
+    time.sleep(0.1)
     with open(log, "a") as f:
         f.write(f"{item.name} {os.environ.get('RANK', '-')} {os.getpid()}\\n")
     return {}
@@ -44,6 +48,11 @@ def launch(folder, out, log, **env):
 
 
 def finished(processes):
+    log = Path(processes[0].args[-1])
+    deadline = time.monotonic() + 120
+    while len(list(log.parent.glob(log.name + ".ready*"))) < len(processes) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (log.parent / (log.name + ".go")).touch()
     for process in processes:
         assert process.wait(timeout=120) == 0
     return True
