@@ -2,8 +2,14 @@
 #   make demo              harmonize the demo composite (downloads Stable Diffusion 2 base on first use)
 #   make demo MODEL=tiny   the same on tiny random weights: checks the machinery, offline, no GPU
 #   make test              the test suite (offline, CPU)
+#   make env TORCH=cu128   the environment with a CUDA build of torch (default: cu128 if nvidia-smi runs, else cpu)
 PYTHON ?= python3
 VENV   ?= .venv
+# Which PyTorch build (PyTorch's own index; pip cannot tell whether there is a GPU): cpu, or a CUDA build such as
+# cu126, cu128, cu130 (at most the CUDA version nvidia-smi shows). Default: cu128 where nvidia-smi runs, else cpu.
+TORCH  ?= $(shell nvidia-smi >/dev/null 2>&1 && echo cu128 || echo cpu)
+# Where that build comes from; empty: only the indexes pip is configured with (a machine with its own mirror).
+TORCH_INDEX ?= https://download.pytorch.org/whl/$(TORCH)
 MODEL  ?= stabilityai/stable-diffusion-2-base
 OUT    ?= demo_harmonized.png
 BIN     = $(VENV)/bin
@@ -14,10 +20,12 @@ env: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -c constraints.txt torch
+	$(BIN)/python -c "import sys, torch; cuda = torch.version.cuda; want = '$(TORCH)'; \
+		print('torch', torch.__version__, 'CUDA', cuda); \
+		sys.exit(0 if (cuda is None) == (want == 'cpu') else f'asked for {want}, got CUDA {cuda}: see TORCH in the Makefile')"
 	$(BIN)/pip install -q -c constraints.txt -e ".[test,notebooks]"
-	# open-clip ships CLIP's BPE vocabulary: the offline tokenizer of the tiny model reads it (its own deps are not needed).
-	$(BIN)/pip install -q --no-deps -c constraints.txt open_clip_torch
+	$(BIN)/pip check
 	touch $@
 
 # The demo's first description from data/demo/caption.txt; drop --source/--target to ask the VLM instead.

@@ -49,6 +49,8 @@ def test_every_command_defaults_to_the_same_schedule(argv):
 
 
 def test_harmonizer_and_harmonize_default_to_the_same_schedule(monkeypatch, composite):
+    import zsharm.models
+    monkeypatch.setattr(zsharm.models, "prepare_pipeline", lambda pipe: pipe)
     harmonizer = zsharm.pipeline.Harmonizer(pipe=object(), evaluator=None)
     assert harmonizer.config == DEFAULT
     seen = []
@@ -60,6 +62,7 @@ def test_harmonizer_and_harmonize_default_to_the_same_schedule(monkeypatch, comp
 
 def test_run_iteration_defaults_to_the_same_schedule(monkeypatch, composite):
     seen = []
+    monkeypatch.setattr(zsharm.edit.iteration, "prepare_pipeline", lambda pipe: pipe)
     monkeypatch.setattr(zsharm.edit.iteration, "iterate_at_work_size", recorder(seen))
     with pytest.raises(Seen):
         zsharm.edit.iteration.run_iteration(object(), *composite, "cat bright", "cat dull")

@@ -10,13 +10,15 @@ Layouts `find_batch_items` understands:
 
 `run_batch` writes `<name>.png` and then a `<name>.done.json` marker; a rerun skips names that have both, so
 an interrupted batch resumes without redoing anything. A bad image is recorded in `summary.json` (name and a
-one-line reason) and the rest go on. `--shard I/N` (or the RANK/WORLD_SIZE that `accelerate launch` and
-`torchrun` export) picks every N-th item, so N processes or machines can share one output folder.
+one-line reason) and the rest go on. `--shard I/N` (or the launcher's ranks: torchrun, accelerate, SLURM, MPI;
+see zsharm.distributed) picks every N-th item, so N processes or machines can share one output folder; each item
+is claimed (`<name>.claim`) while it runs, so overlapping launches never do it twice. Each shard writes
+`summary.shardIofN.json`; `merge_summaries` (`zsharm harmonize --merge --out DIR`) writes one `summary.json`.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import re
 import struct
 import time
@@ -28,6 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from zsharm.describe.captions import read_caption_file
+from zsharm.distributed import claimed
 from zsharm.errors import ZsharmError, one_line
 from zsharm.io import atomic_path, write_json
 
@@ -60,12 +63,14 @@ class BatchItem:
 
 @dataclass
 class BatchSummary:
-    """What a `run_batch` call did: names done now, names skipped as already done, failures (name, reason)."""
+    """What a `run_batch` call did: names done now, names skipped as already done, names another process was
+    doing (`busy`: its claim was there), failures (name, reason)."""
 
     shard: tuple[int, int]
     total: int
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     summary_path: Path | None = None
     seconds: float = 0.0
@@ -155,21 +160,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def shard_from_env(environ=None) -> tuple[int, int]:
-    """The shard of this process from the launcher's variables, (0, 1) when there are none.
-
-    `accelerate launch` starts multi-process runs through torchrun, which exports RANK and WORLD_SIZE (also
-    read: the OpenMPI and MPICH/Intel MPI variables an MPI launch sets).
-    """
-    env = os.environ if environ is None else environ
-    for rank_key, size_key in (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
-                               ("PMI_RANK", "PMI_SIZE")):
-        if env.get(rank_key) is not None and env.get(size_key) is not None:
-            try:
-                return parse_shard(f"{env[rank_key]}/{env[size_key]}")
-            except ZsharmError:
-                raise ZsharmError(f"bad launcher variables {rank_key}={env[rank_key]!r} "
-                                  f"{size_key}={env[size_key]!r}") from None
-    return 0, 1
+    """The shard of this process from the launcher's variables, (0, 1) when there are none (see
+    zsharm.distributed.process_place: torchrun/accelerate, SLURM tasks and arrays, OpenMPI, MPICH)."""
+    from zsharm.distributed import process_place
+    return process_place(environ).shard
 
 
 def select_shard(items: Sequence[BatchItem], shard: tuple[int, int]) -> list[BatchItem]:
@@ -223,8 +217,10 @@ def run_batch(items: Sequence[BatchItem], out_dir, process_one: Callable, shard:
         summary.seconds = time.perf_counter() - start
         write_json(summary.summary_path, {
             "shard": f"{index}/{count}", "total": summary.total, "done": summary.done,
-            "skipped": summary.skipped, "failed": [{"name": n, "error": e} for n, e in summary.failed],
-            "remaining": summary.total - len(summary.done) - len(summary.skipped) - len(summary.failed),
+            "skipped": summary.skipped, "busy": summary.busy,
+            "failed": [{"name": n, "error": e} for n, e in summary.failed],
+            "remaining": summary.total - len(summary.done) - len(summary.skipped) - len(summary.busy)
+            - len(summary.failed),
             "interrupted": interrupted, "seconds": round(summary.seconds, 3)})
 
     bar = tqdm(mine, desc=f"batch {index}/{count}" if count > 1 else "batch", disable=not progress, unit="image")
@@ -233,14 +229,21 @@ def run_batch(items: Sequence[BatchItem], out_dir, process_one: Callable, shard:
             if is_done(out_dir, item.name):
                 summary.skipped.append(item.name)
                 continue
-            try:
-                _process(item, out_dir, process_one)
-            except ITEM_ERRORS as error:
-                summary.failed.append((item.name, one_line(error, with_type=True)))
-                bar.write(f"zsharm: {item.name}: {one_line(error, with_type=True)}")
-            else:
-                summary.done.append(item.name)
-                bar.set_postfix(done=len(summary.done), failed=len(summary.failed))
+            with claimed(out_dir, item.name) as mine:
+                if not mine:
+                    summary.busy.append(item.name)
+                    continue
+                if is_done(out_dir, item.name):  # finished by another process since the first look
+                    summary.skipped.append(item.name)
+                    continue
+                try:
+                    _process(item, out_dir, process_one)
+                except ITEM_ERRORS as error:
+                    summary.failed.append((item.name, one_line(error, with_type=True)))
+                    bar.write(f"zsharm: {item.name}: {one_line(error, with_type=True)}")
+                else:
+                    summary.done.append(item.name)
+                    bar.set_postfix(done=len(summary.done), failed=len(summary.failed))
             save_summary()
     except BaseException:
         save_summary(interrupted=True)
@@ -266,3 +269,72 @@ def _process(item: BatchItem, out_dir: Path, process_one: Callable) -> dict:
     write_json(marker_path(out_dir, item.name), info)
     return info
 
+
+
+# ---------------------------------------------------------------- merging the shards' summaries
+
+
+def merge_summaries(out_dir, items: Sequence[BatchItem] | None = None) -> dict:
+    """One `summary.json` for a folder that several shards (or launches) wrote into.
+
+    What is done is read from the `<name>.done.json` markers (the truth, whoever wrote them); failures from the
+    shards' summaries, less those done since; `running` names the claims still held. With `items` (the
+    batch's input) `remaining` lists exactly what nobody has done yet."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise ZsharmError(f"--merge: {out_dir} is not a folder")
+    marker_suffix = marker_path("", "").name
+    done = sorted((p.name[:-len(marker_suffix)] for p in out_dir.glob("*" + marker_suffix)
+                   if output_path(out_dir, p.name[:-len(marker_suffix)]).is_file()), key=natural_key)
+    shards = [p for p in out_dir.glob("summary*.json") if p.name != "summary.json" or _is_run_summary(p)]
+    shards.sort(key=lambda p: p.stat().st_mtime)
+    if not shards and not done:
+        raise ZsharmError(f"--merge: {out_dir} holds no shard summaries (summary.shardIofN.json) and no results")
+    failed, seconds, totals = {}, 0.0, {}
+    for path in shards:  # oldest first, so a later failure message wins
+        try:
+            report = json.loads(path.read_text())
+            index, count = parse_shard(report["shard"])
+        except (OSError, ValueError, KeyError, ZsharmError) as error:
+            raise ZsharmError(f"--merge: cannot read {path}: {one_line(error)}") from None
+        totals.setdefault(count, {})[index] = int(report.get("total", 0))
+        seconds += float(report.get("seconds", 0.0))
+        failed.update((f["name"], f["error"]) for f in report.get("failed", []))
+    finished = set(done)
+    failed = {name: error for name, error in failed.items() if name not in finished}
+    running = sorted((p.name[:-len(".claim")] for p in out_dir.glob("*.claim")), key=natural_key)
+    merged = {"done": done, "failed": [{"name": n, "error": failed[n]} for n in sorted(failed, key=natural_key)],
+              "running": running, "shard_seconds": round(seconds, 3)}
+    if items is not None:
+        accounted = finished | set(failed) | set(running)
+        merged["total"] = len(items)
+        merged["remaining"] = [i.name for i in sorted(items, key=lambda i: natural_key(i.name))
+                               if i.name not in accounted]
+    elif totals:
+        count = parse_shard(json.loads(shards[-1].read_text())["shard"])[1]  # the latest launch's world size
+        merged["total"] = sum(totals[count].values())
+        merged["missing_shards"] = [f"{i}/{count}" for i in range(count) if i not in totals[count]]
+        merged["remaining"] = max(0, merged["total"] - len(done) - len(failed) - len(running))
+    write_json(out_dir / "summary.json", merged)
+    return merged
+
+
+def _is_run_summary(path: Path) -> bool:
+    """Whether summary.json was written by an unsharded run (it has a shard), not by an earlier merge."""
+    try:
+        return "shard" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def cli_merge(args) -> int:
+    """`zsharm harmonize --merge --out DIR [--batch IN]`: print and write the merged summary."""
+    items = find_batch_items(args.batch) if args.batch else None
+    merged = merge_summaries(args.out, items)
+    remaining = merged.get("remaining", [])
+    remaining = len(remaining) if isinstance(remaining, list) else remaining
+    print(f"{len(merged['done'])} done, {len(merged['failed'])} failed, {len(merged['running'])} running, "
+          f"{remaining} remaining (summary: {Path(args.out) / 'summary.json'})")
+    for entry in merged["failed"]:
+        print(f"  {entry['name']}: {entry['error']}")
+    return 0 if not merged["failed"] and not remaining and not merged["running"] else 1

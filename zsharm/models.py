@@ -6,8 +6,9 @@ as real weights, so nothing in zsharm special-cases them.
 """
 
 import gzip
-import importlib.util
+import importlib.resources
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -16,40 +17,45 @@ import torch
 from zsharm.cache import cache_dir
 from zsharm.errors import ZsharmError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-base"
 TINY_SPECS = {"tiny": 0.1, "tiny-tamed": 1e-3}  # spec -> scale of the UNet output layer
 TINY_VERSION = 1  # bump when the tiny architecture or seeding changes, so caches are rebuilt
+SUPPORTED = "Stable Diffusion 1.x / 2.x text-to-image pipelines (StableDiffusionPipeline)"
 
 
 def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """This process's device: under a launcher (torchrun, accelerate, SLURM, MPI) the GPU of its local rank,
+    else the first GPU, else MPS, else the CPU (see zsharm.distributed)."""
+    from zsharm.distributed import process_device
+    return process_device()
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if torch.device(device).type in ("cuda", "mps") else torch.float32
 
 
-def load_pipeline(spec: str = DEFAULT_MODEL, device=None, dtype=None):
-    """A diffusers StableDiffusionPipeline with a DDIM scheduler, on `device` in `dtype`.
+def load_pipeline(spec: str = DEFAULT_MODEL, device=None, dtype=None, revision: str = None, variant: str = None,
+                  token=None):
+    """A diffusers StableDiffusionPipeline prepared for zsharm (`prepare_pipeline`), on `device` in `dtype`.
 
     spec: a hub id (fetched and cached by diffusers on first use), a local diffusers folder, a single
     `.safetensors`/`.ckpt` file (any SD 1.x/2.x checkpoint), `tiny` or `tiny-tamed` (random weights).
+    revision (a hub branch, tag or commit), variant (e.g. "fp16": the repository's half-size weight files) and
+    token (a gated or private repository; by default the hub's own login or $HF_TOKEN) go to from_pretrained.
     """
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype if dtype is not None else default_dtype(device)
     if isinstance(dtype, str):
         dtype = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16,
                  "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}[dtype]
-    # dtype is applied after loading with .to(): the loading keyword was renamed across diffusers versions.
-    kwargs = dict(safety_checker=None, requires_safety_checker=False)
-    kwargs["dtype" if _diffusers_at_least("0.36") else "torch_dtype"] = dtype
+    kwargs = dict(safety_checker=None, requires_safety_checker=False, dtype=dtype)
+    hub = {k: v for k, v in dict(revision=revision, variant=variant, token=token).items() if v is not None}
     spec = str(spec)
+    log.info("loading %s on %s in %s", spec, device, str(dtype).removeprefix("torch."))
     try:
         if spec in TINY_SPECS:
             pipe = StableDiffusionPipeline.from_pretrained(str(tiny_pipeline_dir(spec)), **kwargs)
@@ -60,32 +66,76 @@ def load_pipeline(spec: str = DEFAULT_MODEL, device=None, dtype=None):
         elif os.path.isdir(spec):
             if not os.path.isfile(os.path.join(spec, "model_index.json")):
                 raise ZsharmError(f"model folder {spec} has no model_index.json (not a diffusers pipeline folder)")
-            pipe = StableDiffusionPipeline.from_pretrained(spec, **kwargs)
+            _refuse_unsupported_folder(spec)
+            pipe = StableDiffusionPipeline.from_pretrained(spec, **kwargs, **hub)
         elif spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith((".safetensors", ".ckpt")):
             raise ZsharmError(f"model {spec}: no such file or folder")
         else:
-            pipe = StableDiffusionPipeline.from_pretrained(spec, **kwargs)
+            pipe = StableDiffusionPipeline.from_pretrained(spec, **kwargs, **hub)
     except ZsharmError:
         raise
     except (OSError, ValueError) as exc:  # hub unreachable, repo missing, files missing
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ZsharmError(f"could not load model {spec!r}: {first}") from exc
-    # The method is defined on DDIM; the scheduler's betas and offsets come from the checkpoint's own config.
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-        module.requires_grad_(False)
-        module.eval()
-    pipe = pipe.to(device)
+    pipe = prepare_pipeline(pipe).to(device)
     if pipe.unet.dtype != dtype:  # diffusers versions that ignored the loading keyword
         pipe = pipe.to(dtype=dtype)
     return pipe
 
 
-def _diffusers_at_least(version: str) -> bool:
-    import diffusers
-    from packaging.version import Version
-    return Version(diffusers.__version__) >= Version(version)
+def _refuse_unsupported_folder(folder: str) -> None:
+    """Refuse an SDXL (or other) folder from its model_index.json, before gigabytes of weights are read."""
+    try:
+        index = json.loads(Path(folder, "model_index.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ZsharmError(f"model folder {folder}: unreadable model_index.json ({exc})") from None
+    kind = index.get("_class_name", "")
+    if "text_encoder_2" in index or "XL" in kind:
+        raise ZsharmError(f"model {folder} is a {kind or 'two-text-encoder'} pipeline; zsharm drives {SUPPORTED}")
+
+
+def prepare_pipeline(pipe):
+    """Make a Stable Diffusion pipeline ready for zsharm, in place, and return it: a DDIM scheduler built from
+    the pipeline's own scheduler config (the method is defined on DDIM; betas and offsets stay the checkpoint's),
+    every weight frozen (zsharm optimises embeddings, never the networks), eval mode, progress bars off.
+
+    Every pipeline zsharm is handed goes through here: load_pipeline's, Harmonizer(pipe=...)'s and
+    run_iteration's. One it cannot drive (SDXL, inpainting, anything not SD 1.x/2.x) is refused in one line."""
+    from diffusers import DDIMScheduler
+    problem = _unsupported(pipe)
+    if problem:
+        raise ZsharmError(f"zsharm drives {SUPPORTED}; this pipeline {problem}")
+    if not isinstance(pipe.scheduler, DDIMScheduler):
+        log.info("scheduler %s replaced by DDIM with the same config", type(pipe.scheduler).__name__)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    return pipe
+
+
+def _unsupported(pipe) -> str | None:
+    """Why zsharm cannot drive `pipe` (a few words), or None."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    kind = type(pipe).__name__
+    missing = [name for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+               if getattr(pipe, name, None) is None]
+    if missing:
+        return f"({kind}) has no {', '.join(missing)}"
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return f"is a {kind} (SDXL-style: a second text encoder)"
+    if not isinstance(pipe.unet, UNet2DConditionModel) or not isinstance(pipe.vae, AutoencoderKL):
+        return f"({kind}) has a {type(pipe.unet).__name__} / {type(pipe.vae).__name__}, not SD's UNet and VAE"
+    config = pipe.unet.config
+    if config.in_channels != 4:
+        return f"({kind}) has a UNet of {config.in_channels} input channels (inpainting or depth), not 4"
+    if getattr(config, "addition_embed_type", None) is not None:
+        return f"({kind}) has a UNet with {config.addition_embed_type!r} extra conditioning (SDXL-style)"
+    prediction = getattr(pipe.scheduler.config, "prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction"):
+        return f"({kind}) predicts {prediction!r}, not noise or v"
+    return None
 
 
 # --- tiny random-weight models -----------------------------------------------------------------------------
@@ -93,23 +143,28 @@ def _diffusers_at_least(version: str) -> bool:
 def tiny_pipeline_dir(spec: str = "tiny") -> Path:
     """Build (once) and return the cache folder of a tiny SD-2-shaped pipeline."""
     scale = TINY_SPECS[spec]
-    path = cache_dir("models") / f"{spec}-v{TINY_VERSION}"
+    return built_once(cache_dir("models") / f"{spec}-v{TINY_VERSION}",
+                      lambda path: build_tiny_pipeline(path, unet_out_scale=scale))
+
+
+def built_once(path: Path, build) -> Path:
+    """`path`, a model folder, built by `build(path)` unless it is there; a file lock makes other processes
+    wait for the one building it instead of building it too (sd2-random is 2.6 GB)."""
+    from filelock import FileLock
     if not (path / "model_index.json").is_file():
-        build_tiny_pipeline(path, unet_out_scale=scale)
+        with FileLock(str(cache_dir(".locks") / f"{path.name}.lock")):
+            if not (path / "model_index.json").is_file():
+                log.info("building %s (once)", path)
+                build(path)
     return path
 
 
 def clip_tokenizer_files(out_dir: Path) -> Path:
-    """Write CLIP's real BPE tokenizer (vocab.json + merges.txt) from the vocabulary open-clip ships.
-
-    open-clip is installed without its dependencies (it needs torchvision), so its file is located without
-    importing the package.
-    """
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise ZsharmError("the tiny model needs CLIP's BPE vocabulary: pip install --no-deps open_clip_torch")
-    bpe = Path(spec.submodule_search_locations[0], "bpe_simple_vocab_16e6.txt.gz")
-    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    """Write CLIP's real BPE tokenizer (vocab.json + merges.txt) from the vocabulary zsharm ships
+    (zsharm/assets/clip/, OpenAI CLIP's bpe_simple_vocab_16e6.txt.gz, MIT: see NOTICE)."""
+    bpe = importlib.resources.files("zsharm") / "assets" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+    with bpe.open("rb") as packed:
+        merges = gzip.decompress(packed.read()).decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
     byte_chars = _bytes_to_unicode()
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]

@@ -56,7 +56,7 @@ class Harmonizer:
     def __init__(self, model=DEFAULT_MODEL, config: HarmonizeConfig = None,
                  evaluator="authors", describer=None, device=None, dtype=None, pipe=None, pidinet=None,
                  progress: bool = True, n_candidates: int = None):
-        from zsharm.models import load_pipeline
+        from zsharm.models import load_pipeline, prepare_pipeline
         self.config = config or HarmonizeConfig()
         if n_candidates is not None and n_candidates < 1:
             raise ZsharmError(f"the number of candidate descriptions must be at least 1, got {n_candidates}")
@@ -68,7 +68,7 @@ class Harmonizer:
             evaluator = load_evaluator(evaluator, device=device)
         if dtype is None:
             dtype = self.config.torch_dtype(device)
-        self.pipe = pipe if pipe is not None else load_pipeline(model, device=device, dtype=dtype)
+        self.pipe = prepare_pipeline(pipe) if pipe is not None else load_pipeline(model, device=device, dtype=dtype)
         self.evaluator, self.describer, self.pidinet, self.progress = evaluator, describer, pidinet, progress
         self.n_candidates = n_candidates
 
@@ -206,7 +206,10 @@ def register(subparsers):
     p.add_argument("--out", required=True, help="output image (png, jpg, tif, webp), or a folder with --batch")
     p.add_argument("--batch", metavar="DIR", help="harmonize a folder: the authors' layout (composite/, mask/, "
                    "caption.txt) or image + image_mask pairs; resumes where it stopped")
-    p.add_argument("--shard", metavar="I/N", help="with --batch: do the I-th of N shares (default: from RANK/WORLD_SIZE)")
+    p.add_argument("--shard", metavar="I/N", help="with --batch: do the I-th of N shares (default: from the launcher: "
+                   "torchrun/accelerate RANK, SLURM_PROCID, SLURM array, MPI)")
+    p.add_argument("--merge", action="store_true", help="write one summary.json in --out from the shards' summaries "
+                   "and results (with --batch: also list what nobody has done yet)")
     p.add_argument("--source", help='description of the foreground, e.g. "cat bright" (skips stage 1)')
     p.add_argument("--target", help='description of the background, e.g. "cat winter dull"')
     p.add_argument("--candidates", type=int, metavar="N",
@@ -234,6 +237,9 @@ def _check_out(path: Path):
 
 
 def cli_harmonize(args) -> int:
+    if args.merge:
+        from zsharm.batch import cli_merge
+        return cli_merge(args)
     config = config_from_options(args)
     if (args.source is None) != (args.target is None):
         raise ZsharmError("give both --source and --target, or neither (then the VLM describes the composite)")

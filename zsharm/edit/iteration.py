@@ -27,6 +27,7 @@ from zsharm.edit.refinement import Refinement, refine_embeddings
 from zsharm.edit.tokens import condition_vocabulary, description_positions, split_object
 from zsharm.errors import ZsharmError
 from zsharm.io import Picture, load_image, load_mask, work_size
+from zsharm.models import prepare_pipeline
 
 
 @dataclass
@@ -101,6 +102,7 @@ def iterate_at_work_size(pipe, work_input: Image.Image, mask_work: np.ndarray, s
     """One iteration on an image already at work size (see `at_work_size`): inversion, refinement, null-text with
     the edge loss, Prompt-to-Prompt editing, blending. `pidinet` overrides the published detector (e.g. a random
     one for tests)."""
+    pipe = prepare_pipeline(pipe)  # a user's own pipeline: DDIM, frozen, or a one-line refusal
     run = Run(pipe=pipe, config=config, counter=CallCounter(), progress=progress)
     n_object = split_object(source, target, condition_vocabulary())
     tok = pipe.tokenizer

@@ -128,10 +128,8 @@ def sd2_configs() -> dict:
 def sd2_random_dir() -> Path:
     """Build (once) and return the cache folder of the random-weight SD 2 base pipeline."""
     from zsharm.cache import cache_dir
-    path = cache_dir("models") / f"sd2-random-v{SD2_RANDOM_VERSION}"
-    if not (path / "model_index.json").is_file():
-        build_sd2_random_pipeline(path)
-    return path
+    from zsharm.models import built_once
+    return built_once(cache_dir("models") / f"sd2-random-v{SD2_RANDOM_VERSION}", build_sd2_random_pipeline)
 
 
 def build_sd2_random_pipeline(out_dir, seed: int = 0, unet_out_scale: float = 1e-3) -> Path:

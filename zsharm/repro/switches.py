@@ -209,7 +209,7 @@ def register(subparsers):
         description="Run paper, paper + each fast switch, fast, and fast - each switch on one composite, and "
                     "print a markdown table: UNet image evaluations, seconds, fPSNR against paper's output.")
     p.add_argument("--model", default="tiny-tamed", help="any model zsharm harmonize takes (default tiny-tamed)")
-    p.add_argument("--image", help="composite (default: data/demo/composite.png of the checkout)")
+    p.add_argument("--image", help="composite (default: the demo composite zsharm ships)")
     p.add_argument("--mask", help="its mask (default: the demo's)")
     p.add_argument("--source", default="astronaut bright warm indoor")
     p.add_argument("--target", default="astronaut dim blue twilight")
@@ -225,9 +225,9 @@ def register(subparsers):
 def cli_ablate(args) -> int:
     from pathlib import Path
 
-    from zsharm.teaching.setup import repo_root
+    from zsharm.demo import demo_folder
     if args.image is None:
-        demo = repo_root() / "data" / "demo"
+        demo = demo_folder()
         args.image, args.mask = demo / "composite.png", args.mask or demo / "mask.png"
     if args.mask is None:
         raise ZsharmError("--image needs its --mask")

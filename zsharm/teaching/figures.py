@@ -52,20 +52,11 @@ def save_figure(fig, path, dpi: int = 100, palette: bool = True) -> Path:
     return Path(path)
 
 
-def _repo_file(*parts) -> Path:
-    """A file of the checkout (the demo data): beside this package when installed editable, else above the
-    working folder."""
-    from zsharm.teaching.setup import repo_root
-    try:
-        return repo_root(Path(__file__).parent).joinpath(*parts)
-    except ZsharmError:
-        return repo_root().joinpath(*parts)
-
-
 def demo_inputs():
     """The demo composite (PIL RGB), its mask (bool) and its caption candidates [(source, target), ...]."""
     from zsharm.io import load_image, load_mask
-    folder = _repo_file("data", "demo")
+    from zsharm.demo import demo_folder
+    folder = demo_folder()
     image = load_image(folder / "composite.png").to_pil_rgb8()
     mask = load_mask(folder / "mask.png", size=image.size)
     line = (folder / "caption.txt").read_text().strip().splitlines()[0]
