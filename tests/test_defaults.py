@@ -89,6 +89,7 @@ def test_the_method_comparison_defaults_to_the_same_schedule(monkeypatch, compos
     from zsharm.benchmark.compare import zsharm_method
     seen = []
     monkeypatch.setattr(zsharm.models, "load_pipeline", lambda *a, **k: object())
+    monkeypatch.setattr(zsharm.models, "prepare_pipeline", lambda pipe: pipe)
     monkeypatch.setattr(zsharm.pipeline, "iterate_at_work_size", recorder(seen))
     run = zsharm_method("tiny", source="cat bright", target="cat dull")
     with pytest.raises(Seen):

@@ -92,6 +92,13 @@ class Scores:
         return self.scores.pop(0)
 
 
+@pytest.fixture(autouse=True)
+def stand_in_pipes_need_no_preparing(monkeypatch):
+    """These tests hand Harmonizer a stand-in pipe (stage 2 is replaced): nothing to prepare."""
+    import zsharm.models
+    monkeypatch.setattr(zsharm.models, "prepare_pipeline", lambda pipe: pipe)
+
+
 @pytest.fixture
 def fake_stage_two(monkeypatch):
     """Stage 2 as a function that brightens the image a little and checks the VLM is not in memory."""
