@@ -1,10 +1,31 @@
-"""What every notebook needs first: where the checkout is, whether the model is a tiny random one, and its tokenizer."""
+"""What every notebook needs first, as one call:
 
+    course = setup(MODEL, DEVICE, quick=QUICK, full=FULL)
+    course.pipe, course.config(), course.image, course.mask, course.source, course.target, course.data
 
+`setup` finds the checkout, silences the libraries' warnings, puts a tiny model on one torch thread, says what
+a random model can and cannot show, and picks the settings: `quick` (the tests' run on a tiny model), the
+course size (the default: the paper's 50 steps at 512 px, but fewer gamma values, a loop budget of 3 and a
+4-image evaluation), or `full` (the paper's settings everywhere). The model is loaded on first use of
+`course.pipe`, so notebooks that need none load none.
+
+It also holds the course's cost arithmetic (`gpu_cost`): what a notebook's counted UNet evaluations and VAE
+decodes take on a T4 or an A100, from one stated assumption.
+"""
+
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsharm.errors import ZsharmError
 from zsharm.models import TINY_SPECS, tiny_pipeline_dir
+
+DEMO_SOURCE = "astronaut bright warm indoor"
+DEMO_TARGET = "astronaut dim blue twilight"
+
 
 # ----------------------------------------------------------------------------- where things are
 
@@ -37,3 +58,146 @@ def load_tokenizer(model: str):
         raise ZsharmError(f"no tokenizer for model {model!r}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
 
 
+# ----------------------------------------------------------------------------- settings
+
+# name: (quick, course size, full); quick is the tests' tiny run, full the paper's settings
+SETTINGS = {
+    "steps": (4, 50, 50),
+    "size": (128, 512, 512),
+    "gammas": ([0.0, 0.1, 10.0], [0.0, 0.1, 10.0], [0.0, 0.1, 1.0, 10.0, 100.0]),
+    "loop_budget": (3, 3, 10),
+    "eval_images": (2, 4, None),        # None: every composite of the benchmark
+}
+
+
+def settings(quick: bool = False, full: bool = False) -> dict:
+    """The course's settings: quick (tiny test runs), the course size (default) or the paper's (`full`)."""
+    if quick and full:
+        raise ZsharmError("quick and full exclude each other: quick is the tests' tiny run, full the paper's")
+    column = 0 if quick else 2 if full else 1
+    return {name: values[column] for name, values in SETTINGS.items()}
+
+
+def quiet_libraries():
+    """Silence the warnings diffusers, transformers and torch print on every load: they say nothing a student
+    can act on and push the notebook's own output off the screen. zsharm's own warnings stay."""
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        for module in ("diffusers", "transformers", "torch", "huggingface_hub", "kornia", "timm", "skimage"):
+            warnings.filterwarnings("ignore", category=category, module=module)
+    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+    for name in ("diffusers", "transformers", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def enable_colab_widgets():
+    """Colab renders ipywidgets 8 only through its custom widget manager; elsewhere this does nothing."""
+    if "google.colab" in sys.modules:
+        from google.colab import output  # noqa: the module exists on Colab only
+        output.enable_custom_widget_manager()
+
+
+@dataclass
+class Course:
+    """A notebook's set-up: the model spec, the device, the paths, the settings and the demo inputs."""
+    model: str
+    device: object
+    quick: bool
+    full: bool
+    root: Path
+    steps: int
+    size: int
+    gammas: list
+    loop_budget: int
+    eval_images: object
+    image: object = None                       # the demo composite, 8-bit RGB PIL
+    mask: object = None                        # its boolean mask
+    source: str = DEMO_SOURCE
+    target: str = DEMO_TARGET
+    _pipe: object = field(default=None, repr=False)
+
+    @property
+    def tiny(self) -> bool:
+        return is_tiny(self.model)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def pipe(self):
+        """The diffusion pipeline, loaded on first use."""
+        if self._pipe is None:
+            from zsharm.models import load_pipeline
+            self._pipe = load_pipeline(self.model, device=self.device)
+        return self._pipe
+
+    def config(self, **overrides):
+        """The paper's configuration at this course's steps and size, with `overrides`."""
+        from zsharm.config import HarmonizeConfig
+        return HarmonizeConfig.paper(**{"steps": self.steps, "size": self.size, **overrides})
+
+
+def setup(model: str, device=None, quick: bool = False, full: bool = False, steps: int = None, size: int = None,
+          dpi: int = 90) -> Course:
+    """Everything a notebook needs first (see the module docstring). `steps` and `size` override the settings'."""
+    quiet_libraries()
+    enable_colab_widgets()
+    import matplotlib.pyplot as plt
+    import torch
+    from zsharm.io import load_image, load_mask
+
+    if is_tiny(model):
+        # a tiny model is thousands of small ops: one thread is several times faster than two on busy cores
+        torch.set_num_threads(1)
+        print(TINY_NOTE)
+    plt.rcParams["figure.dpi"] = dpi
+    chosen = settings(quick, full)
+    root = repo_root()
+    image = load_image(root / "data" / "demo" / "composite.png").to_pil_rgb8()
+    mask = load_mask(root / "data" / "demo" / "mask.png", size=image.size)
+    return Course(model=str(model), device=device, quick=quick, full=full, root=root,
+                  steps=steps or chosen["steps"], size=size or chosen["size"], gammas=chosen["gammas"],
+                  loop_budget=chosen["loop_budget"], eval_images=chosen["eval_images"], image=image, mask=mask)
+
+
+# ----------------------------------------------------------------------------- what a notebook costs on a GPU
+
+# The one assumption: a GPU sustains 10% of its dense fp16 tensor-core peak on SD 2 base at batch <= 4
+# (attention and memory traffic, not matrix products, bound small batches). Peaks from the vendors' sheets.
+GPU_FP16_TFLOPS = {"T4": 65.0, "A100": 312.0}
+SUSTAINED_FRACTION = 0.10
+# Work per image row at 512 px (64x64 latent), counted from SD 2 base's modules: UNet forward about 0.8 TFLOP,
+# VAE decode about 1.2 TFLOP; a backward pass costs about twice its forward.
+UNET_TFLOP_512 = 0.8
+VAE_DECODE_TFLOP_512 = 1.2
+BACKWARD_FACTOR = 2.0
+
+
+def seconds_per(what: str, gpu: str, size: int = 512) -> float:
+    """Estimated seconds of one UNet image evaluation (`unet`) or one VAE decode (`vae`) at `size` px."""
+    tflop = {"unet": UNET_TFLOP_512, "vae": VAE_DECODE_TFLOP_512}[what] * (size / 512) ** 2
+    return tflop / (GPU_FP16_TFLOPS[gpu] * SUSTAINED_FRACTION)
+
+
+def gpu_cost(unet_images: int, vae_decodes: int, unet_images_grad: int = 0, vae_decodes_grad: int = 0,
+             size: int = 512) -> dict:
+    """Estimated seconds on a T4 and an A100 for counted work: UNet image evaluations (batch rows) and VAE
+    decodes, the ones with gradients among them. An estimate from the assumption above, not a measurement."""
+    out = {}
+    for gpu in GPU_FP16_TFLOPS:
+        unet, vae = seconds_per("unet", gpu, size), seconds_per("vae", gpu, size)
+        out[gpu] = (unet * (unet_images + BACKWARD_FACTOR * unet_images_grad)
+                    + vae * (vae_decodes + BACKWARD_FACTOR * vae_decodes_grad))
+    return out
+
+
+def cost_note(unet_images: int, vae_decodes: int, unet_images_grad: int = 0, vae_decodes_grad: int = 0,
+              size: int = 512) -> str:
+    """One line with the arithmetic of `gpu_cost`, for a notebook's header."""
+    cost = gpu_cost(unet_images, vae_decodes, unet_images_grad, vae_decodes_grad, size)
+    parts = [f"{gpu} ~{seconds / 60:.1f} min" if seconds >= 90 else f"{gpu} ~{seconds:.0f} s"
+             for gpu, seconds in cost.items()]
+    return (f"estimate: {unet_images} UNet evaluations ({unet_images_grad} with gradients) and {vae_decodes} VAE "
+            f"decodes ({vae_decodes_grad} with gradients) at {size} px -> " + ", ".join(parts))
