@@ -262,7 +262,7 @@ def test_plots_draw(tiny_pipe):
     fig = show_images([image, np.asarray(image), torch.rand(1, 3, 96, 128)], ["a", "b", "c"])
     assert len([ax for ax in fig.axes if ax.images]) == 3
     fig = plot_word_maps(image, torch.rand(3, 4, 77), [("cat", [1]), ("bright", [2])], mask=np.ones((96, 128), bool))
-    assert len(fig.axes) == 3
+    assert len(fig.axes) == 4  # the image, two words and their shared colour bar
     ax = plot_losses([dict(step=0, iter=0, a=1.0), dict(step=0, iter=1, a=0.5), dict(step=1, iter=0, a=0.7)], ["a"])
     assert len(ax.lines) == 2  # the curve and one timestep boundary
     fig = plot_edges(image, {"Sobel": torch.rand(1, 3, 96, 128), "PiDiNet": torch.rand(1, 1, 96, 128)})

@@ -133,6 +133,10 @@ class Course:
             self._pipe = load_pipeline(self.model, device=self.device)
         return self._pipe
 
+    def caption(self, text: str) -> str:
+        """A figure title that never passes a tiny-model picture off as a result."""
+        return f"{text}\n(tiny random model: code paths, not a result)" if self.tiny else text
+
     def config(self, **overrides):
         """The paper's configuration at this course's steps and size, with `overrides`."""
         from zsharm.config import HarmonizeConfig
@@ -201,3 +205,111 @@ def cost_note(unet_images: int, vae_decodes: int, unet_images_grad: int = 0, vae
              for gpu, seconds in cost.items()]
     return (f"estimate: {unet_images} UNet evaluations ({unet_images_grad} with gradients) and {vae_decodes} VAE "
             f"decodes ({vae_decodes_grad} with gradients) at {size} px -> " + ", ".join(parts))
+
+
+# iterations of the paper's stage 2 at 50 steps (zsharm.repro.bench.paper_counts): 1,270 UNet evaluations
+# (682 with gradients) and 147 VAE decodes (145 with gradients) each
+PAPER_ITERATION = dict(unet_images=1270, unet_images_grad=682, vae_decodes=147, vae_decodes_grad=145)
+DOWNLOADS = {
+    "sd2": "Stable Diffusion 2 base, about 5.2 GB once (UNet 3.5 GB, text encoder 1.4 GB, VAE 0.3 GB)",
+    "pidinet": "PiDiNet-tiny's published weights, 0.4 MB",
+    "vlm": "SmolVLM-Instruct, about 4.5 GB once (stage 1)",
+    "figures": "the authors' result figures, a few MB (optional; skipped offline)",
+}
+MEMORY = {
+    "none": "no GPU needed",
+    "inference": "about 4 GB of GPU memory (fp16 weights 2.6 GB, no gradients)",
+    "paper": "about 12 GB of GPU memory (estimate: fp16 weights and the activations of the gradient steps; "
+             "benchmarks/README.md), so a 16 GB T4 is enough",
+}
+
+
+def cost_markdown(iterations: float = 0, unet_images: int = 0, unet_images_grad: int = 0, vae_decodes: int = 0,
+                  vae_decodes_grad: int = 0, memory: str = "paper", downloads=("sd2", "pidinet"), note: str = "") -> str:
+    """The cost paragraph at the top of a notebook (scripts/build_notebooks.py writes it from the source's
+    `# %% cost {...}` line): its counted work at the course size, what that takes on a T4 and an A100 by
+    `gpu_cost`'s assumption, the arithmetic, peak memory and downloads."""
+    work = {k: round(iterations * v) for k, v in PAPER_ITERATION.items()}
+    for key, extra in (("unet_images", unet_images), ("unet_images_grad", unet_images_grad),
+                       ("vae_decodes", vae_decodes), ("vae_decodes_grad", vae_decodes_grad)):
+        work[key] += extra
+    cost = gpu_cost(**work)
+    t4, a100 = (f"{cost[g] / 60:.0f} min" if cost[g] >= 90 else f"{cost[g]:.0f} s" for g in ("T4", "A100"))
+    lines = [f"**What it costs (estimates, course size: 50 steps at 512 px).** On a T4 about {t4}, on an A100 "
+             f"about {a100}." if work["unet_images"] or work["vae_decodes"] else
+             "**What it costs.** No diffusion: seconds on a CPU."]
+    if work["unet_images"] or work["vae_decodes"]:
+        parts = f"{iterations:g} paper iteration(s) x (1,270 UNet evaluations, 682 with gradients; 147 VAE decodes, " \
+                f"145 with gradients)" if iterations else ""
+        extra = f" + {unet_images} UNet evaluations and {vae_decodes} VAE decodes for the explorers and " \
+                f"comparisons" if unet_images or vae_decodes else ""
+        lines.append(f"Counted work: {parts}{extra} = {work['unet_images']:,} UNet evaluations "
+                     f"({work['unet_images_grad']:,} with gradients) and {work['vae_decodes']:,} VAE decodes "
+                     f"({work['vae_decodes_grad']:,} with gradients). Arithmetic (`zsharm.teaching.setup.gpu_cost`): "
+                     f"one UNet evaluation at 512 px is about {UNET_TFLOP_512} TFLOP and a VAE decode about "
+                     f"{VAE_DECODE_TFLOP_512} TFLOP, a backward pass twice its forward, and a GPU sustains "
+                     f"{SUSTAINED_FRACTION:.0%} of its fp16 peak (T4 {GPU_FP16_TFLOPS['T4']:g}, A100 "
+                     f"{GPU_FP16_TFLOPS['A100']:g} TFLOPS): {seconds_per('unet', 'T4'):.3f} s and "
+                     f"{seconds_per('unet', 'A100'):.3f} s per UNet evaluation. Measure yours with `zsharm bench`.")
+    lines.append(f"Peak memory: {MEMORY[memory]}. Downloads: "
+                 + ("; ".join(DOWNLOADS[d] for d in downloads) if downloads else "none") + ".")
+    if note:
+        lines.append(note)
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the authors' published results
+
+AUTHORS_REPOSITORY = "WindVChen/Diff-Harmonization"
+AUTHORS_COMMIT = "21a4383acb8da70e4f6c61b725db67129e10fcad"
+AUTHORS_FIGURES = ("visualizations.png", "visualizations2.png", "visualizations3.png", "visualizations4.png")
+
+
+def authors_figure(name: str, timeout: float = 10.0):
+    """One of the authors' published result figures (Apache-2.0, their repository's assets/ at a pinned
+    commit) as a PIL image, fetched once into the zsharm cache; None, with a one-line note, when offline
+    (ZSHARM_OFFLINE=1 or no network)."""
+    import tempfile
+    import urllib.request
+
+    from PIL import Image
+    from zsharm.models import cache_dir
+    if name not in AUTHORS_FIGURES:
+        raise ZsharmError(f"unknown authors' figure {name!r}; one of {', '.join(AUTHORS_FIGURES)}")
+    path = cache_dir("authors_figures", AUTHORS_COMMIT[:12]) / name
+    if not path.is_file():
+        if os.environ.get("ZSHARM_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+            print(f"(offline: the authors' figure {name} is not shown; it is in github.com/{AUTHORS_REPOSITORY}/assets)")
+            return None
+        url = f"https://raw.githubusercontent.com/{AUTHORS_REPOSITORY}/{AUTHORS_COMMIT}/assets/{name}"
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=name + ".", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                out.write(response.read())
+            with Image.open(tmp) as check:
+                check.verify()
+            os.replace(tmp, path)
+        except Exception as exc:  # no network, a proxy's error page: the notebook goes on without the picture
+            print(f"(could not fetch the authors' figure {name}: {type(exc).__name__}; it is in "
+                  f"github.com/{AUTHORS_REPOSITORY}/assets)")
+            return None
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def show_authors_figure(name: str, caption: str, width: float = 12.0):
+    """Show an authors' figure with its attribution; prints the one-line note instead when offline."""
+    image = authors_figure(name)
+    if image is None:
+        return None
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(width, width * image.height / image.width))
+    ax.imshow(image)
+    ax.axis("off")
+    ax.set_title(f"{caption}\nPublished result of Chen et al. (SD 2 base), github.com/{AUTHORS_REPOSITORY} "
+                 f"assets/{name} at {AUTHORS_COMMIT[:7]}, Apache-2.0", fontsize=9)
+    plt.show()
+    return fig

@@ -187,7 +187,8 @@ def inversion_explorer(views: InversionViews) -> Explorer:
         ax.axis("off")
         for j, name in enumerate(names):
             _show(fig.add_subplot(grid[0, j + 1]), views.decoded[name][k], f"{name}\nafter step {step}")
-        ax = fig.add_subplot(grid[1, : max(1, (len(names) + 1) // 2)])
+        bottom = grid[1, :].subgridspec(1, 2)
+        ax = fig.add_subplot(bottom[0, 0])
         for name, err in views.errors.items():
             ax.plot(np.arange(1, n + 1), err, marker="o", markersize=3, label=name)
         ax.axvline(step, color="k", linewidth=1)
@@ -196,7 +197,7 @@ def inversion_explorer(views: InversionViews) -> Explorer:
         ax.set_ylabel("MSE to inverted latent")
         _integer_ticks(ax)
         ax.legend(fontsize=7)
-        ax = fig.add_subplot(grid[1, max(1, (len(names) + 1) // 2):])
+        ax = fig.add_subplot(bottom[0, 1])
         if views.losses:
             x = np.arange(len(views.losses))
             for key in ("null_text_mse", "sobel_mse", "pidinet_edge_mse"):
