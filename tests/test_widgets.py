@@ -257,3 +257,40 @@ def test_gpu_cost_is_the_stated_arithmetic():
         assert cost[gpu] == pytest.approx(expected)
     assert cost["T4"] / cost["A100"] == pytest.approx(312 / 65)
     assert gpu_cost(100, 0, size=256)["T4"] == pytest.approx(gpu_cost(100, 0)["T4"] / 4)
+
+
+# ----------------------------------------------------------------------------- notebook 02's loops by hand
+
+def _notebook_cell(name, defines):
+    """The code of the cell of scripts/notebooks/`name` that defines `defines`."""
+    import runpy
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    build = runpy.run_path(str(root / "scripts" / "build_notebooks.py"))
+    cells = [body for kind, body, _ in build["parse"]((root / "scripts" / "notebooks" / name).read_text())
+             if kind == "code" and f"def {defines}(" in body]
+    assert len(cells) == 1, f"no single cell of {name} defines {defines}"
+    return cells[0]
+
+
+def test_the_hand_written_ddim_loops_of_notebook_02_equal_the_library(tamed_pipe):
+    from zsharm.edit.diffusion import Run, text_embeddings
+    from zsharm.edit.inversion import ddim_invert, image_to_tensor
+    from zsharm.teaching.trace import denoise
+    namespace = {"torch": torch}  # the notebook imported it in its set-up cell
+    exec(_notebook_cell("02_inversion_nulltext.py", "ddim_by_hand"), namespace)
+    image, _ = _demo()
+    config = HarmonizeConfig.paper(steps=6, size=64)
+    run = Run(pipe=tamed_pipe, config=config, progress=False)
+    work = image.resize((64, 64))
+    inversion = ddim_invert(run, image_to_tensor(work), "astronaut bright", torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        empty, cond = text_embeddings(run, "t", [""]), text_embeddings(run, "t", ["astronaut bright"])
+    by_hand = namespace["ddim_by_hand"](tamed_pipe.unet, tamed_pipe.scheduler, inversion.latents[0], empty, config.steps)
+    assert len(by_hand) == len(inversion.latents)
+    for a, b in zip(by_hand, inversion.latents):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # sampling with guidance, from the inverted noise down, equals the library's denoising walk
+    down = namespace["sample_by_hand"](tamed_pipe.unet, tamed_pipe.scheduler, inversion.x_t, cond, empty, 2.5,
+                                       inversion.timesteps[1:])
+    torch.testing.assert_close(down, denoise(run, inversion, cond, empty, 2.5)[-1], rtol=1e-4, atol=1e-5)

@@ -106,7 +106,7 @@ def sample_by_hand(unet, scheduler, z, cond, empty, guidance, timesteps):
         z = a_prev.sqrt() * (z - (1 - a_t).sqrt() * eps) / a_t.sqrt() + (1 - a_prev).sqrt() * eps
     return z
 
-
+# %%
 with torch.no_grad():
     empty_embedding = text_embeddings(run, "notebook", [""])
     source_embedding = text_embeddings(run, "notebook", [source])

@@ -102,11 +102,12 @@ for name, changed in changes.items():
 
 # %% [markdown]
 # Read the table by rows. The colour changes (cooler and darker, greyscale) move $\Delta E$ a lot while the
-# edge terms stay small: what harmonization wants goes through. Blur is caught: it erases edges, so both
-# terms grow while the colour barely moves. A shift is different: it moves edges *and* colours by about the
-# same amount (its edge change is as large as a colour cast's colour change), because every pixel of the
-# object is now somewhere else. The edge loss catches it, but so would any pixel loss; what the edge loss
-# adds over a pixel loss is its blindness to colour. (Sobel scales with contrast, so a darker image has
+# edge terms stay small: what harmonization wants goes through. Blur is caught: both edge terms grow an order
+# of magnitude while the colour barely moves. A shift does *not* do the opposite of a colour change: its edge
+# terms are the largest of all, but its $\Delta E$ is about the same as the colour cast's, because every
+# pixel of the object now holds a neighbour's colour. So $\Delta E$ alone cannot tell a shift from a
+# harmonization; the edge terms can, and that is why the loss uses edges and not pixels. (Sobel scales with
+# contrast, so a darker image has
 # weaker gradients: its term is not blind to brightness. That is one reason to add a learned detector.)
 #
 # ## A sweep of $\gamma$
