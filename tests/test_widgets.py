@@ -294,3 +294,22 @@ def test_the_hand_written_ddim_loops_of_notebook_02_equal_the_library(tamed_pipe
     down = namespace["sample_by_hand"](tamed_pipe.unet, tamed_pipe.scheduler, inversion.x_t, cond, empty, 2.5,
                                        inversion.timesteps[1:])
     torch.testing.assert_close(down, denoise(run, inversion, cond, empty, 2.5)[-1], rtol=1e-4, atol=1e-5)
+
+
+def test_the_authors_figures_are_cached_and_skipped_offline(tmp_path, monkeypatch, capsys):
+    from zsharm.errors import ZsharmError
+    from zsharm.teaching.setup import AUTHORS_COMMIT, authors_figure, show_authors_figure
+    monkeypatch.setenv("ZSHARM_CACHE", str(tmp_path))
+    monkeypatch.setenv("ZSHARM_OFFLINE", "1")
+    assert authors_figure("visualizations.png") is None
+    assert show_authors_figure("visualizations2.png", "x") is None
+    notes = capsys.readouterr().out.strip().split("\n")
+    assert len(notes) == 2 and all(n.startswith("(offline: the authors' figure visualizations") for n in notes)
+    assert not list(tmp_path.rglob("*.png")) and not list(tmp_path.rglob("*.part"))
+    # once cached (as a download leaves it), it is read from the cache without the network
+    cached = tmp_path / "authors_figures" / AUTHORS_COMMIT[:12] / "visualizations3.png"
+    Image.new("RGB", (40, 20), (1, 2, 3)).save(cached)
+    figure = authors_figure("visualizations3.png")
+    assert figure.size == (40, 20) and figure.getpixel((0, 0)) == (1, 2, 3)
+    with pytest.raises(ZsharmError, match="unknown authors' figure"):
+        authors_figure("elsewhere.png")

@@ -237,7 +237,7 @@ def cost_markdown(iterations: float = 0, unet_images: int = 0, unet_images_grad:
     t4, a100 = (f"{cost[g] / 60:.0f} min" if cost[g] >= 90 else f"{cost[g]:.0f} s" for g in ("T4", "A100"))
     lines = [f"**What it costs (estimates, course size: 50 steps at 512 px).** On a T4 about {t4}, on an A100 "
              f"about {a100}." if work["unet_images"] or work["vae_decodes"] else
-             "**What it costs.** No diffusion: seconds on a CPU."]
+             "**What it costs.** No diffusion model runs here."]
     if work["unet_images"] or work["vae_decodes"]:
         parts = f"{iterations:g} paper iteration(s) x (1,270 UNet evaluations, 682 with gradients; 147 VAE decodes, " \
                 f"145 with gradients)" if iterations else ""
