@@ -126,6 +126,13 @@ def test_inversion_explorer_steps_without_the_model(tiny_pipe, iteration, no_mod
     explorer = inversion_explorer(views)
     assert explorer.options("step") == [1, 2]
     tour(explorer)
+    from zsharm.teaching.plots import as_array
+    for step in (1, 2):  # each panel shows that step's picture, not only a moved marker
+        explorer.update(step=step)
+        shown = [ax.images[0].get_array() for ax in explorer.figure.axes[:3]]
+        assert np.array_equal(shown[0], views.inverted[-2 - (step - 1)])
+        for picture, name in zip(shown[1:], views.decoded):
+            assert np.array_equal(picture, as_array(views.decoded[name][step - 1]))
     _shows_widget_and_png(explorer)
 
 
@@ -160,6 +167,12 @@ def test_refinement_explorer_walks_every_adamw_step(tiny_pipe, iteration, no_mod
     explorer = refinement_explorer(refinement, result.work_input, goal, result.mask_work)
     assert len(explorer.options("position")) == len(refinement.losses)
     tour(explorer)
+    from zsharm.teaching.plots import upsample
+    for k, position in enumerate(explorer.options("position")):  # the maps of that AdamW step, over its max
+        explorer.update(position=position)
+        a_fg = refinement.maps[k][0] / refinement.maps[k][0].max()
+        shown = explorer.figure.axes[1].images[1].get_array()
+        assert np.allclose(shown, upsample(a_fg, shown.shape), atol=1e-6)
 
 
 def test_edge_explorers_sweep_and_take_an_upload(tiny_pipe, iteration, pidinet_for_tests, no_model):
@@ -206,7 +219,14 @@ def test_replacement_explorer_over_a_grid_of_fractions(tiny_pipe, iteration, no_
     assert np.array_equal(views.target_branch[(1.0, 1.0)], result.edit.images[1])
     assert not np.array_equal(views.target_branch[(0.0, 0.0)], views.target_branch[(1.0, 1.0)])
     no_model(tiny_pipe)
-    tour(replacement_explorer(views))
+    explorer = replacement_explorer(views)
+    tour(explorer)
+    from zsharm.teaching.plots import as_array
+    for key in views.target_branch:  # the panels show that grid point's branch and blend
+        explorer.update(cross=key[0], self_=key[1])
+        target, blended = (explorer.figure.axes[k].images[0].get_array() for k in (1, 2))
+        assert np.array_equal(target, as_array(views.target_branch[key]))
+        assert np.array_equal(blended, as_array(views.blended[key]))
 
 
 def test_decision_explorer_follows_the_loops_rule():
