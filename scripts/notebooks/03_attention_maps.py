@@ -71,8 +71,8 @@ for kind in (True, False):
 # ## Per word, averaged as $\mathcal{L}_{Emb}$ averages them
 #
 # The mean over steps and layers of the image/32 maps, one panel per word (a word split into several tokens
-# sums its tokens). Each panel is stretched from its own minimum (blue) to its maximum (red), so the panels
-# show *where* each word acts, not how much. The start token takes most of the attention in absolute terms:
+# sums its tokens). Each panel is stretched from its own minimum (dark) to its maximum (bright), one colour
+# bar for all, so the panels show *where* each word acts, not how much. The start token takes most of the attention in absolute terms:
 # it carries little meaning and serves as a sink.
 
 # %%
@@ -99,10 +99,11 @@ fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 3.0), squee
 for ax, k in zip(axes[0], chosen):
     heat = recorder.mean(steps=[steps[k]])
     positions = dict(trace.spans)[word]
-    overlay_map(ax, trace.image, heat[..., positions].sum(-1), title=f"step {steps[k]} (t={trace.timesteps[k]})",
-                mask=mask_work)
+    shown = overlay_map(ax, trace.image, heat[..., positions].sum(-1), title=f"step {steps[k]} (t={trace.timesteps[k]})",
+                        mask=mask_work)
 fig.suptitle(course.caption(f'"{word}" over the denoising steps (image/32 maps)'))
 plt.tight_layout()
+fig.colorbar(shown, ax=list(axes.flat), fraction=0.02, pad=0.01, label="(map - min) / (max - min)")
 plt.show()
 
 # %% [markdown]
@@ -118,9 +119,10 @@ positions = dict(trace.spans)[word]
 fig, axes = plt.subplots(1, len(layers), figsize=(2.8 * len(layers), 2.8), squeeze=False)
 for ax, layer in zip(axes[0], layers):
     heat = recorder.map(middle, layer)[..., positions].sum(-1)
-    overlay_map(ax, trace.image, heat, title=f"{layer} {tuple(heat.shape)}", mask=mask_work)
+    shown = overlay_map(ax, trace.image, heat, title=f"{layer} {tuple(heat.shape)}", mask=mask_work)
 fig.suptitle(course.caption(f'"{word}" in each cross-attention layer at step {middle}'))
 plt.tight_layout()
+fig.colorbar(shown, ax=list(axes.flat), fraction=0.02, pad=0.01, label="(map - min) / (max - min)")
 plt.show()
 
 # %% [markdown]
@@ -139,11 +141,12 @@ queries = {"foreground pixel": (int(np.median(ys)), int(np.median(xs))),
            "background pixel": next((y, x) for y, x in [(h // 4, 3 * w // 4), (0, w - 1)] if not small_mask[y, x])}
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
 for ax, (name, (qy, qx)) in zip(axes, queries.items()):
-    overlay_map(ax, trace.image, selfmap[qy, qx].reshape(h, w), title=f"{name} ({qy}, {qx})", mask=mask_work)
+    shown = overlay_map(ax, trace.image, selfmap[qy, qx].reshape(h, w), title=f"{name} ({qy}, {qx})", mask=mask_work)
     W, H = trace.image.size
     ax.plot([(qx + 0.5) * W / w], [(qy + 0.5) * H / h], "w+", markersize=16, markeredgewidth=3)
 fig.suptitle(course.caption("Self-attention of one query pixel (mean over steps and image/32 layers)"))
 plt.tight_layout()
+fig.colorbar(shown, ax=list(axes.flat), fraction=0.03, pad=0.01, label="(map - min) / (max - min)")
 plt.show()
 
 # %% [markdown]
