@@ -7,7 +7,11 @@ A source is a Python file in the "percent" format (as jupytext writes it, so edi
 `# %%` starts a code cell, `# %% [markdown]` a markdown cell (its lines start with "# "), and
 `# %% tags=["parameters"]` the papermill parameters cell; in code, `# %magic` lines become IPython magics.
 The line `# %% install` stands for the cell every notebook shares: on Colab, fetch zsharm (code and data)
-and install it; elsewhere, nothing.
+and `%pip install` it; elsewhere, nothing. `# %% cost {json}` becomes the notebook's cost paragraph
+(zsharm.teaching.setup.cost_markdown with those arguments). Every notebook's first cell gets a Colab badge
+after its title.
+
+REPOSITORY below is the one place naming the project's public home: a fork changes it and rebuilds.
 Cell ids are fixed (cell-00, cell-01, ...), so a rebuild of an unchanged source gives the same bytes.
 """
 
@@ -19,23 +23,31 @@ from pathlib import Path
 import nbformat
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's zsharm (the cost paragraphs), whatever is installed
 SOURCES = REPO / "scripts" / "notebooks"
 OUT = REPO / "notebooks"
-GIT_URL = "https://github.com/zsharm/zsharm"  # placeholder until the project's public home is known
+# The one place naming the repository (Colab badges, the install cell). A fork changes these two lines and
+# runs `python scripts/build_notebooks.py`.
+REPOSITORY = "https://github.com/zsharm/zsharm"
+BRANCH = "main"
 
-INSTALL_CELL = f'''# On Colab only: fetch zsharm (code and data) and install it, once. Elsewhere, install zsharm
-# first (see notebooks/README.md) and this cell does nothing.
+INSTALL_CELL = f'''# On Colab only: fetch zsharm (code and data) and install it with its own requirements, once. Elsewhere,
+# install zsharm first (see notebooks/README.md) and this cell does nothing.
 import os
 import sys
 
 if "google.colab" in sys.modules and not os.path.isfile("../pyproject.toml"):
-    import subprocess
-
     if not os.path.isdir("zsharm"):
-        subprocess.run(["git", "clone", "--depth", "1", "{GIT_URL}"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "zsharm[notebooks]"], check=True)
+        !git clone --depth 1 --branch {BRANCH} {REPOSITORY} zsharm
+    %pip install -q -e ./zsharm
     sys.path.insert(0, os.path.abspath("zsharm"))
     os.chdir("zsharm/notebooks")'''
+
+
+def colab_badge(name: str) -> str:
+    path = REPOSITORY.split("github.com/", 1)[1]
+    return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+            f"(https://colab.research.google.com/github/{path}/blob/{BRANCH}/notebooks/{name}.ipynb)")
 
 
 def parse(text: str) -> list:
@@ -59,6 +71,9 @@ def parse(text: str) -> list:
                 kind = "markdown"
             elif marker == "install":
                 kind, lines = "code", INSTALL_CELL.split("\n")
+            elif marker.startswith("cost "):
+                from zsharm.teaching.setup import cost_markdown
+                kind, lines = "markdown", ["# " + line for line in cost_markdown(**json.loads(marker[5:])).split("\n")]
             elif marker.startswith("tags="):
                 kind, tags = "code", json.loads(marker[5:])
             elif marker == "":
@@ -79,6 +94,9 @@ def build(source: Path) -> str:
     nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
                    "language_info": {"name": "python"}}
     for i, (kind, body, tags) in enumerate(parse(source.read_text())):
+        if i == 0 and kind == "markdown":
+            title, _, rest = body.partition("\n")
+            body = f"{title}\n\n{colab_badge(source.stem)}\n{rest}"
         cell = nbformat.v4.new_markdown_cell(body) if kind == "markdown" else nbformat.v4.new_code_cell(body)
         cell.id = f"cell-{i:02d}"
         if tags:

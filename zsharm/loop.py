@@ -30,7 +30,7 @@ STOP = "stop"  # the iteration budget ran out
 
 # contact sheet geometry: one cell per history record
 THUMB = 192          # thumbnails fit in THUMB x THUMB
-CAPTION_LINES = 3
+CAPTION_LINES = 5    # iteration, the two prompts (wrapped, never cut short at a usual length), score
 LINE_HEIGHT = 14
 PAD = 6
 SHEET_COLUMNS = 5
@@ -286,8 +286,8 @@ def _thumbnail(image: Image.Image) -> Image.Image:
 
 def contact_sheet(records: Sequence[IterationRecord], thumbs: Sequence[Image.Image],
                   best_index: int | None = None) -> Image.Image:
-    """A grid of the history: one cell per record, its thumbnail over three caption lines (iteration and
-    candidate; prompts; score and decision). The best image is framed in green.
+    """A grid of the history: one cell per record, its thumbnail over its caption (iteration and candidate;
+    the source and target prompts, wrapped; score and decision). The best image is framed in green.
 
     The sheet is min(n, SHEET_COLUMNS) * CELL_W wide and ceil(n / SHEET_COLUMNS) * CELL_H high.
     """
@@ -305,14 +305,25 @@ def contact_sheet(records: Sequence[IterationRecord], thumbs: Sequence[Image.Ima
         if i == best_index:
             draw.rectangle([left - 3, top - 3, left + thumb.width + 2, top + thumb.height + 2], outline=(0, 170, 0),
                            width=3)
-        lines = [
-            f"iter {record.iteration}  cand {record.candidate}" + ("  BEST" if i == best_index else ""),
-            _clip(f"{record.source} -> {record.target}", draw, font, THUMB),
-            f"score {_fmt(record.score)}  {record.decision}",
-        ]
+        prompts = _wrap(record.source, draw, font, THUMB) + _wrap(f"-> {record.target}", draw, font, THUMB)
+        if len(prompts) > CAPTION_LINES - 2:
+            prompts = prompts[:CAPTION_LINES - 3] + [_clip(" ".join(prompts[CAPTION_LINES - 3:]), draw, font, THUMB)]
+        lines = [f"iter {record.iteration}  cand {record.candidate}" + ("  BEST" if i == best_index else ""),
+                 *prompts, f"score {_fmt(record.score)}  {record.decision}"]
         for j, line in enumerate(lines):
             draw.text((x0 + PAD, y0 + 2 * PAD + THUMB + j * LINE_HEIGHT - PAD), line, fill="black", font=font)
     return sheet
+
+
+def _wrap(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> list:
+    """Words of `text` in lines no wider than `width` pixels (a single over-long word is clipped)."""
+    lines = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(_clip(word, draw, font, width))
+    return lines or [""]
 
 
 def _clip(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> str:

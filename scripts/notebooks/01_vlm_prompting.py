@@ -10,32 +10,31 @@
 # pasted object is lit ("bright warm indoor") and how the scene is lit ("dim blue twilight"), editing the
 # object from the first description to the second moves its light towards the scene's, with no training.
 
+# %% cost {"memory": "none", "downloads": ["vlm"], "note": "Only the VLM runs here: SmolVLM-Instruct (2B parameters) describes a composite in seconds on a T4 (about 5 GB in fp16), in a minute or so on a CPU; the tiny VLM of the tests in a second."}
+
 # %% install
 
 # %% tags=["parameters"]
 import os
 
 MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")  # for its tokenizer
-QUICK = os.environ.get("ZSHARM_QUICK") == "1"
+QUICK = os.environ.get("ZSHARM_QUICK") == "1"   # the tests' run: tiny models
+FULL = False                                     # True: the paper's settings everywhere (nothing changes here)
 # The VLM to ask: "tiny" builds a random-weight model of the default family (offline, seconds);
 # otherwise a Hugging Face id (the default SmolVLM-Instruct is 4.5 GB) or a local folder.
 VLM = os.environ.get("ZSHARM_VLM", "tiny" if QUICK or MODEL.startswith("tiny") else "HuggingFaceTB/SmolVLM-Instruct")
-DEVICE = None
+DEVICE = None                                    # None: CUDA if there is one, else Apple MPS, else CPU
 
 # %%
 # %matplotlib inline
 import matplotlib.pyplot as plt
 
-from zsharm.io import load_image, load_mask
-from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
 from zsharm.teaching.plots import show_images
+from zsharm.teaching.setup import TINY_NOTE, setup
 
-ROOT = repo_root()
-DATA = ROOT / "data"
-plt.rcParams["figure.dpi"] = 90
-image = load_image(DATA / "demo" / "composite.png").to_pil_rgb8()
-mask = load_mask(DATA / "demo" / "mask.png", size=image.size)
-if is_tiny(MODEL) or VLM == "tiny":
+course = setup(MODEL, DEVICE, quick=QUICK, full=FULL)
+image, mask, DATA = course.image, course.mask, course.data
+if VLM == "tiny" and not course.tiny:
     print(TINY_NOTE)
 
 # %% [markdown]
@@ -186,9 +185,17 @@ print("\ndictionary words CLIP splits into several tokens:", ", ".join(split))
 #
 # 1. Write three answers a careless model might give for the demo and predict what the parser says before
 #    running it.
+#    <details><summary>Hint</summary>Try a word outside the dictionary, two brightness words on one side, and a
+#    missing "&"; the parser names the first problem it meets.</details>
 # 2. With a real VLM, compare the descriptions you get with `mask_style="mask"` (the authors' view) and the
 #    default cut-out (`get_describer(vlm=..., mask_style="mask")`). Which are closer to what you see?
+#    <details><summary>Hint</summary>Describe the demo five times with each (the sampling is random) and
+#    count how often the foreground words say "warm" or "bright".</details>
 # 3. `get_describer(base_url=..., vlm_model=...)` talks to any OpenAI-compatible endpoint. Point it at a
 #    local Ollama server with a vision model and describe the three composites in `data/composites`.
+#    <details><summary>Hint</summary>Ollama serves <code>http://localhost:11434/v1</code>; the model name is
+#    the one you pulled (e.g. <code>llava</code>).</details>
 # 4. Which dictionary lists matter most for harmonization, and which (environment?) might mislead the edit?
 #    Keep this question in mind for notebook 04.
+#    <details><summary>Hint</summary>Brightness and colour words change what harmonization should change;
+#    environment words ("city", "forest") describe content, and an edit towards them may add content.</details>

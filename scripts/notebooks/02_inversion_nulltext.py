@@ -7,42 +7,34 @@
 # optimisation (step 2.3) learns one "empty prompt" embedding per step that cancels the drift, and the
 # method adds an edge loss to it. We measure the reconstruction error at every step, with and without it.
 
+# %% cost {"unet_images": 1217, "unet_images_grad": 580, "vae_decodes": 247, "vae_decodes_grad": 145, "memory": "paper"}
+
 # %% install
 
 # %% tags=["parameters"]
 import os
 
 MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")
-QUICK = os.environ.get("ZSHARM_QUICK") == "1"
-STEPS = 4 if QUICK else 50
-SIZE = 128 if QUICK else 512
-DEVICE = None
+QUICK = os.environ.get("ZSHARM_QUICK") == "1"   # the tests' run: a tiny model, 4 steps at 128 px
+FULL = False                                     # True: the paper's settings everywhere (zsharm.teaching.setup)
+DEVICE = None                                    # None: CUDA if there is one, else Apple MPS, else CPU
 
 # %%
 # %matplotlib inline
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from zsharm.edit.blending import mask_at
-from zsharm.config import HarmonizeConfig
-from zsharm.io import load_image, load_mask, work_size
-from zsharm.models import load_pipeline
-from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
+from zsharm.io import work_size
 from zsharm.teaching.plots import show_images
+from zsharm.teaching.setup import setup
 
-ROOT = repo_root()
-DATA = ROOT / "data"
-plt.rcParams["figure.dpi"] = 90
-if is_tiny(MODEL):
-    print(TINY_NOTE)
-
-pipe = load_pipeline(MODEL, device=DEVICE)
-config = HarmonizeConfig.paper(steps=STEPS, size=SIZE)
-image = load_image(DATA / "demo" / "composite.png").to_pil_rgb8()
-mask = load_mask(DATA / "demo" / "mask.png", size=image.size)
-source, target = "astronaut bright warm indoor", "astronaut dim blue twilight"
+course = setup(MODEL, DEVICE, quick=QUICK, full=FULL)
+pipe, config = course.pipe, course.config()
+image, mask, source, target = course.image, course.mask, course.source, course.target
 # the method works at a work size: long side config.size, both sides multiples of 64
 work = image.resize(work_size(image.size, config.size), resample=Image.LANCZOS)
 mask_work = mask_at(mask, work.size, config.mask_threshold)
@@ -61,7 +53,7 @@ print("work size", work.size)
 # **Inversion** runs the same formula upwards, from $t$ to $t+1$, using the noise predicted at $z_t$ in place
 # of the (unknown) noise at $z_{t+1}$. That approximation is small when steps are small. The method inverts
 # with guidance 0 (the unconditional prediction only) and keeps every latent $x_0, x_1, \dots, x_{N-1}$; the
-# last step, to pure noise, is not taken (METHOD.md, stage 2 step 1).
+# last step, to pure noise, is not taken ([docs/method.md](../docs/method.md), section 2.1; the paper's method section).
 
 # %%
 from zsharm.edit.diffusion import decode_latents, Run, text_embeddings, to_uint8
@@ -77,6 +69,54 @@ shown = sorted(set(np.linspace(0, len(inversion.latents) - 1, min(5, len(inversi
 show_images([latent_preview(inversion.latents[i]) for i in shown], [f"x_{i}" for i in shown], size=3.0,
             suptitle="Inverted latents (first three channels), from the image (x_0) towards noise")
 plt.show()
+
+# %% [markdown]
+# ### The same, by hand
+#
+# `ddim_invert` adds bookkeeping (counted calls, the authors' arithmetic, v-prediction models), but the
+# algorithm is these few lines, the formula above run upwards and then downwards. Check that they give the
+# library's numbers (a test, `tests/test_widgets.py`, runs this very cell against `ddim_invert` too):
+
+# %%
+@torch.no_grad()
+def ddim_by_hand(unet, scheduler, z, empty, steps):
+    """DDIM inversion (eta 0, guidance 0) from the image's latent z_0 up to z_{N-1}."""
+    scheduler.set_timesteps(steps)
+    alphas, stride = scheduler.alphas_cumprod, scheduler.config.num_train_timesteps // steps
+    path = [z]
+    for t in scheduler.timesteps.flip(0)[:-1]:        # upwards; the last step, to pure noise, is not taken
+        eps = unet(z.to(unet.dtype), t, encoder_hidden_states=empty.to(unet.dtype)).sample.float()
+        a_t, a_next = alphas[t], alphas[t + stride]
+        z0_hat = (z - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        z = a_next.sqrt() * z0_hat + (1 - a_next).sqrt() * eps
+        path.append(z)
+    return path
+
+
+@torch.no_grad()
+def sample_by_hand(unet, scheduler, z, cond, empty, guidance, timesteps):
+    """DDIM sampling (eta 0) with classifier-free guidance from z over `timesteps` (high to low)."""
+    alphas, stride = scheduler.alphas_cumprod, scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    for t in timesteps:
+        context = torch.cat([empty, cond]).to(unet.dtype)
+        e_u, e_c = unet(torch.cat([z] * 2).to(unet.dtype), t, encoder_hidden_states=context).sample.float().chunk(2)
+        eps = e_u + guidance * (e_c - e_u)
+        a_t = alphas[t]
+        a_prev = alphas[t - stride] if t >= stride else scheduler.final_alpha_cumprod
+        z = a_prev.sqrt() * (z - (1 - a_t).sqrt() * eps) / a_t.sqrt() + (1 - a_prev).sqrt() * eps
+    return z
+
+# %%
+with torch.no_grad():
+    empty_embedding = text_embeddings(run, "notebook", [""])
+    source_embedding = text_embeddings(run, "notebook", [source])
+by_hand = ddim_by_hand(pipe.unet, pipe.scheduler, inversion.latents[0], empty_embedding, config.steps)
+print("inversion by hand vs ddim_invert, largest difference:",
+      max((a - b).abs().max().item() for a, b in zip(by_hand, inversion.latents)))
+back = sample_by_hand(pipe.unet, pipe.scheduler, inversion.x_t, source_embedding, empty_embedding, 0.0,
+                      inversion.timesteps[1:])
+print(f"sampling back (guidance 0) lands {torch.mean((back - inversion.latents[0]) ** 2).item():.2e} (MSE) "
+      "from the image's latent")
 
 # %% [markdown]
 # ## Denoising back: the drift
@@ -98,9 +138,8 @@ from zsharm.teaching.trace import denoise, latent_errors
 with torch.no_grad():
     cond = text_embeddings(run, "notebook", [source])
     empty = text_embeddings(run, "notebook", [""])
-errors = {}
-for w in (0.0, config.guidance):
-    errors[f"guidance {w:g}, empty null text"] = latent_errors(denoise(run, inversion, cond, empty, w), inversion)
+trajectories = {w: denoise(run, inversion, cond, empty, w) for w in (0.0, config.guidance)}
+errors = {f"guidance {w:g}, empty null text": latent_errors(z, inversion) for w, z in trajectories.items()}
 
 # %% [markdown]
 # ## Null-text optimisation, with the edge loss
@@ -134,9 +173,10 @@ fig, ax = plt.subplots(figsize=(8, 4))
 for (name, err), marker in zip(errors.items(), "osD^"):
     ax.plot(np.arange(1, len(err) + 1), err, marker=marker, label=name)
 ax.set_yscale("log")
+ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 ax.set_xlabel("denoising step (from noise towards the image)")
 ax.set_ylabel("MSE to the inverted latent")
-ax.set_title("Reconstruction error per step")
+ax.set_title(course.caption("Reconstruction error per step"))
 ax.grid(alpha=0.3)
 ax.legend()
 plt.show()
@@ -159,6 +199,8 @@ from zsharm.teaching.plots import plot_losses
 fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
 plot_losses(with_edges.losses, ["null_text_mse"], ax=axes[0], title="latent term (x10 in the loss)", log=True)
 plot_losses(with_edges.losses, ["sobel_mse", "pidinet_edge_mse"], ax=axes[1], title="edge terms (inside the mask)")
+for ax in axes:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 plt.tight_layout()
 plt.show()
 
@@ -169,13 +211,42 @@ plt.show()
 # guidance-2.5 reconstruction, and the one with optimised null text.
 
 # %%
+drift = trajectories[config.guidance]
 with torch.no_grad():
     vae_round_trip = to_uint8(decode_latents(run, "notebook", inversion.latents[0]))[0]
-    drifted = to_uint8(decode_latents(run, "notebook", denoise(run, inversion, cond, empty, config.guidance)[-1]))[0]
+    drifted = to_uint8(decode_latents(run, "notebook", drift[-1]))[0]
 show_images([work, vae_round_trip, drifted, with_edges.reconstruction],
             ["input", "VAE round trip", f"guidance {config.guidance:g}, no null text", "null text + edges"],
-            size=3.4)
+            size=3.4, suptitle=course.caption("Reconstructions"))
 plt.show()
+
+# %% [markdown]
+# ## Explore the trajectory
+#
+# Every step's latent of both guided trajectories is decoded once here; the explorer then redraws as you
+# move the step slider, with no model call: the inverted latent the step should land on, what each
+# trajectory looks like after that step, where the step sits on the error curves, and (gold) the step's
+# null-text inner iterations on the loss curves.
+
+# %%
+from zsharm.teaching.widgets import inversion_explorer, inversion_views
+
+views = inversion_views(run, inversion, {f"guidance {config.guidance:g}, no null text": drift,
+                                         "null text + edges": with_edges.latents}, with_edges, work)
+inversion_explorer(views)
+
+# %% [markdown]
+# ## What real weights show
+#
+# With Stable Diffusion 2 base at 50 steps: the guidance-0 curve stays low (about 1e-3 and below: DDIM
+# inversion is nearly exact at small steps), the guidance-2.5 curve climbs by one to two orders of magnitude
+# towards the image end and its decoded picture drifts visibly (saturated colours, changed details: the
+# reason null text exists), while the null-text curves hug the guidance-0 one and the reconstruction matches
+# the VAE round trip. The edge loss keeps outlines inside the mask; its curves fall within each step.
+# Null-text inversion's paper (Mokady et al. 2023) shows the same drift and its fix. The tiny
+# model's random text encoder makes guidance do little, so its curves nearly coincide.
+
+# %%
 unet_calls = run.counter.total("unet")
 print(f"UNet calls made in this notebook so far: {unet_calls}")
 
@@ -184,8 +255,17 @@ print(f"UNet calls made in this notebook so far: {unet_calls}")
 #
 # 1. Plot the guidance-0 and guidance-2.5 curves for 10, 20 and 50 steps. How does the number of steps
 #    change the inversion error?
+#    <details><summary>Hint</summary>Make <code>config = course.config(steps=n)</code> for each n and rerun
+#    the inversion and the two <code>denoise</code> calls; the inversion's approximation (noise at z_t used for
+#    the step to z_{t+1}) shrinks with the step size.</details>
 # 2. `config.nulltext_max_inner` caps the inner steps ($\lfloor i/10\rfloor + 1$). Set it to 1 and compare
 #    the error curve and the time.
+#    <details><summary>Hint</summary><code>course.config(nulltext_max_inner=1)</code>, then a new
+#    <code>Run</code> and <code>optimize_null_text</code>; compare <code>len(result.losses)</code> too.</details>
 # 3. zsharm's `fast` schedule stops inner steps early once the latent MSE is below `nulltext_early_stop`.
 #    How many inner steps does it save here?
+#    <details><summary>Hint</summary>Count the records per step in <code>losses</code> (their
+#    <code>step</code> field) under <code>course.config(nulltext_early_stop=1e-6, nulltext_max_inner=5)</code>.</details>
 # 4. Invert with the *target* prompt instead of the source. Does the reconstruction care?
+#    <details><summary>Hint</summary>Inversion runs at guidance 0: only the unconditional prediction is used,
+#    so the prompt changes nothing in the latents. Check with <code>ddim_by_hand</code>: it never sees the prompt.</details>

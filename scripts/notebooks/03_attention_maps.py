@@ -5,7 +5,9 @@
 # of the prompt (*cross-attention*) and to the other image locations (*self-attention*). These maps are the
 # handles of the whole method: refinement (notebook 04) reshapes the cross-attention maps, Prompt-to-Prompt
 # (notebook 06) copies both kinds from one branch to the other. Here we record every map of a denoising run
-# and look at them per word, per layer and per timestep, with an interactive viewer at the end.
+# and look at them per word, per layer and per timestep, with explorers at the end that need no model call.
+
+# %% cost {"unet_images": 196, "vae_decodes": 1, "memory": "inference", "downloads": ["sd2"]}
 
 # %% install
 
@@ -13,10 +15,9 @@
 import os
 
 MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")
-QUICK = os.environ.get("ZSHARM_QUICK") == "1"
-STEPS = 4 if QUICK else 50
-SIZE = 256 if QUICK else 512   # at 256 px the smallest maps are 8x6: enough to see something
-DEVICE = None
+QUICK = os.environ.get("ZSHARM_QUICK") == "1"   # the tests' run: a tiny model, 4 steps
+FULL = False                                     # True: the paper's settings everywhere (zsharm.teaching.setup)
+DEVICE = None                                    # None: CUDA if there is one, else Apple MPS, else CPU
 
 # %%
 # %matplotlib inline
@@ -24,23 +25,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from zsharm.edit.blending import mask_at
-from zsharm.config import HarmonizeConfig
-from zsharm.io import load_image, load_mask
-from zsharm.models import load_pipeline
-from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
 from zsharm.teaching.plots import overlay_map
+from zsharm.teaching.setup import setup
 
-ROOT = repo_root()
-DATA = ROOT / "data"
-plt.rcParams["figure.dpi"] = 90
-if is_tiny(MODEL):
-    print(TINY_NOTE)
-
-pipe = load_pipeline(MODEL, device=DEVICE)
-config = HarmonizeConfig.paper(steps=STEPS, size=SIZE)
-image = load_image(DATA / "demo" / "composite.png").to_pil_rgb8()
-mask = load_mask(DATA / "demo" / "mask.png", size=image.size)
-source = "astronaut bright warm indoor"
+# at 256 px the smallest maps are 8x8: enough to see something on the quick run
+course = setup(MODEL, DEVICE, quick=QUICK, full=FULL, size=256 if QUICK else None)
+pipe, config = course.pipe, course.config()
+image, mask, source = course.image, course.mask, course.source
 
 # %% [markdown]
 # ## Attention in one formula
@@ -54,7 +45,7 @@ source = "astronaut bright warm indoor"
 # has one row per pixel and one column per key; each row sums to 1. Column $j$ of a cross-attention map,
 # reshaped to the image grid, shows **where token $j$ acts**. The UNet has attention layers at several
 # resolutions; the method's loss $\mathcal{L}_{Emb}$ uses the image/32 maps (16x16 for a 512 px image) of the
-# down and up blocks, averaged over layers and heads (METHOD.md, stage 2 step 2).
+# down and up blocks, averaged over layers and heads ([docs/method.md](../docs/method.md), section 2.2; the paper's method section).
 #
 # ## Recording every map
 #
@@ -80,15 +71,15 @@ for kind in (True, False):
 # ## Per word, averaged as $\mathcal{L}_{Emb}$ averages them
 #
 # The mean over steps and layers of the image/32 maps, one panel per word (a word split into several tokens
-# sums its tokens). Each panel is stretched from its own minimum (blue) to its maximum (red), so the panels
-# show *where* each word acts, not how much. The start token takes most of the attention in absolute terms:
+# sums its tokens). Each panel is stretched from its own minimum (dark) to its maximum (bright), one colour
+# bar for all, so the panels show *where* each word acts, not how much. The start token takes most of the attention in absolute terms:
 # it carries little meaning and serves as a sink.
 
 # %%
 from zsharm.teaching.plots import plot_word_maps
 
 plot_word_maps(trace.image, recorder.mean(), trace.spans, mask=mask_work, include_start=True,
-               title=f'"{source}": mean image/32 cross-attention per word')
+               title=course.caption(f'"{source}": mean image/32 cross-attention per word'))
 plt.show()
 
 # %% [markdown]
@@ -108,10 +99,11 @@ fig, axes = plt.subplots(1, len(chosen), figsize=(3.2 * len(chosen), 3.0), squee
 for ax, k in zip(axes[0], chosen):
     heat = recorder.mean(steps=[steps[k]])
     positions = dict(trace.spans)[word]
-    overlay_map(ax, trace.image, heat[..., positions].sum(-1), title=f"step {steps[k]} (t={trace.timesteps[k]})",
-                mask=mask_work)
-fig.suptitle(f'"{word}" over the denoising steps (image/32 maps)')
+    shown = overlay_map(ax, trace.image, heat[..., positions].sum(-1), title=f"step {steps[k]} (t={trace.timesteps[k]})",
+                        mask=mask_work)
+fig.suptitle(course.caption(f'"{word}" over the denoising steps (image/32 maps)'))
 plt.tight_layout()
+fig.colorbar(shown, ax=list(axes.flat), fraction=0.02, pad=0.01, label="(map - min) / (max - min)")
 plt.show()
 
 # %% [markdown]
@@ -127,9 +119,10 @@ positions = dict(trace.spans)[word]
 fig, axes = plt.subplots(1, len(layers), figsize=(2.8 * len(layers), 2.8), squeeze=False)
 for ax, layer in zip(axes[0], layers):
     heat = recorder.map(middle, layer)[..., positions].sum(-1)
-    overlay_map(ax, trace.image, heat, title=f"{layer} {tuple(heat.shape)}", mask=mask_work)
-fig.suptitle(f'"{word}" in each cross-attention layer at step {middle}')
+    shown = overlay_map(ax, trace.image, heat, title=f"{layer} {tuple(heat.shape)}", mask=mask_work)
+fig.suptitle(course.caption(f'"{word}" in each cross-attention layer at step {middle}'))
 plt.tight_layout()
+fig.colorbar(shown, ax=list(axes.flat), fraction=0.02, pad=0.01, label="(map - min) / (max - min)")
 plt.show()
 
 # %% [markdown]
@@ -148,68 +141,62 @@ queries = {"foreground pixel": (int(np.median(ys)), int(np.median(xs))),
            "background pixel": next((y, x) for y, x in [(h // 4, 3 * w // 4), (0, w - 1)] if not small_mask[y, x])}
 fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
 for ax, (name, (qy, qx)) in zip(axes, queries.items()):
-    overlay_map(ax, trace.image, selfmap[qy, qx].reshape(h, w), title=f"{name} ({qy}, {qx})", mask=mask_work)
+    shown = overlay_map(ax, trace.image, selfmap[qy, qx].reshape(h, w), title=f"{name} ({qy}, {qx})", mask=mask_work)
     W, H = trace.image.size
     ax.plot([(qx + 0.5) * W / w], [(qy + 0.5) * H / h], "w+", markersize=16, markeredgewidth=3)
-fig.suptitle("Self-attention of one query pixel (mean over steps and image/32 layers)")
+fig.suptitle(course.caption("Self-attention of one query pixel (mean over steps and image/32 layers)"))
 plt.tight_layout()
+fig.colorbar(shown, ax=list(axes.flat), fraction=0.03, pad=0.01, label="(map - min) / (max - min)")
 plt.show()
 
 # %% [markdown]
-# ## Interactive viewer
+# ## Explore: word, layer, step
 #
-# Pick a word, a layer (or the mean over the image/32 layers) and a step; the picture updates as you move
-# the controls. The viewer needs a live kernel and `ipywidgets`: on a static page (GitHub, or a notebook
-# run headless) it does not render, and the figures above show the same maps.
+# Everything was recorded once above; the explorer below only redraws (no model call) as you move its
+# controls, with the keyboard or the mouse. Each map is divided by its own maximum (the colour bar is that
+# ratio), and its maximum is in the title: compare it between words to see how much attention the start token
+# takes. On a static page (GitHub, a headless run) you see the explorer's first state as a picture.
 
 # %%
-import ipywidgets as widgets
+from zsharm.teaching.widgets import cross_attention_explorer, self_attention_explorer
 
-words = [w for w, _ in trace.spans] + ["<start>"]
+cross_attention_explorer(trace, mask_work)
 
-
-def show_cross(word, layer, step):
-    positions = [0] if word == "<start>" else dict(trace.spans)[word]
-    if layer == "mean of image/32 layers":
-        heat = recorder.mean(steps=[step])
-    else:
-        heat = recorder.map(step, layer)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    overlay_map(ax, trace.image, heat[..., positions].sum(-1), mask=mask_work,
-                title=f'"{word}", {layer}, step {step} (t={trace.timesteps[steps.index(step)]})')
-    plt.show()
-
-
-widgets.interact(show_cross, word=widgets.Dropdown(options=words, value=words[-2]),
-                 layer=widgets.Dropdown(options=["mean of image/32 layers"] + recorder.layers(True)),
-                 step=widgets.SelectionSlider(options=steps, value=steps[0]));
+# %% [markdown]
+# Self-attention, one query pixel at a time (row and column on the image/32 grid):
 
 # %%
-def show_self(layer, step, row, column):
-    heat = recorder.map(step, layer, is_cross=False)
-    hh, ww = heat.shape[:2]
-    row, column = min(row, hh - 1), min(column, ww - 1)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    overlay_map(ax, trace.image, heat[row, column].reshape(hh, ww), mask=mask_work,
-                title=f"self-attention of pixel ({row}, {column}), {layer}, step {step}")
-    W, H = trace.image.size
-    ax.plot([(column + 0.5) * W / ww], [(row + 0.5) * H / hh], "w+", markersize=16, markeredgewidth=3)
-    plt.show()
+self_attention_explorer(trace, mask_work, start=queries["foreground pixel"])
 
-
-widgets.interact(show_self, layer=widgets.Dropdown(options=recorder.layers(False)),
-                 step=widgets.SelectionSlider(options=steps, value=steps[0]),
-                 row=widgets.IntSlider(value=queries["foreground pixel"][0], min=0, max=h - 1),
-                 column=widgets.IntSlider(value=queries["foreground pixel"][1], min=0, max=w - 1));
+# %% [markdown]
+# ## What real weights show
+#
+# With Stable Diffusion 2 base (`MODEL = "stabilityai/stable-diffusion-2-base"`, 50 steps at 512 px), look
+# for: "astronaut" concentrating on the figure from the first steps on (the layout is decided early); the
+# condition words ("bright", "warm", "indoor") spread over the whole picture, foreground and background
+# alike, which is exactly the problem refinement (notebook 04) fixes; the start token's maximum far above every
+# word's (it is the attention sink, so maps are compared after dividing by their max); image/16 maps sharper
+# than image/32 ones but noisier; and the self-attention of a foreground pixel staying on the object, that of
+# a background pixel on the background. On the tiny model none of this holds: its weights are random.
 
 # %% [markdown]
 # ## Exercises
 #
 # 1. Trace the target prompt `"astronaut dim blue twilight"`. Which of its words attend to the background,
 #    and which to the astronaut?
+#    <details><summary>Hint</summary>Call <code>trace_attention(pipe, image, course.target, config)</code> and
+#    pass the new trace to <code>cross_attention_explorer</code>; compare each word's map with the mask outline.
+#    On the tiny model the answer is noise: run it on SD 2 base.</details>
 # 2. Record the image/8 maps too (`cross_res=(32, 16, 8)`). How much memory do they take at 512 px and
 #    50 steps? (Each map is pixels x 77 floats.) Why does the method use image/32?
+#    <details><summary>Hint</summary>image/8 at 512 px is 64x64 = 4,096 pixels; x 77 tokens x 4 bytes x
+#    layers x 49 steps. The loss needs a map per step with gradients: the coarsest maps are the cheapest and
+#    already locate objects.</details>
 # 3. The recorder keeps the conditional half of the batch only. Record the unconditional half
 #    (`AttentionRecorder(..., cond_only=False)`) and compare the maps of the empty prompt.
+#    <details><summary>Hint</summary>The empty prompt is the start token, end tokens and padding: almost all
+#    its attention sits on the start token.</details>
 # 4. Find the step after which the maps of "astronaut" stop changing. What does that say about when the
 #    layout is decided?
+#    <details><summary>Hint</summary>Move the step slider of the first explorer with the word fixed; or compute
+#    the correlation between consecutive steps' maps with <code>recorder.mean(steps=[s])</code>.</details>

@@ -9,60 +9,67 @@
 # the loss $\mathcal{L}_{Emb}$, look at the maps before and after, and at how the background words are
 # weighted.
 
+# %% cost {"iterations": 2, "memory": "paper"}
+
 # %% install
 
 # %% tags=["parameters"]
 import os
 
 MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")
-QUICK = os.environ.get("ZSHARM_QUICK") == "1"
-STEPS = 4 if QUICK else 50
-SIZE = 256 if QUICK else 512
-DEVICE = None
+QUICK = os.environ.get("ZSHARM_QUICK") == "1"   # the tests' run: a tiny model, 4 steps at 256 px
+FULL = False                                     # True: the paper's settings everywhere (zsharm.teaching.setup)
+DEVICE = None                                    # None: CUDA if there is one, else Apple MPS, else CPU
 
 # %%
 # %matplotlib inline
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
-from zsharm.config import HarmonizeConfig
-from zsharm.io import load_image, load_mask
-from zsharm.models import load_pipeline
-from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
 from zsharm.teaching.plots import overlay_map, show_images
+from zsharm.teaching.setup import setup
 
-ROOT = repo_root()
-DATA = ROOT / "data"
-plt.rcParams["figure.dpi"] = 90
-if is_tiny(MODEL):
-    print(TINY_NOTE)
-
-pipe = load_pipeline(MODEL, device=DEVICE)
-config = HarmonizeConfig.paper(steps=STEPS, size=SIZE)
-image = load_image(DATA / "demo" / "composite.png").to_pil_rgb8()
-mask = load_mask(DATA / "demo" / "mask.png", size=image.size)
-source, target = "astronaut bright warm indoor", "astronaut dim blue twilight"
+course = setup(MODEL, DEVICE, quick=QUICK, full=FULL, size=256 if QUICK else None)
+pipe, config = course.pipe, course.config()
+image, mask, source, target = course.image, course.mask, course.source, course.target
 
 # %% [markdown]
-# ## The loss
+# ## The loss, one term at a time
 #
-# Let $A_w$ be the image/32 cross-attention map of word $w$ (mean over the down and up layers and the
-# heads), and $M$ the mask at that resolution. For the source words $S$ and the target (background) words
-# $T$, with learnable weights $\lambda_k$ (softmax-normalised after every step),
+# **The paper's loss (its text-embedding refinement).** Let $A_S$ be the image/32 cross-attention map of the source
+# words (mean over the down and up layers and the heads; a word of several tokens sums them) and $M$ the mask
+# at that resolution. The paper asks the source words to look at the foreground and nowhere else:
 #
-# $$ A_{fg} = \sum_{w \in S} A_w, \qquad A_{bg} = \sum_{k \in T} \lambda_k A_k, $$
+# $$ \mathcal{L}_{Emb} = \Big\lVert M - \frac{A_S}{\max A_S} \Big\rVert^2 . $$
 #
-# $$ \mathcal{L}_{Emb} = \Big\lVert M - \frac{A_{fg}}{\max A_{fg}} \Big\rVert^2
-#   + \Big\lVert (1 - M) - \frac{A_{bg}}{\max A_{bg}} \Big\rVert^2
-#   + 1000\,\mathrm{MSE}(Emb, Emb_0). $$
+# **Why divide by the max.** A cross-attention row is a softmax over 77 tokens, and the start token takes
+# most of it (it is the attention sink: notebook 03 prints its maximum far above every word's). A word's map
+# therefore lives on a tiny scale, say 0 to 0.05, and comparing it with a 0/1 mask directly would only ask
+# for *more* attention everywhere. Divided by its maximum, the map runs from 0 to 1 and the loss compares its
+# *shape* with the mask's: the brightest place must be the object, and the background must be dark relative
+# to it.
 #
-# The last term keeps the embeddings near where they started, so the words keep their meaning. The object
-# word is not optimised. At each of the $N-1$ denoising timesteps: 2 AdamW steps at learning rate
-# $5\times10^{-4}$, guidance 0; then the background words are fused into one embedding with their weights.
-# The result is one refined (source, target) embedding pair per timestep (METHOD.md, stage 2 step 2).
+# **The background term (the authors' code, [docs/method.md](../docs/method.md) section 2.2).** The target
+# words describe the *background*; the authors add the mirror term for them. Several background words compete,
+# so each token $k$ gets a learnable weight $\lambda_k$, softmax-normalised after every step:
 #
-# `run_iteration` runs one whole iteration and keeps every intermediate; `result.refinement` is this step's.
+# $$ A_{fg} = \sum_{w \in S} A_w, \qquad A_{bg} = \sum_{k \in T} \lambda_k A_k, \qquad
+#    \mathcal{L}_{Emb} = \Big\lVert M - \frac{A_{fg}}{\max A_{fg}} \Big\rVert^2
+#   + \Big\lVert (1 - M) - \frac{A_{bg}}{\max A_{bg}} \Big\rVert^2 . $$
+#
+# After the last step of a timestep the background words are fused into one embedding with their weights.
+#
+# **The regulariser (the authors' code).** $1000\,\mathrm{MSE}(Emb, Emb_0)$ keeps the embeddings near where
+# they started, so the words keep their meaning. The object word is not optimised.
+#
+# **Schedule (the authors' code).** At each of the $N-1$ denoising timesteps, 2 AdamW steps at learning rate
+# $5\times10^{-4}$ on the guidance-0 trajectory. The result is one refined (source, target) embedding pair per
+# timestep.
+#
+# `run_iteration` runs one whole iteration and keeps every intermediate; `result.refinement` is this step's
+# (it keeps the two maps of every AdamW step too, for the explorer below).
 
 # %%
 from zsharm.edit.iteration import run_iteration
@@ -83,8 +90,11 @@ print(f"{len(refinement.losses)} AdamW steps over {len(refinement.embeddings)} t
 from zsharm.teaching.plots import plot_losses
 
 fig, axes = plt.subplots(1, 2, figsize=(13, 3.8))
-plot_losses(refinement.losses, ["attn_fg", "attn_bg", "loss_emb"], ax=axes[0], title="attention terms")
-plot_losses(refinement.losses, ["loss_reg"], ax=axes[1], title="regulariser 1000 MSE(Emb, Emb_0)")
+plot_losses(refinement.losses, ["attn_fg", "attn_bg", "loss_emb"], ax=axes[0],
+            title=course.caption("attention terms"), xlabel="AdamW step")
+plot_losses(refinement.losses, ["loss_reg"], ax=axes[1], title="regulariser 1000 MSE(Emb, Emb_0)", xlabel="AdamW step")
+for ax in axes:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 plt.tight_layout()
 plt.show()
 
@@ -107,10 +117,14 @@ fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
 for row, (name, first, last, goal) in enumerate([("source words A_fg", fg_first, fg_last, small),
                                                    ("target words A_bg", bg_first, bg_last, 1 - small)]):
     overlay_map(axes[row, 0], result.work_input, goal, title=f"goal for the {name.split()[0]} words",
-                cmap="gray", alpha=0.7)
-    overlay_map(axes[row, 1], result.work_input, first, title=f"{name}, first step", mask=result.mask_work)
-    overlay_map(axes[row, 2], result.work_input, last, title=f"{name}, last step", mask=result.mask_work)
+                cmap="gray", alpha=0.7, normalize=False)
+    overlay_map(axes[row, 1], result.work_input, first / first.max(), title=f"{name} / max, first step",
+                mask=result.mask_work, normalize=False)
+    shown = overlay_map(axes[row, 2], result.work_input, last / last.max(), title=f"{name} / max, last step",
+                        mask=result.mask_work, normalize=False)
+fig.suptitle(course.caption("Maps against their goals, on one 0-1 scale"))
 plt.tight_layout()
+fig.colorbar(shown, ax=list(axes[:, 1:].flat), fraction=0.03, label="map / its max (what the loss compares)")
 plt.show()
 for name, first, last, goal in [("A_fg", fg_first, fg_last, small), ("A_bg", bg_first, bg_last, 1 - small)]:
     before = torch.mean((goal - first / first.max()) ** 2).item()
@@ -138,12 +152,24 @@ weights = np.stack([w.numpy() for w in refinement.background_weights])
 fig, ax = plt.subplots(figsize=(8, 3.6))
 for k, label in enumerate(labels):
     ax.plot(np.arange(len(weights)), weights[:, k], marker="o", label=f'"{label}"')
+ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 ax.set_xlabel("denoising timestep index")
 ax.set_ylabel("weight (softmax-normalised)")
-ax.set_title(f'Weights of the background words of "{target}"')
+ax.set_title(course.caption(f'Weights of the background words of "{target}"'))
 ax.grid(alpha=0.3)
 ax.legend()
 plt.show()
+
+# %% [markdown]
+# ## Explore every AdamW step
+#
+# The explorer walks the optimisation one AdamW step at a time (no model call: the maps were kept): the two
+# goals, both maps divided by their max on the same 0-1 scale, and the loss curve with the position marked.
+
+# %%
+from zsharm.teaching.widgets import refinement_explorer
+
+refinement_explorer(refinement, result.work_input, small, result.mask_work)
 
 # %% [markdown]
 # ## What refinement changes in the result
@@ -153,17 +179,38 @@ plt.show()
 # %%
 plain = run_iteration(pipe, image, mask, source, target, config.replace(refine=False), progress=False)
 show_images([result.work_input, plain.work_image, result.work_image],
-            ["input", "without refinement", "with refinement"], size=3.8)
+            ["input", "without refinement", "with refinement"], size=3.8,
+            suptitle=course.caption("One iteration with and without refinement"))
 plt.show()
 print(f"refinement took {result.seconds['refinement']:.1f} s of the iteration's "
       f"{sum(result.seconds.values()):.1f} s")
 
 # %% [markdown]
+# ## What real weights show
+#
+# With Stable Diffusion 2 base at 50 steps: at the first step $A_{fg}$ already peaks on the astronaut but
+# spills onto the background, and $A_{bg}$ is brightest on the figure too (condition words attend to
+# whatever is salient). Within each timestep both attention terms fall (the curve saws down between the grey
+# lines), and by the last step $A_{fg}$ fills the mask and $A_{bg}$ the rest. The regulariser stays small
+# (below the attention terms), else the words would lose their meaning. In the result, refinement keeps the
+# target description's colour change on the foreground instead of washing over everything; the paper's
+# ablation without refinement shows the same. On the tiny model the maps are noise and the losses
+# move only a little.
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Set `refine_reg_weight=0`. The attention loss falls further; what happens to the picture, and why?
+#    <details><summary>Hint</summary><code>course.config(refine_reg_weight=0)</code>. Without the anchor the
+#    embeddings move far from any word: the target branch is then steered by vectors that mean nothing.</details>
 # 2. Double `refine_iters` or `refine_lr`. How much lower does $\mathcal{L}_{Emb}$ go, and is the result
 #    better?
+#    <details><summary>Hint</summary>Compare the last <code>loss_emb</code> of each run, and the blended
+#    results side by side with <code>show_images</code>.</details>
 # 3. Add an environment word to the target ("dim blue twilight city"). Does its weight rise or fall?
+#    <details><summary>Hint</summary>"city" must be in the closed dictionary (<code>zsharm.vocabulary</code>);
+#    rerun and redraw the weights plot.</details>
 # 4. zsharm's `fast` schedule sets `refine_cond_only=True`: it computes only the conditional rows' maps,
 #    since guidance 0 ignores the rest. Check that the losses match the paper schedule's on the first step.
+#    <details><summary>Hint</summary><code>course.config(refine_cond_only=True)</code>; compare
+#    <code>refinement.losses[0]</code> of both runs (they agree to float rounding).</details>

@@ -8,40 +8,32 @@
 # branch reuse the source branch's attention maps, so only the description's *meaning* changes the result.
 # We switch the two kinds of replacement on and off and see what each keeps.
 
+# %% cost {"iterations": 1, "unet_images": 1764, "vae_decodes": 9, "memory": "paper"}
+
 # %% install
 
 # %% tags=["parameters"]
 import os
 
 MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")
-QUICK = os.environ.get("ZSHARM_QUICK") == "1"
-STEPS = 4 if QUICK else 50
-SIZE = 128 if QUICK else 512
-DEVICE = None
+QUICK = os.environ.get("ZSHARM_QUICK") == "1"   # the tests' run: a tiny model, 4 steps at 128 px
+FULL = False                                     # True: the paper's settings everywhere (zsharm.teaching.setup)
+DEVICE = None                                    # None: CUDA if there is one, else Apple MPS, else CPU
+FRACTIONS = (0.0, 0.5, 1.0)                      # the grid of cross- and self-replacement fractions
 
 # %%
 # %matplotlib inline
 import matplotlib.pyplot as plt
+import numpy as np
 
-from zsharm.config import HarmonizeConfig
-from zsharm.io import load_image, load_mask
-from zsharm.models import load_pipeline
 from zsharm.edit.pidinet import load_pidinet
-from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
 from zsharm.teaching.plots import show_images
+from zsharm.teaching.setup import setup
 
-ROOT = repo_root()
-DATA = ROOT / "data"
-plt.rcParams["figure.dpi"] = 90
-if is_tiny(MODEL):
-    print(TINY_NOTE)
-
-pipe = load_pipeline(MODEL, device=DEVICE)
+course = setup(MODEL, DEVICE, quick=QUICK, full=FULL)
+pipe, config = course.pipe, course.config()
 pidinet = load_pidinet(variant="tiny", device=pipe.device)  # beside the UNet
-config = HarmonizeConfig.paper(steps=STEPS, size=SIZE)
-image = load_image(DATA / "demo" / "composite.png").to_pil_rgb8()
-mask = load_mask(DATA / "demo" / "mask.png", size=image.size)
-source, target = "astronaut bright warm indoor", "astronaut dim blue twilight"
+image, mask, source, target = course.image, course.mask, course.source, course.target
 
 # %% [markdown]
 # ## Two branches, one batch
@@ -59,32 +51,49 @@ source, target = "astronaut bright warm indoor", "astronaut dim blue twilight"
 # * **self-attention replacement** (every resolution, for the first `self_replace_steps`): every pixel draws
 #   its features from the same pixels as in the source branch, which keeps the image's *structure*. Unlike
 #   the original Prompt-to-Prompt code, the authors replace self-attention at every resolution, not only at
-#   16x16 (METHOD.md, stage 2 step 4).
+#   16x16 ([docs/method.md](../docs/method.md), section 2.4).
+#
+# The controller's core line, in `zsharm.edit.attention` (`AttentionReplace`), is one assignment on the
+# attention probabilities of a layer, shaped (branch, heads, pixels, keys), before they multiply the values:
+#
+# ```python
+# attn[target_row] = attn[source_row]        # cross: the source's word layout; self: its pixel layout
+# out = attn @ v                              # v of the target row: the target words' meaning
+# ```
+#
+# **Token alignment.** Copying maps token by token only makes sense if position $j$ means the same role in
+# both prompts. The method's descriptions are built for that: the same object word first, then the condition
+# words ("astronaut bright warm indoor" vs "astronaut dim blue twilight"), so position 1 is the object in both
+# and positions 2+ are the conditions. Prompt-to-Prompt's general word-swap case maps the source tokens to the
+# target's with an alignment table (a word split into several tokens, insertions); here the map is the
+# identity for the object and the start token, and the condition tokens' maps are copied position by position:
+# the target's condition words inherit *where* the source's looked (the foreground, after refinement) while
+# their values bring the target's meaning. `zsharm.edit.tokens.word_token_spans` shows each word's positions;
+# a word the tokenizer splits ("greyscale" -> "grey", "scale") takes two.
 #
 # The unconditional rows of both branches run unchanged. After the edit, the blend keeps the background:
 # $I_{out} = M \odot I_{edit} + (1 - M) \odot I_{in}$.
 
 # %% [markdown]
-# ## Four variants
+# ## One iteration, then only the edit again
 #
-# Both replacements (the method), cross only, self only, and none (the target branch runs freely). Each is a
-# full iteration; `result.edit.images` holds both branches' decoded images.
+# Replacement acts in the last stage only, so we run one full iteration (inversion, refinement, null text,
+# edit) and then repeat *only* the Prompt-to-Prompt edit for each pair of fractions of a small grid, reusing
+# the inversion, the refined embeddings and the null text. `replacement_views` does that and keeps each
+# target branch and its blend.
 
 # %%
-from zsharm.teaching.figures import run_variants
+from zsharm.edit.iteration import run_iteration
+from zsharm.teaching.widgets import replacement_explorer, replacement_views
 
-variants = {
-    "cross + self (the method)": config,
-    "cross only": config.replace(self_replace_steps=0.0),
-    "self only": config.replace(cross_replace_steps=0.0),
-    "no replacement": config.replace(cross_replace_steps=0.0, self_replace_steps=0.0),
-}
-results = run_variants(pipe, image, mask, source, target, variants, pidinet=pidinet)
-
-first = next(iter(results.values()))
-show_images([first.work_input, first.edit.images[0]] + [r.edit.images[1] for r in results.values()],
-            ["input", "source branch (reconstruction)"] + [f"target branch:\n{name}" for name in results],
-            ncols=3, size=3.6)
+kept = run_iteration(pipe, image, mask, source, target, config, progress=False, keep_maps=True, pidinet=pidinet)
+grid = replacement_views(pipe, kept, config, crosses=FRACTIONS, selfs=FRACTIONS)
+low, high = FRACTIONS[0], FRACTIONS[-1]
+variants = {"cross + self (the method)": (high, high), "cross only": (high, low), "self only": (low, high),
+            "no replacement": (low, low)}
+show_images([grid.work_input, grid.source_branch] + [grid.target_branch[k] for k in variants.values()],
+            ["input", "source branch (reconstruction)"] + [f"target branch:\n{name}" for name in variants],
+            ncols=3, size=3.6, suptitle=course.caption("The two branches under four replacements"))
 plt.show()
 
 # %% [markdown]
@@ -99,10 +108,23 @@ plt.show()
 # input (Sobel MSE) and how far the colour moved (mean $\Delta E$).
 
 # %%
-from zsharm.teaching.figures import variants_figure
+from zsharm.teaching.plots import colour_shift, structure_change
 
-variants_figure(image, mask, results, title="Prompt-to-Prompt: which attention is replaced", pidinet=pidinet)
-plt.show()
+print(f"{'variant':<28}{'Sobel MSE':>12}{'colour dE':>11}")
+for name, key in variants.items():
+    out = grid.blended[key]
+    print(f"{name:<28}{structure_change(grid.work_input, out, grid.mask_work)['sobel_mse']:>12.2e}"
+          f"{colour_shift(grid.work_input, out, grid.mask_work):>11.2f}")
+
+# %% [markdown]
+# ## Explore the grid
+#
+# Both fractions over the grid (computed once; no model call when a control moves): the target branch, its
+# blend, and the difference between the target branch and a reference of your choice (the source branch, the
+# method's full replacement, or no replacement).
+
+# %%
+replacement_explorer(grid)
 
 # %% [markdown]
 # ## The maps of the two branches
@@ -113,24 +135,42 @@ plt.show()
 # the replaced maps of earlier layers).
 
 # %%
-from zsharm.edit.iteration import run_iteration
 from zsharm.edit.tokens import word_token_spans
 from zsharm.teaching.plots import plot_word_maps
 
-kept = run_iteration(pipe, image, mask, source, target, config, progress=False, keep_maps=True, pidinet=pidinet)
 h, w = kept.edit.latents[-1].shape[-2] * 8 // 32, kept.edit.latents[-1].shape[-1] * 8 // 32
 for row, prompt in enumerate([source, target]):
     plot_word_maps(kept.work_input, kept.edit.maps.aggregate((h, w), row=row), word_token_spans(pipe.tokenizer, prompt),
-                   mask=kept.mask_work, title=f'{"source" if row == 0 else "target"} branch: "{prompt}"')
+                   mask=kept.mask_work, title=course.caption(f'{"source" if row == 0 else "target"} branch: "{prompt}"'))
     plt.show()
+
+# %% [markdown]
+# ## What real weights show
+#
+# With Stable Diffusion 2 base at 50 steps: the source branch reproduces the input almost exactly (null
+# text's job). Without replacement the target branch is a different picture: another astronaut, another pose,
+# the twilight prompt redrawn from scratch. Self replacement alone keeps the pose and outline but lets the
+# words' regions wander; cross replacement alone keeps which region each word governs but loses fine
+# structure. With both, the target branch is the input recoloured towards dim blue twilight. In the explorer,
+# the difference to the source branch should be broad and smooth (a colour change) for the method and
+# detailed and everywhere (a redraw) for no replacement. Prompt-to-Prompt's paper (Hertz et al. 2022) shows
+# the same progression for its word swaps. On the tiny model the differences are noise.
 
 # %% [markdown]
 # ## Exercises
 #
 # 1. Replace cross-attention for only the first half of the steps (`cross_replace_steps=0.5`). What changes
 #    in the target branch, and in the blend?
+#    <details><summary>Hint</summary>It is on the grid already: set the explorer's cross fraction to 0.5 and
+#    compare against "the method".</details>
 # 2. The original Prompt-to-Prompt replaced self-attention only in the 16x16 layers. Which parts of the
 #    picture would you expect to change more if fine layers were left free?
+#    <details><summary>Hint</summary>Fine layers carry texture and edges; coarse ones layout. Think of which
+#    of the two the edit should keep.</details>
 # 3. Swap the roles: edit from the target description back to the source one. Do you get the input back?
+#    <details><summary>Hint</summary>Run <code>run_iteration(pipe, kept.image, mask, target, source, config)</code>
+#    and measure <code>colour_shift</code> against the original; each iteration inverts its own input.</details>
 # 4. Why does replacement touch only the conditional rows? Hint: what would guidance compute if the
 #    unconditional rows of the target branch also copied the source's maps?
+#    <details><summary>Hint</summary>Guidance is uncond + w (cond - uncond). The unconditional rows of the two
+#    branches see the same empty prompt; the question is what makes the target's cond row differ.</details>

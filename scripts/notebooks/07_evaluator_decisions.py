@@ -7,20 +7,21 @@
 # take the rules apart, run them on a scripted history (the paper's evaluation figure), and then run the real
 # loop with stage 2 and an evaluator.
 
+# %% cost {"iterations": 4, "memory": "paper", "note": "The loop's budget is 3 iterations at the course size (iteration 0 runs both candidate descriptions: 4 iterations of stage 2); FULL gives the authors' 10, up to 11 iterations."}
+
 # %% install
 
 # %% tags=["parameters"]
 import os
 
 MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")
-QUICK = os.environ.get("ZSHARM_QUICK") == "1"
-STEPS = 4 if QUICK else 50
-SIZE = 128 if QUICK else 512
-LOOP_ITERATIONS = 3 if QUICK else 10   # the loop's budget (the authors': 10)
-# The evaluator: a checkpoint trained with `zsharm train-evaluator` (or the authors' bestModel.pth), or
-# "random" / "random:tiny" (untrained: its scores mean nothing, it only exercises the loop).
-EVALUATOR = os.environ.get("ZSHARM_EVALUATOR", "random:tiny" if QUICK else "random")
-DEVICE = None
+QUICK = os.environ.get("ZSHARM_QUICK") == "1"   # the tests' run: a tiny model, 4 steps at 128 px
+FULL = False                                     # True: the paper's settings (a loop budget of 10)
+# The evaluator: "authors" (their published bestModel.pth, fetched once, ~94 MB), a checkpoint of your own
+# (`zsharm train-evaluator`), or "random" / "random:tiny" (untrained: only exercises the loop). Offline, the
+# authors' falls back to a random network, and the output says so.
+EVALUATOR = os.environ.get("ZSHARM_EVALUATOR", "authors")
+DEVICE = None                                    # None: CUDA if there is one, else Apple MPS, else CPU
 
 # %%
 # %matplotlib inline
@@ -29,16 +30,12 @@ import warnings
 
 import matplotlib.pyplot as plt
 
-from zsharm.io import load_image, load_mask
-from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
+from zsharm.teaching.setup import setup
 
-ROOT = repo_root()
-DATA = ROOT / "data"
-plt.rcParams["figure.dpi"] = 90
-if is_tiny(MODEL):
-    print(TINY_NOTE)
-image = load_image(DATA / "demo" / "composite.png").to_pil_rgb8()
-mask = load_mask(DATA / "demo" / "mask.png", size=image.size)
+course = setup(MODEL, DEVICE, quick=QUICK, full=FULL)
+image, mask = course.image, course.mask
+LOOP_ITERATIONS = course.loop_budget   # the loop's budget, iteration 0 included (the authors': 10)
+DATA = course.data
 
 # %% [markdown]
 # ## The evaluator
@@ -58,8 +55,8 @@ mask = load_mask(DATA / "demo" / "mask.png", size=image.size)
 #
 # ## The decision rules
 #
-# After each iteration the loop looks at the scores of the current run $s_1, s_2, \dots$ (METHOD.md,
-# stage 3):
+# After each iteration the loop looks at the scores of the current run $s_1, s_2, \dots$ ([docs/method.md](../docs/method.md),
+# section 3):
 #
 # * iteration 0 runs **every** candidate description on the composite and keeps the best-scoring one;
 # * if the score fell twice in a row, $s_{-1} < s_{-2} < s_{-3}$: the first time **Regenerate** (switch to
@@ -79,6 +76,20 @@ for scores, regenerated in [([0.4, 0.5, 0.6], False), ([0.6, 0.5, 0.55], False),
 # %% [markdown]
 # Note the strict inequalities (equal scores never count as a fall) and that a fresh run needs three scores
 # of its own before it can end.
+#
+# ## Edit the scores, watch the decisions
+#
+# The explorer below is a score-sequence editor: one slider per score, in the order the loop asks for them
+# (the first two are iteration 0's two candidate descriptions), and the budget. Each move reruns the real
+# loop (`run_loop`, which calls `decide`) on those scores with a stand-in for stage 2, no model at all, and
+# redraws its trace: colours are the decisions, the green ring the image returned, hollow points the scores
+# the loop never asked for because it had stopped.
+
+# %%
+from zsharm.teaching.figures import SCRIPTED_SCORES
+from zsharm.teaching.widgets import decision_explorer
+
+decision_explorer(SCRIPTED_SCORES, iterations=10)
 #
 # ## A scripted history: the paper's evaluation figure
 #
@@ -111,20 +122,14 @@ print(f"stopped: {scripted.stop_reason}; best image from iteration {scripted.bes
 # offline fallback). With `history_dir` it writes every image, `history.json` and a contact sheet.
 
 # %%
-from zsharm.config import HarmonizeConfig
 from zsharm.describe.describers import read_caption_file
-from zsharm.decide.evaluator import load_evaluator
+from zsharm.decide.evaluator import course_evaluator
 from zsharm.edit.iteration import run_iteration
 from zsharm.loop import run_loop
-from zsharm.models import load_pipeline
 
-pipe = load_pipeline(MODEL, device=DEVICE)
-config = HarmonizeConfig.paper(steps=STEPS, size=SIZE)
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # a random evaluator warns that its scores mean nothing: we know
-    evaluator = load_evaluator(EVALUATOR, device=DEVICE)
-if EVALUATOR.startswith("random"):
-    print(f"evaluator {EVALUATOR!r} is untrained: its scores (and so the decisions) are arbitrary here")
+pipe, config = course.pipe, course.config()
+evaluator, evaluator_label = course_evaluator(EVALUATOR, device=DEVICE, fallback="random:tiny" if QUICK else "random")
+print(evaluator_label)
 candidates = read_caption_file(DATA / "demo" / "caption.txt")[0]
 print(f"composite scores {evaluator.score(image, mask):.3f}")
 
@@ -145,7 +150,7 @@ for record in loop.history:
 print(f"best: iteration {loop.best_iteration}; stop reason: {loop.stop_reason}")
 
 # %%
-decision_trace_figure(loop, outputs, image, title=f"The loop with stage 2 and evaluator {EVALUATOR!r}")
+decision_trace_figure(loop, outputs, image, title=course.caption(f"The loop with stage 2 and {evaluator_label.split(' (')[0]}"))
 plt.show()
 
 # %% [markdown]
@@ -162,13 +167,30 @@ plt.show()
 print(sorted(os.listdir(history)))
 
 # %% [markdown]
+# ## What real weights show
+#
+# With Stable Diffusion 2 base and a trained evaluator, scores typically rise over the first two or three
+# iterations as the foreground takes on the background's light, then flatten or fall once the edit
+# overshoots (colours too strong, details drifting): that fall is what triggers Regenerate or Conclude, and
+# the image returned is the one at the top of the curve. The committed figure `figures/decision_trace.png`
+# is the scripted run above, not a measured one. With an untrained (random) evaluator (offline, the printed
+# label says so) the scores are arbitrary and so are the decisions.
+#
 # ## Exercises
 #
 # 1. Write score lists for which the loop Concludes at the earliest possible iteration. Which iteration is
 #    it, with two candidates and a budget of 10?
+#    <details><summary>Hint</summary>Use the explorer: make scores 2, 3 and 4 fall. The run needs three
+#    scores of its own (the kept iteration-0 score counts), so iteration 2 is the earliest Regenerate.</details>
 # 2. The rule needs *strict* falls. Construct a history where equal scores keep the loop running to the
 #    budget although the images stop improving. Would a tolerance help?
+#    <details><summary>Hint</summary>Set every slider after the first two to the same value. A tolerance
+#    <code>s[-1] < s[-2] - eps</code> would treat tiny rises as falls too: decide which error is worse.</details>
 # 3. Pass `regenerate=` to `run_loop`: a function that asks a `GivenDescriber` (notebook 01) for a new
 #    description. Script a history that triggers it.
+#    <details><summary>Hint</summary><code>regenerate=lambda tried: GivenDescriber(...).describe(...)</code>;
+#    reuse <code>decision_trace</code>'s scores that Regenerate (see <code>zsharm.teaching.widgets</code>).</details>
 # 4. Train a tiny evaluator on `data/synthetic` (`zsharm train-evaluator data/synthetic --out ev.safetensors --arch tiny`)
 #    and rerun the real loop with it. Do its decisions look sensible?
+#    <details><summary>Hint</summary>Set <code>EVALUATOR = "ev.safetensors"</code> in the parameters cell;
+#    a tiny evaluator trained on 20 images will overfit, so check its scores on held-out composites.</details>

@@ -6,19 +6,19 @@
 # figure) and the ablations without refinement, without the edge loss and without self-attention
 # replacement. Every figure here is drawn by `zsharm.teaching.figures`, the same code as `zsharm figures`.
 
+# %% cost {"iterations": 12, "memory": "paper", "downloads": ["sd2", "pidinet", "figures"], "note": "Course size: the loop's budget of 3 (4 iterations: iteration 0 runs both candidates), one iteration per background (4), four ablations (4). FULL (budget 10, 3 iterations per background) is up to 27 iterations."}
+
 # %% install
 
 # %% tags=["parameters"]
 import os
 
 MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")
-QUICK = os.environ.get("ZSHARM_QUICK") == "1"
-STEPS = 4 if QUICK else 50
-SIZE = 128 if QUICK else 512
-ITERATIONS = 1 if QUICK else 3
-LOOP_ITERATIONS = 2 if QUICK else 10
+QUICK = os.environ.get("ZSHARM_QUICK") == "1"   # the tests' run: a tiny model, 4 steps at 128 px
+FULL = False                                     # True: the paper's settings (3 iterations per figure, budget 10)
+ITERATIONS = 3 if FULL else 1                    # iterations per background in the backgrounds figure
 SAVE_FIGURES = None   # a folder (e.g. "../figures") to write the figures to; None: only show them
-DEVICE = None
+DEVICE = None                                    # None: CUDA if there is one, else Apple MPS, else CPU
 
 # %%
 # %matplotlib inline
@@ -26,23 +26,16 @@ import matplotlib.pyplot as plt
 from IPython.display import Image as ShowPNG
 from IPython.display import display
 
-from zsharm.config import HarmonizeConfig
-from zsharm.teaching.figures import save_figure
-from zsharm.io import load_image, load_mask
-from zsharm.models import load_pipeline
 from zsharm.edit.pidinet import load_pidinet
-from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
+from zsharm.teaching.figures import save_figure
 from zsharm.teaching.plots import show_images
+from zsharm.teaching.setup import setup
 
-ROOT = repo_root()
-DATA = ROOT / "data"
-plt.rcParams["figure.dpi"] = 90
-if is_tiny(MODEL):
-    print(TINY_NOTE)
-
-pipe = load_pipeline(MODEL, device=DEVICE)
+course = setup(MODEL, DEVICE, quick=QUICK, full=FULL)
+pipe, config = course.pipe, course.config()
 pidinet = load_pidinet(variant="tiny", device=pipe.device)  # beside the UNet
-config = HarmonizeConfig.paper(steps=STEPS, size=SIZE)
+LOOP_ITERATIONS = 2 if QUICK else course.loop_budget
+ROOT, DATA = course.root, course.data
 
 
 def keep(fig, name):
@@ -55,25 +48,23 @@ def keep(fig, name):
 # ## The whole method, end to end
 #
 # Stage 1 gives candidate descriptions (here the demo's captions; notebook 01 asks a VLM), stage 2 harmonizes
-# (`run_iteration`), stage 3 scores and decides (`run_loop` with an evaluator; here an untrained one unless
-# `ZSHARM_EVALUATOR` names a checkpoint, so its decisions are arbitrary). The output is the best-scoring
+# (`run_iteration`), stage 3 scores and decides (`run_loop` with the authors' evaluator, fetched once; offline
+# a random network stands in and the printed label says so). The output is the best-scoring
 # image, carried to the composite's full resolution.
 
 # %%
 import warnings
 
 from zsharm.describe.describers import GivenDescriber, read_caption_file
-from zsharm.decide.evaluator import load_evaluator
+from zsharm.decide.evaluator import course_evaluator
 from zsharm.edit.iteration import run_iteration
 from zsharm.loop import run_loop
 
-image = load_image(DATA / "demo" / "composite.png").to_pil_rgb8()
-mask = load_mask(DATA / "demo" / "mask.png", size=image.size)
+image, mask = course.image, course.mask
 describer = GivenDescriber(read_caption_file(DATA / "demo" / "caption.txt")[0])      # stage 1
 candidates = describer.describe(image, mask, n=2)
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    evaluator = load_evaluator(os.environ.get("ZSHARM_EVALUATOR", "random:tiny" if QUICK else "random"), DEVICE)
+evaluator, evaluator_label = course_evaluator(device=DEVICE, fallback="random:tiny" if QUICK else "random")
+print(evaluator_label)
 
 
 def stage2(current, source, target):
@@ -82,7 +73,8 @@ def stage2(current, source, target):
 
 loop = run_loop(image, mask, candidates, stage2, evaluator.score, iterations=LOOP_ITERATIONS, progress=False)
 show_images([image, loop.image], ["composite", f"result: iteration {loop.best_iteration}, "
-                                               f"description {loop.best.candidate}"], size=4.5)
+                                               f"description {loop.best.candidate}"], size=4.5,
+            suptitle=course.caption("The whole method on the demo"))
 plt.show()
 
 # %% [markdown]
@@ -132,6 +124,23 @@ for name in ("pipeline.png", "edge_maps.png", "decision_trace.png"):
         display(ShowPNG(filename=str(path), width=900))
 
 # %% [markdown]
+# ## What real weights give: the authors' published results
+#
+# Every picture above made on the tiny model is noise in the mask: it shows that the code runs, not what the
+# method does. With Stable Diffusion 2 base, the backgrounds figure should show one astronaut taking four
+# different lights (twilight blue, the night's dark, a greyscale daylight, a warm golden interior) with the
+# same face and suit; the ablations figure should show spilled colour without refinement, redrawn details
+# without the edge loss, and a changed pose or outline without self-attention replacement. The authors'
+# published result figures (their repository at a pinned commit, Apache-2.0; fetched once and cached,
+# skipped offline) are the reference:
+
+# %%
+from zsharm.teaching.setup import show_authors_figure
+
+for name in ("visualizations2.png", "visualizations3.png", "visualizations4.png"):
+    show_authors_figure(name, f"The authors' results ({name})")
+
+# %% [markdown]
 # ## Regenerating every figure
 #
 # ```bash
@@ -144,9 +153,17 @@ for name in ("pipeline.png", "edge_maps.png", "decision_trace.png"):
 #
 # 1. Add a background of your own to `BACKGROUNDS` (any RGB photo as an array, and its dictionary words).
 #    Which words work best for a night scene?
+#    <details><summary>Hint</summary>Every word must be in <code>zsharm.vocabulary.DICTIONARY</code>; try
+#    "dim night" against "dim blue night" and compare the foreground's mean colour.</details>
 # 2. Run the ablations on `data/composites/composite/003.png` (the cup in a greyscale photo). Which part of
 #    the method matters most there?
+#    <details><summary>Hint</summary><code>ablation_configs(config)</code> gives the four configs; pass them
+#    to <code>run_variants</code> with that composite, its mask and captions, then <code>variants_figure</code>.</details>
 # 3. Make the backgrounds figure with `HarmonizeConfig.fast()` and compare its time and look with the paper
 #    schedule's.
+#    <details><summary>Hint</summary><code>backgrounds_figure(pipe, config.fast(size=config.size))</code>,
+#    timed with <code>time.perf_counter()</code>.</details>
 # 4. The paper's figures are at 512 px. How would you make a figure that shows the full-resolution
 #    output's detail next to the work-size result?
+#    <details><summary>Hint</summary><code>run_iteration</code> returns both <code>image</code> (input size)
+#    and <code>work_image</code>; crop the same region of each (scaled) and show them side by side.</details>

@@ -8,41 +8,40 @@
 # half-precision gradients need loss scaling, and then switch each shortcut on and off to see what it saves
 # and how far it moves the picture from the paper's.
 
+# %% cost {"iterations": 12, "memory": "paper", "note": "The ablation rows: about nine paper-cost and nine fast-cost iterations (a fast one is about a fifth of a paper one), counted here as twelve paper iterations. ROWS picks fewer."}
+
 # %% install
 
 # %% tags=["parameters"]
 import os
 
 MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")
-QUICK = os.environ.get("ZSHARM_QUICK") == "1"
+QUICK = os.environ.get("ZSHARM_QUICK") == "1"   # the tests' run: a tiny model, 4 steps at 128 px
+FULL = False                                     # True: the paper's settings everywhere (nothing changes here)
 STEPS = 4 if QUICK else None    # None: each schedule's own (paper 50, fast 20)
-SIZE = 128 if QUICK else 512
 ROWS = None                     # None: every ablation row (about nine paper-cost and nine fast-cost iterations)
-DEVICE = None
+DEVICE = None                                    # None: CUDA if there is one, else Apple MPS, else CPU
 
 # %%
 # %matplotlib inline
 import matplotlib.pyplot as plt
 import torch
 
-from zsharm.repro.bench import paper_counts, schedule_counts
 from zsharm.config import HarmonizeConfig
-from zsharm.io import load_image, load_mask
 from zsharm.models import default_device
-from zsharm.teaching.setup import is_tiny, repo_root, TINY_NOTE
+from zsharm.repro.bench import paper_counts, schedule_counts
+from zsharm.teaching.setup import setup
 
-ROOT = repo_root()
-DATA = ROOT / "data"
-plt.rcParams["figure.dpi"] = 90
+course = setup(MODEL, DEVICE, quick=QUICK, full=FULL)
+SIZE = course.size
+ROOT, DATA = course.root, course.data
 device = torch.device(DEVICE) if DEVICE else default_device()
-if is_tiny(MODEL):
-    print(TINY_NOTE)
 
 # %% [markdown]
 # ## Where the work goes
 #
-# Counting needs no model: each stage's number of UNet calls follows from the schedule (METHOD.md gives the
-# paper's; `zsharm.repro.bench.schedule_counts` derives any configuration's, and the tests check both against real
+# Counting needs no model: each stage's number of UNet calls follows from the schedule ([docs/method.md](../docs/method.md)
+# gives the paper's; `zsharm.repro.bench.schedule_counts` derives any configuration's, and the tests check both against real
 # runs). With $n$ = steps - 1 denoising steps, the paper's iteration makes
 #
 # * inversion: $n$ calls on 2 images (the conditional half is computed though guidance is 0),
@@ -150,9 +149,9 @@ for switch in fast_switches():
 del pipe, unet, outputs  # the ablation loads the model in each precision it needs
 if device.type == "cuda":
     torch.cuda.empty_cache()
-image = load_image(DATA / "demo" / "composite.png")
-mask = load_mask(DATA / "demo" / "mask.png", size=image.size)
-source, target = "astronaut bright warm indoor", "astronaut dim blue twilight"
+from zsharm.io import load_image
+
+image, mask, source, target = load_image(DATA / "demo" / "composite.png"), course.mask, course.source, course.target
 rows = ablate(MODEL, image, mask, source, target, size=SIZE, steps=STEPS, device=device, only=ROWS)
 
 # %%
@@ -172,8 +171,16 @@ plt.show()
 from zsharm.teaching.plots import show_images
 
 by_name = {r.name: r for r in rows}
-show_images([by_name["paper"].image, by_name["fast"].image], ["paper", "fast"])
+show_images([by_name["paper"].image, by_name["fast"].image], ["paper", "fast"],
+            suptitle=course.caption("The paper schedule and the fast one"))
 plt.show()
+
+# %% [markdown]
+# **What real weights show.** With Stable Diffusion 2 base the two pictures should be hard to tell apart by
+# eye: the same colour shift towards the background, the same structure; the table's distances (fPSNR
+# against the paper's output) are then the honest measure of what the fast schedule gives up, and the
+# switches that touch gradients (fewer null-text steps, one AdamW step) the ones to watch. On the tiny model
+# both pictures are noise and only the counts are meaningful.
 
 # %% [markdown]
 # ## Speed on your machine
@@ -192,9 +199,16 @@ plt.show()
 # ## Exercises
 #
 # 1. Which single switch saves the most image evaluations with gradients? Which moves the output most?
+#    <details><summary>Hint</summary>The ablation table has both columns: sort <code>rows</code> by each.</details>
 # 2. Early stopping: run the fast schedule with `nulltext_max_inner=5, nulltext_early_stop=1e-5`. How many
 #    null-text steps are actually taken (`result.nulltext.losses`), and how close is the result to paper's?
+#    <details><summary>Hint</summary><code>len(result.nulltext.losses)</code> against
+#    <code>sum(config.nulltext_inner_steps(i) for i in range(config.steps - 1))</code>.</details>
 # 3. `edge_crop` decodes only the mask's box. What happens to its saving when the mask covers most of the
 #    image? Try a large mask.
+#    <details><summary>Hint</summary>The decode costs scale with the box's area: a mask's box covering the image
+#    saves nothing.</details>
 # 4. Why may fused attention not be used during refinement's UNet call at the image/32 resolution, but
 #    everywhere else in that call?
+#    <details><summary>Hint</summary>Fused attention never materialises the softmax map, and the loss needs
+#    the image/32 maps with their gradients; no other layer's map is read.</details>

@@ -37,6 +37,7 @@ class Refinement:
     background_weights: list = field(default_factory=list)  # per denoising step
     maps_first: tuple = None                          # (source map, target map) at the first AdamW step
     maps_last: tuple = None                           # ... and at the last
+    maps: list = field(default_factory=list)          # (source map, target map) at every AdamW step (notebooks)
     latents: list = field(default_factory=list)       # the guidance-0 trajectory the maps were taken on
 
 
@@ -116,6 +117,7 @@ def refine_embeddings(run: Run, source: str, target: str, source_positions, targ
             if result.maps_first is None:
                 result.maps_first = maps
             result.maps_last = maps
+            result.maps.append(maps)
             text = encode()
             context = torch.cat([uncond, text])
             with torch.no_grad():

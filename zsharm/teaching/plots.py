@@ -111,27 +111,28 @@ def draw_mask_outline(ax, mask, color="white", linewidth=1.2):
     ax.contour(mask, levels=[0.5], colors=[color], linewidths=linewidth)
 
 
-def overlay_map(ax, image, heat, title=None, alpha: float = 0.55, cmap: str = "jet", mask=None, normalize=True):
+def overlay_map(ax, image, heat, title=None, alpha: float = 0.55, cmap: str = "magma", mask=None, normalize=True):
     """A small map (h x w) upsampled over an image, optionally with the mask's outline. `normalize` stretches
-    the map from its minimum (blue) to its maximum (red), so its shape shows whatever its range."""
+    the map from its minimum (dark) to its maximum (bright, a perceptual colormap), so its shape shows whatever
+    its range. Returns the map's image, for a colour bar."""
     base = as_array(image)
     heat = np.asarray(heat.detach().cpu() if torch.is_tensor(heat) else heat, dtype=np.float32)
     big = upsample(heat, base.shape[:2])
     if normalize:
         big = (big - big.min()) / (big.max() - big.min() + 1e-8)
     ax.imshow(base)
-    ax.imshow(big, cmap=cmap, alpha=alpha, vmin=0, vmax=1 if normalize else None)
+    shown = ax.imshow(big, cmap=cmap, alpha=alpha, vmin=0, vmax=1 if normalize else None)
     if mask is not None:
-        draw_mask_outline(ax, mask)
+        draw_mask_outline(ax, mask, color="cyan")
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=11)
-    return ax
+    return shown
 
 
 def plot_word_maps(image, cross_map, spans, mask=None, title=None, size: float = 2.7, include_start=False):
     """One panel per word of a prompt: the word's cross-attention map over the image, each stretched from its
-    own minimum to its maximum (blue to red)."""
+    own minimum to its maximum (one colour bar: that shared 0-1 scale)."""
     plt = _plt()
     maps = word_maps(cross_map, spans)
     if include_start:
@@ -145,10 +146,11 @@ def plot_word_maps(image, cross_map, spans, mask=None, title=None, size: float =
     axes[0, 0].set_title("image (mask outlined)" if mask is not None else "image", fontsize=11)
     axes[0, 0].axis("off")
     for ax, (word, heat) in zip(axes[0, 1:], maps.items()):
-        overlay_map(ax, base, heat, title=f'"{word}"', mask=mask)
+        shown = overlay_map(ax, base, heat, title=f'"{word}"', mask=mask)
     if title:
         fig.suptitle(title, fontsize=13)
     fig.tight_layout()
+    fig.colorbar(shown, ax=list(axes[0, 1:]), fraction=0.02, pad=0.01, label="(map - min) / (max - min)")
     return fig
 
 

@@ -1,10 +1,31 @@
-"""What every notebook needs first: where the checkout is, whether the model is a tiny random one, and its tokenizer."""
+"""What every notebook needs first, as one call:
 
+    course = setup(MODEL, DEVICE, quick=QUICK, full=FULL)
+    course.pipe, course.config(), course.image, course.mask, course.source, course.target, course.data
 
+`setup` finds the checkout, silences the libraries' warnings, puts a tiny model on one torch thread, says what
+a random model can and cannot show, and picks the settings: `quick` (the tests' run on a tiny model), the
+course size (the default: the paper's 50 steps at 512 px, but fewer gamma values, a loop budget of 3 and a
+4-image evaluation), or `full` (the paper's settings everywhere). The model is loaded on first use of
+`course.pipe`, so notebooks that need none load none.
+
+It also holds the course's cost arithmetic (`gpu_cost`): what a notebook's counted UNet evaluations and VAE
+decodes take on a T4 or an A100, from one stated assumption.
+"""
+
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsharm.errors import ZsharmError
 from zsharm.models import TINY_SPECS, tiny_pipeline_dir
+
+DEMO_SOURCE = "astronaut bright warm indoor"
+DEMO_TARGET = "astronaut dim blue twilight"
+
 
 # ----------------------------------------------------------------------------- where things are
 
@@ -37,3 +58,258 @@ def load_tokenizer(model: str):
         raise ZsharmError(f"no tokenizer for model {model!r}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
 
 
+# ----------------------------------------------------------------------------- settings
+
+# name: (quick, course size, full); quick is the tests' tiny run, full the paper's settings
+SETTINGS = {
+    "steps": (4, 50, 50),
+    "size": (128, 512, 512),
+    "gammas": ([0.0, 0.1, 10.0], [0.0, 0.1, 10.0], [0.0, 0.1, 1.0, 10.0, 100.0]),
+    "loop_budget": (3, 3, 10),
+    "eval_images": (2, 4, None),        # None: every composite of the benchmark
+}
+
+
+def settings(quick: bool = False, full: bool = False) -> dict:
+    """The course's settings: quick (tiny test runs), the course size (default) or the paper's (`full`)."""
+    if quick and full:
+        raise ZsharmError("quick and full exclude each other: quick is the tests' tiny run, full the paper's")
+    column = 0 if quick else 2 if full else 1
+    return {name: values[column] for name, values in SETTINGS.items()}
+
+
+def quiet_libraries():
+    """Silence the warnings diffusers, transformers and torch print on every load: they say nothing a student
+    can act on and push the notebook's own output off the screen. zsharm's own warnings stay."""
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        for module in ("diffusers", "transformers", "torch", "huggingface_hub", "kornia", "timm", "skimage"):
+            warnings.filterwarnings("ignore", category=category, module=module)
+    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+    for name in ("diffusers", "transformers", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def enable_colab_widgets():
+    """Colab renders ipywidgets 8 only through its custom widget manager; elsewhere this does nothing."""
+    if "google.colab" in sys.modules:
+        from google.colab import output  # noqa: the module exists on Colab only
+        output.enable_custom_widget_manager()
+
+
+@dataclass
+class Course:
+    """A notebook's set-up: the model spec, the device, the paths, the settings and the demo inputs."""
+    model: str
+    device: object
+    quick: bool
+    full: bool
+    root: Path
+    steps: int
+    size: int
+    gammas: list
+    loop_budget: int
+    eval_images: object
+    image: object = None                       # the demo composite, 8-bit RGB PIL
+    mask: object = None                        # its boolean mask
+    source: str = DEMO_SOURCE
+    target: str = DEMO_TARGET
+    _pipe: object = field(default=None, repr=False)
+
+    @property
+    def tiny(self) -> bool:
+        return is_tiny(self.model)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def pipe(self):
+        """The diffusion pipeline, loaded on first use."""
+        if self._pipe is None:
+            from zsharm.models import load_pipeline
+            self._pipe = load_pipeline(self.model, device=self.device)
+        return self._pipe
+
+    def caption(self, text: str) -> str:
+        """A figure title that never passes a tiny-model picture off as a result."""
+        return f"{text}\n(tiny random model: code paths, not a result)" if self.tiny else text
+
+    def config(self, **overrides):
+        """The paper's configuration at this course's steps and size, with `overrides`."""
+        from zsharm.config import HarmonizeConfig
+        return HarmonizeConfig.paper(**{"steps": self.steps, "size": self.size, **overrides})
+
+
+def setup(model: str, device=None, quick: bool = False, full: bool = False, steps: int = None, size: int = None,
+          dpi: int = 90) -> Course:
+    """Everything a notebook needs first (see the module docstring). `steps` and `size` override the settings'."""
+    quiet_libraries()
+    enable_colab_widgets()
+    import matplotlib.pyplot as plt
+    import torch
+    from zsharm.io import load_image, load_mask
+
+    if is_tiny(model):
+        # a tiny model is thousands of small ops: one thread is several times faster than two on busy cores
+        torch.set_num_threads(1)
+        print(TINY_NOTE)
+    plt.rcParams["figure.dpi"] = dpi
+    chosen = settings(quick, full)
+    root = repo_root()
+    image = load_image(root / "data" / "demo" / "composite.png").to_pil_rgb8()
+    mask = load_mask(root / "data" / "demo" / "mask.png", size=image.size)
+    return Course(model=str(model), device=device, quick=quick, full=full, root=root,
+                  steps=steps or chosen["steps"], size=size or chosen["size"], gammas=chosen["gammas"],
+                  loop_budget=chosen["loop_budget"], eval_images=chosen["eval_images"], image=image, mask=mask)
+
+
+# ----------------------------------------------------------------------------- what a notebook costs on a GPU
+
+# The one assumption: a GPU sustains 10% of its dense fp16 tensor-core peak on SD 2 base at batch <= 4
+# (attention and memory traffic, not matrix products, bound small batches). Peaks from the vendors' sheets.
+GPU_FP16_TFLOPS = {"T4": 65.0, "A100": 312.0}
+SUSTAINED_FRACTION = 0.10
+# Work per image row at 512 px (64x64 latent), counted from SD 2 base's modules: UNet forward about 0.8 TFLOP,
+# VAE decode about 1.2 TFLOP; a backward pass costs about twice its forward.
+UNET_TFLOP_512 = 0.8
+VAE_DECODE_TFLOP_512 = 1.2
+BACKWARD_FACTOR = 2.0
+
+
+def seconds_per(what: str, gpu: str, size: int = 512) -> float:
+    """Estimated seconds of one UNet image evaluation (`unet`) or one VAE decode (`vae`) at `size` px."""
+    tflop = {"unet": UNET_TFLOP_512, "vae": VAE_DECODE_TFLOP_512}[what] * (size / 512) ** 2
+    return tflop / (GPU_FP16_TFLOPS[gpu] * SUSTAINED_FRACTION)
+
+
+def gpu_cost(unet_images: int, vae_decodes: int, unet_images_grad: int = 0, vae_decodes_grad: int = 0,
+             size: int = 512) -> dict:
+    """Estimated seconds on a T4 and an A100 for counted work: UNet image evaluations (batch rows) and VAE
+    decodes, the ones with gradients among them. An estimate from the assumption above, not a measurement."""
+    out = {}
+    for gpu in GPU_FP16_TFLOPS:
+        unet, vae = seconds_per("unet", gpu, size), seconds_per("vae", gpu, size)
+        out[gpu] = (unet * (unet_images + BACKWARD_FACTOR * unet_images_grad)
+                    + vae * (vae_decodes + BACKWARD_FACTOR * vae_decodes_grad))
+    return out
+
+
+def cost_note(unet_images: int, vae_decodes: int, unet_images_grad: int = 0, vae_decodes_grad: int = 0,
+              size: int = 512) -> str:
+    """One line with the arithmetic of `gpu_cost`, for a notebook's header."""
+    cost = gpu_cost(unet_images, vae_decodes, unet_images_grad, vae_decodes_grad, size)
+    parts = [f"{gpu} ~{seconds / 60:.1f} min" if seconds >= 90 else f"{gpu} ~{seconds:.0f} s"
+             for gpu, seconds in cost.items()]
+    return (f"estimate: {unet_images} UNet evaluations ({unet_images_grad} with gradients) and {vae_decodes} VAE "
+            f"decodes ({vae_decodes_grad} with gradients) at {size} px -> " + ", ".join(parts))
+
+
+# iterations of the paper's stage 2 at 50 steps (zsharm.repro.bench.paper_counts): 1,270 UNet evaluations
+# (682 with gradients) and 147 VAE decodes (145 with gradients) each
+PAPER_ITERATION = dict(unet_images=1270, unet_images_grad=682, vae_decodes=147, vae_decodes_grad=145)
+DOWNLOADS = {
+    "sd2": "Stable Diffusion 2 base, about 5.2 GB once (UNet 3.5 GB, text encoder 1.4 GB, VAE 0.3 GB)",
+    "pidinet": "PiDiNet-tiny's published weights, 0.4 MB",
+    "vlm": "SmolVLM-Instruct, about 4.5 GB once (stage 1)",
+    "figures": "the authors' result figures, a few MB (optional; skipped offline)",
+}
+MEMORY = {
+    "none": "no GPU needed",
+    "inference": "about 4 GB of GPU memory (fp16 weights 2.6 GB, no gradients)",
+    "paper": "about 12 GB of GPU memory (estimate: fp16 weights and the activations of the gradient steps; "
+             "benchmarks/README.md), so a 16 GB T4 is enough",
+}
+
+
+def cost_markdown(iterations: float = 0, unet_images: int = 0, unet_images_grad: int = 0, vae_decodes: int = 0,
+                  vae_decodes_grad: int = 0, memory: str = "paper", downloads=("sd2", "pidinet"), note: str = "") -> str:
+    """The cost paragraph at the top of a notebook (scripts/build_notebooks.py writes it from the source's
+    `# %% cost {...}` line): its counted work at the course size, what that takes on a T4 and an A100 by
+    `gpu_cost`'s assumption, the arithmetic, peak memory and downloads."""
+    work = {k: round(iterations * v) for k, v in PAPER_ITERATION.items()}
+    for key, extra in (("unet_images", unet_images), ("unet_images_grad", unet_images_grad),
+                       ("vae_decodes", vae_decodes), ("vae_decodes_grad", vae_decodes_grad)):
+        work[key] += extra
+    cost = gpu_cost(**work)
+    t4, a100 = (f"{cost[g] / 60:.0f} min" if cost[g] >= 90 else f"{cost[g]:.0f} s" for g in ("T4", "A100"))
+    lines = [f"**What it costs (estimates, course size: 50 steps at 512 px).** On a T4 about {t4}, on an A100 "
+             f"about {a100}." if work["unet_images"] or work["vae_decodes"] else
+             "**What it costs.** No diffusion model runs here."]
+    if work["unet_images"] or work["vae_decodes"]:
+        parts = f"{iterations:g} paper iteration(s) x (1,270 UNet evaluations, 682 with gradients; 147 VAE decodes, " \
+                f"145 with gradients)" if iterations else ""
+        extra = f" + {unet_images} UNet evaluations and {vae_decodes} VAE decodes for the explorers and " \
+                f"comparisons" if unet_images or vae_decodes else ""
+        lines.append(f"Counted work: {parts}{extra} = {work['unet_images']:,} UNet evaluations "
+                     f"({work['unet_images_grad']:,} with gradients) and {work['vae_decodes']:,} VAE decodes "
+                     f"({work['vae_decodes_grad']:,} with gradients). Arithmetic (`zsharm.teaching.setup.gpu_cost`): "
+                     f"one UNet evaluation at 512 px is about {UNET_TFLOP_512} TFLOP and a VAE decode about "
+                     f"{VAE_DECODE_TFLOP_512} TFLOP, a backward pass twice its forward, and a GPU sustains "
+                     f"{SUSTAINED_FRACTION:.0%} of its fp16 peak (T4 {GPU_FP16_TFLOPS['T4']:g}, A100 "
+                     f"{GPU_FP16_TFLOPS['A100']:g} TFLOPS): {seconds_per('unet', 'T4'):.3f} s and "
+                     f"{seconds_per('unet', 'A100'):.3f} s per UNet evaluation. Measure yours with `zsharm bench`.")
+    lines.append(f"Peak memory: {MEMORY[memory]}. Downloads: "
+                 + ("; ".join(DOWNLOADS[d] for d in downloads) if downloads else "none") + ".")
+    if note:
+        lines.append(note)
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the authors' published results
+
+AUTHORS_REPOSITORY = "WindVChen/Diff-Harmonization"
+AUTHORS_COMMIT = "21a4383acb8da70e4f6c61b725db67129e10fcad"
+AUTHORS_FIGURES = ("visualizations.png", "visualizations2.png", "visualizations3.png", "visualizations4.png")
+
+
+def authors_figure(name: str, timeout: float = 10.0):
+    """One of the authors' published result figures (Apache-2.0, their repository's assets/ at a pinned
+    commit) as a PIL image, fetched once into the zsharm cache; None, with a one-line note, when offline
+    (ZSHARM_OFFLINE=1 or no network)."""
+    import tempfile
+    import urllib.request
+
+    from PIL import Image
+    from zsharm.models import cache_dir
+    if name not in AUTHORS_FIGURES:
+        raise ZsharmError(f"unknown authors' figure {name!r}; one of {', '.join(AUTHORS_FIGURES)}")
+    path = cache_dir("authors_figures", AUTHORS_COMMIT[:12]) / name
+    if not path.is_file():
+        if os.environ.get("ZSHARM_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+            print(f"(offline: the authors' figure {name} is not shown; it is in github.com/{AUTHORS_REPOSITORY}/assets)")
+            return None
+        url = f"https://raw.githubusercontent.com/{AUTHORS_REPOSITORY}/{AUTHORS_COMMIT}/assets/{name}"
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=name + ".", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                out.write(response.read())
+            with Image.open(tmp) as check:
+                check.verify()
+            os.replace(tmp, path)
+        except Exception as exc:  # no network, a proxy's error page: the notebook goes on without the picture
+            print(f"(could not fetch the authors' figure {name}: {type(exc).__name__}; it is in "
+                  f"github.com/{AUTHORS_REPOSITORY}/assets)")
+            return None
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def show_authors_figure(name: str, caption: str, width: float = 12.0):
+    """Show an authors' figure with its attribution; prints the one-line note instead when offline."""
+    image = authors_figure(name)
+    if image is None:
+        return None
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(width, width * image.height / image.width))
+    ax.imshow(image)
+    ax.axis("off")
+    ax.set_title(f"{caption}\nPublished result of Chen et al. (SD 2 base), github.com/{AUTHORS_REPOSITORY} "
+                 f"assets/{name} at {AUTHORS_COMMIT[:7]}, Apache-2.0", fontsize=9)
+    plt.show()
+    return fig
