@@ -89,3 +89,18 @@ def test_compare_names_the_first_stage_that_departs(reference_dir):
     checks = compare((arrays, golden[1]), golden)
     assert first_departure(checks).what == "nulltext_step_latents"
     assert first_departure(compare(golden, golden)) is None
+
+
+def test_the_stored_models_load_as_diffusers_folders_differing_only_in_the_unet_output(reference_models):
+    from zsharm.models import load_pipeline
+    weak, strong = (load_pipeline(str(reference_models[name]), device="cpu", dtype=torch.float32)
+                    for name in ("tiny_sd2", "tiny_sd2_strong"))
+    for part in ("unet", "vae", "text_encoder"):
+        a, b = getattr(weak, part).state_dict(), getattr(strong, part).state_dict()
+        assert a.keys() == b.keys()
+        differ = sorted(k for k in a if not torch.equal(a[k], b[k]))
+        assert differ == (["conv_out.bias", "conv_out.weight"] if part == "unet" else [])
+    # the output layer x1e-3 and x0.1 of one random layer
+    ratio = strong.unet.conv_out.weight / weak.unet.conv_out.weight
+    assert torch.allclose(ratio, torch.full_like(ratio, 100.0), rtol=1e-4)
+    assert weak.tokenizer.pad_token == "<|endoftext|>"
