@@ -115,7 +115,8 @@ def run_tests(copy: Path, tests, slow: bool, timeout: float):
         cmd += ["-m", "not slow"]
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout,
+                              check=False)
     except subprocess.TimeoutExpired:
         return "timeout", time.perf_counter() - start, ""
     seconds = time.perf_counter() - start
@@ -165,7 +166,7 @@ def main(argv=None):
             print(f"{m.name:40s} {verdict:10s} {seconds:5.0f} s  {first}", flush=True)
     applied = [r for r in rows if not r[1].startswith("not applicable")]
     caught = [r for r in applied if r[1] == "caught"]
-    print(f"\n| mutant | where | what it would mean | verdict | seconds |\n|---|---|---|---|---|")
+    print("\n| mutant | where | what it would mean | verdict | seconds |\n|---|---|---|---|---|")
     for m, verdict, seconds, _ in rows:
         print(f"| {m.name} | {m.file} | {m.means} | {verdict} | {seconds:.0f} |")
     print(f"\nscore: {len(caught)}/{len(applied)} mutants caught"

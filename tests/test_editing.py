@@ -10,10 +10,10 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from conftest import make_composite
 from diffusers.models.attention_processor import Attention
 from PIL import Image
 
-from conftest import make_composite
 from zsharm.config import HarmonizeConfig
 from zsharm.edit.diffusion import Run, text_embeddings
 from zsharm.edit.inversion import ddim_invert, image_to_tensor
