@@ -93,6 +93,17 @@ MUTANTS = [
     Mutant("nulltext-inner-steps-one", "zsharm/config.py",
            "return min(index // 10 + 1, self.nulltext_max_inner)", "return 1",
            ("tests/test_nulltext.py",), "the paper's i//10 + 1 inner steps lost beyond step 10"),
+    Mutant("paper-pidinet-with-gradient", "zsharm/edit/nulltext.py",
+           "with torch.set_grad_enabled(cfg.pidinet_grad and torch.is_grad_enabled()):",
+           "with torch.set_grad_enabled(torch.is_grad_enabled()):",
+           ("tests/test_nulltext.py",), "the authors' no_grad PiDiNet lost in paper"),
+    Mutant("paper-first-inner-step-quirk-lost", "zsharm/edit/nulltext.py",
+           "        if not run.paper:\n            context = torch.cat([uncond, embeddings[index][:1]])",
+           "        if True:\n            context = torch.cat([uncond, embeddings[index][:1]])",
+           ("tests/test_nulltext.py",), "paper's first inner step sees the current step's text embedding"),
+    Mutant("reference-strong-unet-not-restored", "zsharm/repro/reference.py",
+           'if component == "unet" and delta_file is not None:', "if False:",
+           ("tests/test_reference.py",), "the faithfulness check runs the weak model twice"),
 ]
 
 
@@ -108,8 +119,9 @@ def scratch_copy(dest: Path):
 
 
 def run_tests(copy: Path, tests, slow: bool, timeout: float):
-    env = dict(os.environ, PYTHONPATH=str(copy), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env.setdefault("ZSHARM_TEST_CACHE", str(copy.parent / "cache"))
+    # a fresh cache per run: a model folder built by an earlier run must not hide a mutant in the code that builds it
+    cache = Path(tempfile.mkdtemp(prefix="cache-", dir=copy.parent))
+    env = dict(os.environ, PYTHONPATH=str(copy), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", ZSHARM_TEST_CACHE=str(cache))
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     if not slow:
         cmd += ["-m", "not slow"]
@@ -119,6 +131,8 @@ def run_tests(copy: Path, tests, slow: bool, timeout: float):
                               check=False)
     except subprocess.TimeoutExpired:
         return "timeout", time.perf_counter() - start, ""
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     seconds = time.perf_counter() - start
     # pytest: 0 all passed, 1 some failed, 2 interrupted (collection error), 5 nothing collected
     verdict = {0: "survived", 1: "caught", 5: "no tests"}.get(proc.returncode, f"error (pytest exit {proc.returncode})")

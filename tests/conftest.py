@@ -4,6 +4,7 @@ them find them in `../shared/weights/pidinet` beside the checkout or in $ZSHARM_
 otherwise."""
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,43 @@ def make_composite(width=160, height=128, seed=0):
     mask[height // 4: 3 * height // 4, width // 3: 2 * width // 3] = True
     image[mask] = image[mask] * [1.4, 0.8, 0.6] + 0.1
     return (np.clip(image, 0, 1) * 255).astype(np.uint8), mask
+
+
+def edit_inputs(pipe, config, seed=0):
+    """An inverted composite and per-step embeddings that differ from step to step (as refined and optimised
+    ones do), so that a step using another step's embedding shows."""
+    import torch
+    from PIL import Image
+
+    from zsharm.edit.diffusion import Run, text_embeddings
+    from zsharm.edit.inversion import ddim_invert, image_to_tensor
+    run = Run(pipe=pipe, config=config, progress=False)
+    image, _ = make_composite(width=128, height=128)
+    inversion = ddim_invert(run, image_to_tensor(Image.fromarray(image)), "cat bright",
+                            torch.Generator().manual_seed(config.seed))
+    g = torch.Generator().manual_seed(seed)
+    n = len(inversion.timesteps) - 1
+    with torch.no_grad():
+        text = text_embeddings(run, "refinement", ["cat bright", "cat winter dull"])
+        null = text_embeddings(run, "nulltext", [""])
+    embeddings = [text + 0.05 * torch.randn(text.shape, generator=g) for _ in range(n)]
+    uncond = [null + 0.05 * torch.randn(null.shape, generator=g) for _ in range(n)]
+    return run, inversion, embeddings, uncond
+
+
+@contextmanager
+def recorded_unet_calls(unet):
+    """[(latents, timestep, context, prediction)] of every UNet call within the block."""
+    calls = []
+
+    def hook(module, args, kwargs, output):
+        sample = args[0] if args else kwargs["sample"]
+        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        calls.append((sample.detach().clone(), t, kwargs["encoder_hidden_states"].detach().clone(),
+                      output.sample.detach().clone()))
+
+    handle = unet.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()

@@ -10,53 +10,15 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import make_composite
+from conftest import edit_inputs, recorded_unet_calls
 from diffusers.models.attention_processor import Attention
-from PIL import Image
 
 from zsharm.config import HarmonizeConfig
-from zsharm.edit.diffusion import Run, text_embeddings
-from zsharm.edit.inversion import ddim_invert, image_to_tensor
 from zsharm.edit.prompt_to_prompt import edit_with_prompt_to_prompt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SCHEDULES = {"paper": HarmonizeConfig.paper, "fast": HarmonizeConfig.fast}
-
-
-def edit_inputs(pipe, config, seed=0):
-    """An inverted composite and per-step embeddings that differ from step to step (as refined and optimised
-    ones do), so that a step using another step's embedding shows."""
-    run = Run(pipe=pipe, config=config, progress=False)
-    image, _ = make_composite(width=128, height=128)
-    inversion = ddim_invert(run, image_to_tensor(Image.fromarray(image)), "cat bright",
-                            torch.Generator().manual_seed(config.seed))
-    g = torch.Generator().manual_seed(seed)
-    n = len(inversion.timesteps) - 1
-    with torch.no_grad():
-        text = text_embeddings(run, "refinement", ["cat bright", "cat winter dull"])
-        null = text_embeddings(run, "nulltext", [""])
-    embeddings = [text + 0.05 * torch.randn(text.shape, generator=g) for _ in range(n)]
-    uncond = [null + 0.05 * torch.randn(null.shape, generator=g) for _ in range(n)]
-    return run, inversion, embeddings, uncond
-
-
-@contextmanager
-def recorded_unet_calls(unet):
-    """[(latents, timestep, context, prediction)] of every UNet call within the block."""
-    calls = []
-
-    def hook(module, args, kwargs, output):
-        sample = args[0] if args else kwargs["sample"]
-        t = args[1] if len(args) > 1 else kwargs["timestep"]
-        calls.append((sample.detach().clone(), t, kwargs["encoder_hidden_states"].detach().clone(),
-                      output.sample.detach().clone()))
-
-    handle = unet.register_forward_hook(hook, with_kwargs=True)
-    try:
-        yield calls
-    finally:
-        handle.remove()
 
 
 def ddim(scheduler, noise, t, latents, steps):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_composite
+from conftest import edit_inputs, make_composite, recorded_unet_calls
 from PIL import Image
 
 from zsharm.config import HarmonizeConfig
@@ -15,7 +15,7 @@ from zsharm.edit.diffusion import Run, ddim_step, text_embeddings, unet_noise
 from zsharm.edit.edges import sobel
 from zsharm.edit.inversion import image_to_tensor
 from zsharm.edit.iteration import run_iteration
-from zsharm.edit.nulltext import EdgeLoss
+from zsharm.edit.nulltext import EdgeLoss, optimize_null_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,6 +85,28 @@ def test_each_null_text_step_aims_at_the_next_inverted_latent(tiny_pipe, schedul
             aimed, beside = (F.mse_loss(out, inverted[k]).item() for k in (-2 - i, -1 - i))
             assert logged == pytest.approx(aimed, rel=1e-3), (i, logged, aimed, beside)
             assert abs(aimed - beside) > 0.1 * aimed
+
+
+@pytest.mark.parametrize("schedule", sorted(SCHEDULES))
+def test_null_text_conditions_on_the_source_embedding_of_each_step(tiny_pipe, schedule):
+    """Every UNet call of step i conditions on the source's embedding of step i, with the null embedding being
+    optimised, except in `paper` the first inner step of each later timestep: the authors update the text
+    embedding after that step, so it still sees step i-1's."""
+    cfg = SCHEDULES[schedule](steps=4, size=128, dtype="fp32", nulltext_early_stop=0.0)
+    run, inversion, embeddings, _ = edit_inputs(tiny_pipe, cfg)
+    with recorded_unet_calls(tiny_pipe.unet) as calls:
+        result = optimize_null_text(run, inversion, embeddings)
+    per_step = [cfg.nulltext_inner_steps(i) + 1 for i in range(len(embeddings))]  # inner steps, then the step
+    assert len(calls) == sum(per_step)
+    k = 0
+    for i, n in enumerate(per_step):
+        for j in range(n):
+            _, t, context, _ = calls[k + j]
+            assert t == inversion.timesteps[1 + i]
+            expected = embeddings[i - 1 if (schedule == "paper" and i > 0 and j == 0) else i][:1]
+            assert torch.equal(context[1:], expected), (i, j)
+        assert torch.equal(calls[k + n - 1][2][:1], result.uncond[i]), i  # the step taken with its optimum
+        k += n
 
 
 def test_paper_takes_i_div_10_plus_1_inner_steps_at_timestep_i(tiny_pipe):
