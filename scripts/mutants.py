@@ -82,10 +82,12 @@ MUTANTS = [
            "return self.latents[-2 - index]", "return self.latents[-1 - index]",
            ("tests/test_nulltext.py", "tests/test_stage2.py"), "null text aims at the latent it starts from"),
     Mutant("blend-takes-the-edit-everywhere", "zsharm/edit/blending.py",
-           "np.asarray(mask, dtype=bool)[..., None], edited, image", "np.ones_like(mask, dtype=bool)[..., None], edited, image",
+           "np.asarray(mask, dtype=bool)[..., None], edited, image",
+           "np.ones_like(mask, dtype=bool)[..., None], edited, image",
            ("tests/test_stage2.py",), "the background is repainted"),
     Mutant("edge-loss-outside-the-mask", "zsharm/edit/nulltext.py",
-           "sobel_mse = F.mse_loss(out_sobel * m, self.ref_sobel * m)", "sobel_mse = F.mse_loss(out_sobel, self.ref_sobel)",
+           "sobel_mse = F.mse_loss(out_sobel * m, self.ref_sobel * m)",
+           "sobel_mse = F.mse_loss(out_sobel, self.ref_sobel)",
            ("tests/test_nulltext.py",), "edges kept where the background is, not inside the mask"),
     Mutant("refinement-regulariser-off", "zsharm/edit/refinement.py",
            "loss_reg = (reg_fg + reg_bg) * cfg.refine_reg_weight", "loss_reg = (reg_fg + reg_bg) * 0.0",
@@ -121,7 +123,8 @@ def scratch_copy(dest: Path):
 def run_tests(copy: Path, tests, slow: bool, timeout: float):
     # a fresh cache per run: a model folder built by an earlier run must not hide a mutant in the code that builds it
     cache = Path(tempfile.mkdtemp(prefix="cache-", dir=copy.parent))
-    env = dict(os.environ, PYTHONPATH=str(copy), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", ZSHARM_TEST_CACHE=str(cache))
+    env = dict(os.environ, PYTHONPATH=str(copy), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               ZSHARM_TEST_CACHE=str(cache))
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     if not slow:
         cmd += ["-m", "not slow"]

@@ -2,8 +2,8 @@
 
 `tests/authors_reference/` holds what the authors' own code computed for one iteration (10 DDIM steps) on a tiny
 SD-2-shaped model (`tiny_sd2`, UNet output x1e-3) and on a stronger one (`tiny_sd2_strong`, x0.1) where the
-prompts visibly move the image, and the two models. Each case runs the documented command once, through the CLI, and compares
-every stage in order; a failure names the first stage that departs. Tolerances: zsharm/repro/reference.py.
+prompts visibly move the image, and the two models. Each case runs the documented command once, through the CLI,
+and compares every stage in order; a failure names the first stage that departs. Tolerances: zsharm/repro/reference.py.
 
 The command runs with at least two CPU threads: the fixture was computed so, and with a single thread oneDNN
 takes another convolution path whose rounding moves the VAE's encoding by 3.8e-4, some 200 times the
