@@ -14,7 +14,7 @@ MODEL  ?= stabilityai/stable-diffusion-2-base
 OUT    ?= demo_harmonized.png
 BIN     = $(VENV)/bin
 
-.PHONY: demo test env clean
+.PHONY: demo test mutants env clean
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -35,6 +35,10 @@ demo: env
 
 test: env
 	$(BIN)/python -m pytest -q
+
+# Maintainers: plant known bugs one at a time in a scratch copy and report which the tests catch (minutes, not CI).
+mutants: env
+	$(BIN)/python scripts/mutants.py $(ARGS)
 
 clean:
 	rm -rf $(VENV)

@@ -1,36 +1,46 @@
-"""Shared test fixtures. `../shared` (beside the checkout) holds the published PiDiNet weights and the
-reference fixture of the authors' implementation; tests that need it skip where it is absent."""
+"""Shared test fixtures. `tests/authors_reference/` (in the repository) holds what the authors' implementation
+computed on two tiny models, and the models; the published PiDiNet weights are never committed: tests that need
+them find them in `../shared/weights/pidinet` beside the checkout or in $ZSHARM_PIDINET_WEIGHTS, and skip
+otherwise."""
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ZSHARM_SHARED", REPO.parent / "shared"))
+REFERENCE = REPO / "tests" / "authors_reference"
+PIDINET_TINY = "table5_pidinet-tiny.pth"
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip("../shared is absent")
-    return SHARED
+def pidinet_dir() -> Path:
+    candidates = [SHARED / "weights" / "pidinet"]
+    if os.environ.get("ZSHARM_PIDINET_WEIGHTS"):
+        given = Path(os.environ["ZSHARM_PIDINET_WEIGHTS"]).expanduser()
+        candidates.append(given.parent if given.is_file() else given)
+    for path in candidates:
+        if (path / PIDINET_TINY).is_file():
+            return path
+    pytest.skip(f"the published PiDiNet weights ({PIDINET_TINY}) are absent: set ZSHARM_PIDINET_WEIGHTS to their "
+                "folder (zsharm fetches them to ~/.cache/zsharm/pidinet on first use)")
 
 
 @pytest.fixture(scope="session")
-def pidinet_dir(shared_dir) -> Path:
-    path = shared_dir / "weights" / "pidinet"
-    if not (path / "table5_pidinet-tiny.pth").is_file():
-        pytest.skip("published PiDiNet weights are absent")
-    return path
+def reference_dir() -> Path:
+    """The authors' inputs and golden arrays (tests/authors_reference)."""
+    assert (REFERENCE / "golden_steps10" / "arrays.npz").is_file(), f"{REFERENCE} is incomplete"
+    return REFERENCE
 
 
 @pytest.fixture(scope="session")
-def reference_dir(shared_dir) -> Path:
-    path = shared_dir / "reference"
-    if not (path / "golden_steps10" / "arrays.npz").is_file():
-        pytest.skip("the reference fixture is absent")
-    return path
+def reference_models(_private_cache) -> dict:
+    """{"tiny_sd2": folder, "tiny_sd2_strong": folder}: the reference models as diffusers folders, in the cache."""
+    from zsharm.models import cache_dir
+    from zsharm.repro.reference import reference_models
+    return reference_models(REFERENCE, cache_dir("reference"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -141,3 +151,43 @@ def closed_port_url():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/file"
+
+
+def edit_inputs(pipe, config, seed=0):
+    """An inverted composite and per-step embeddings that differ from step to step (as refined and optimised
+    ones do), so that a step using another step's embedding shows."""
+    import torch
+    from PIL import Image
+
+    from zsharm.edit.diffusion import Run, text_embeddings
+    from zsharm.edit.inversion import ddim_invert, image_to_tensor
+    run = Run(pipe=pipe, config=config, progress=False)
+    image, _ = make_composite(width=128, height=128)
+    inversion = ddim_invert(run, image_to_tensor(Image.fromarray(image)), "cat bright",
+                            torch.Generator().manual_seed(config.seed))
+    g = torch.Generator().manual_seed(seed)
+    n = len(inversion.timesteps) - 1
+    with torch.no_grad():
+        text = text_embeddings(run, "refinement", ["cat bright", "cat winter dull"])
+        null = text_embeddings(run, "nulltext", [""])
+    embeddings = [text + 0.05 * torch.randn(text.shape, generator=g) for _ in range(n)]
+    uncond = [null + 0.05 * torch.randn(null.shape, generator=g) for _ in range(n)]
+    return run, inversion, embeddings, uncond
+
+
+@contextmanager
+def recorded_unet_calls(unet):
+    """[(latents, timestep, context, prediction)] of every UNet call within the block."""
+    calls = []
+
+    def hook(module, args, kwargs, output):
+        sample = args[0] if args else kwargs["sample"]
+        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        calls.append((sample.detach().clone(), t, kwargs["encoder_hidden_states"].detach().clone(),
+                      output.sample.detach().clone()))
+
+    handle = unet.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield calls
+    finally:
+        handle.remove()

@@ -82,14 +82,14 @@ def test_gradients_flow_through_pidinet_edges_to_the_image(tiny64):
     torch.testing.assert_close((grad * direction).sum(), numeric, rtol=1e-5, atol=1e-10)
 
 
-def test_authors_edge_losses_reproduced(reference_dir, pidinet_dir):
+def test_authors_edge_losses_reproduced(reference_dir, reference_models, pidinet_dir):
     """The first null-text step of the authors' run (golden_steps10): from their inverted latent and refined
     embedding, one guided DDIM step and a VAE decode give the image I'; PiDiNet and Sobel on I' against the
     composite reproduce their logged edge losses. Their Sobel term compares the Sobel of the composite in
     [-1, 1] with that of I' in [0, 1]; the numbers confirm it."""
     diffusers = pytest.importorskip("diffusers")
     transformers = pytest.importorskip("transformers")
-    model_dir = reference_dir / "tiny_sd2"
+    model_dir = reference_models["tiny_sd2"]
     golden = reference_dir / "golden_steps10"
     arrays = np.load(golden / "arrays.npz")
     logged = json.loads((golden / "losses.json").read_text())["nulltext"][0]
@@ -104,7 +104,7 @@ def test_authors_edge_losses_reproduced(reference_dir, pidinet_dir):
         ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
         refined = torch.from_numpy(arrays["refined_text_embeddings"][0, :1])  # source prompt, first step
         context = torch.cat([text_encoder(ids.input_ids)[0], refined])
-        latent = torch.from_numpy(arrays["inversion_x_t"])
+        latent = torch.from_numpy(arrays["inversion_latents"][-1])
         t = scheduler.timesteps[1]
         uncond, cond = unet(torch.cat([latent] * 2), t, encoder_hidden_states=context).sample.chunk(2)
         latent = scheduler.step(uncond + 2.5 * (cond - uncond), t, latent).prev_sample

@@ -1,9 +1,9 @@
 """Faithfulness: the `paper` schedule reproduces the authors' implementation on identical tiny weights.
 
-`../shared/reference/` holds what the authors' own code computed for one iteration (10 DDIM steps) on a tiny
+`tests/authors_reference/` holds what the authors' own code computed for one iteration (10 DDIM steps) on a tiny
 SD-2-shaped model (`tiny_sd2`, UNet output x1e-3) and on a stronger one (`tiny_sd2_strong`, x0.1) where the
-prompts visibly move the image. Each case runs the documented command once, through the CLI, and compares
-every stage in order; a failure names the first stage that departs. Tolerances: zsharm/reference.py.
+prompts visibly move the image, and the two models. Each case runs the documented command once, through the CLI,
+and compares every stage in order; a failure names the first stage that departs. Tolerances: zsharm/repro/reference.py.
 
 The command runs with at least two CPU threads: the fixture was computed so, and with a single thread oneDNN
 takes another convolution path whose rounding moves the VAE's encoding by 3.8e-4, some 200 times the
@@ -26,7 +26,7 @@ CASES = {"golden_steps10": "tiny_sd2", "golden_strong_cat10": "tiny_sd2_strong"}
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
-def reproduced(request, reference_dir, pidinet_dir, tmp_path_factory, monkeypatch_module):
+def reproduced(request, reference_dir, reference_models, pidinet_dir, tmp_path_factory, monkeypatch_module):
     golden = reference_dir / request.param
     out = tmp_path_factory.mktemp(request.param)
     monkeypatch_module.setenv("ZSHARM_PIDINET_WEIGHTS", str(pidinet_dir))
@@ -36,7 +36,7 @@ def reproduced(request, reference_dir, pidinet_dir, tmp_path_factory, monkeypatc
         code = main(["harmonize", str(reference_dir / "inputs" / "composite.png"),
                      "--mask", str(reference_dir / "inputs" / "mask.png"),
                      "--source", "cat bright", "--target", "cat winter dull",
-                     "--model", str(reference_dir / CASES[request.param]), "--schedule", "paper",
+                     "--model", str(reference_models[CASES[request.param]]), "--schedule", "paper",
                      "--steps", "10", "--iterations", "1", "--seed", "8888", "--size", "512", "--no-evaluator",
                      "--device", "cpu", "--dtype", "fp32", "--quiet",
                      "--out", str(out / "out.png"), "--save-intermediates", str(out / "ours.npz")])
@@ -91,3 +91,18 @@ def test_compare_names_the_first_stage_that_departs(reference_dir):
     checks = compare((arrays, golden[1]), golden)
     assert first_departure(checks).what == "nulltext_step_latents"
     assert first_departure(compare(golden, golden)) is None
+
+
+def test_the_stored_models_load_as_diffusers_folders_differing_only_in_the_unet_output(reference_models):
+    from zsharm.models import load_pipeline
+    weak, strong = (load_pipeline(str(reference_models[name]), device="cpu", dtype=torch.float32)
+                    for name in ("tiny_sd2", "tiny_sd2_strong"))
+    for part in ("unet", "vae", "text_encoder"):
+        a, b = getattr(weak, part).state_dict(), getattr(strong, part).state_dict()
+        assert a.keys() == b.keys()
+        differ = sorted(k for k in a if not torch.equal(a[k], b[k]))
+        assert differ == (["conv_out.bias", "conv_out.weight"] if part == "unet" else [])
+    # the output layer x1e-3 and x0.1 of one random layer
+    ratio = strong.unet.conv_out.weight / weak.unet.conv_out.weight
+    assert torch.allclose(ratio, torch.full_like(ratio, 100.0), rtol=1e-4)
+    assert weak.tokenizer.pad_token == "<|endoftext|>"

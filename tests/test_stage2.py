@@ -110,3 +110,14 @@ def test_edge_term_keeps_edges_inside_the_mask(tiny_pipe, random_edges):
         m = torch.from_numpy(res.mask_work)
         diffs[use] = float((e_in - e_out).pow(2).mean(1)[0][m].mean())
     assert diffs[True] < diffs[False]
+
+
+def test_work_image_is_the_edit_inside_the_mask_and_the_input_outside(tiny_pipe):
+    # the next iteration starts from the work image: its background must stay the input's, bit for bit
+    image, mask = make_composite()
+    cfg = HarmonizeConfig.paper(use_edges=False, steps=2, size=128)
+    res = run_iteration(tiny_pipe, image, mask, "cat bright", "cat winter dull", cfg, progress=False)
+    work, before, m = np.asarray(res.work_image), np.asarray(res.work_input), res.mask_work
+    assert np.array_equal(work[~m], before[~m])
+    assert np.array_equal(work[m], res.edit.images[1][m])
+    assert not np.array_equal(res.edit.images[1][~m], before[~m])  # the edit did touch the background

@@ -1,8 +1,9 @@
 """Checking zsharm's `paper` schedule against what the authors' implementation computed.
 
-`../shared/reference/` (beside a development checkout) holds the authors' arrays and losses for one iteration on
-tiny SD-2-shaped models. `save_intermediates` writes zsharm's own arrays in the same format, and `compare`
-walks the stages in order, so the first stage that departs is the one named.
+`tests/authors_reference/` holds the authors' arrays and losses for one iteration on two tiny SD-2-shaped models,
+and the models themselves, compactly (`pack_reference`; `reference_models` turns them back into ordinary
+diffusers folders). `save_intermediates` writes zsharm's own arrays in the same format, and `compare` walks the
+stages in order, so the first stage that departs is the one named.
 
 Tolerances come from float32 arithmetic, measured, not fitted. The two implementations run the same operations
 with different library versions (diffusers 0.9 vs current, transformers 4.30 vs current), whose kernels round
@@ -18,7 +19,11 @@ Images are uint8 by truncation (as the authors'), so a 1e-5 difference can flip 
 difference in the maths moves many pixels by many levels.
 """
 
+import gzip
+import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,3 +165,83 @@ def compare(ours, golden) -> list:
 
 def first_departure(checks):
     return next((c for c in checks if not c.ok), None)
+
+
+# --- the fixture, stored compactly ---------------------------------------------------------------------------
+# Two diffusers folders that differ only in the UNet's output layer are stored as one set of components
+# (float32 arrays in .npz, exact; configs and the tokenizer as they were) plus the strong UNet's differing tensors.
+MODELS = {"tiny_sd2": None, "tiny_sd2_strong": "unet_strong_delta.npz"}
+COMPONENTS = {"text_encoder": "model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
+              "unet": "diffusion_pytorch_model.safetensors"}
+CONFIG_FILES = ("model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
+                "unet/config.json", "vae/config.json", "tokenizer/tokenizer_config.json")
+COMPARED_ARRAYS = tuple(key for _, key, _ in ARRAY_STAGES) + tuple(key for _, key in IMAGE_STAGES)
+
+
+def pack_reference(source, dest):
+    """Write the compact fixture `dest` from a full reference folder `source` (the authors' outputs as written:
+    tiny_sd2/, tiny_sd2_strong/, inputs/, golden_*/). Golden arrays keep only what `compare` reads."""
+    from safetensors.numpy import load_file
+    source, dest = Path(source), Path(dest)
+    models = dest / "models"
+    (models / "tokenizer").mkdir(parents=True, exist_ok=True)
+    base = source / "tiny_sd2"
+    for name in CONFIG_FILES:
+        (models / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(base / name, models / name)
+        if (source / "tiny_sd2_strong" / name).read_bytes() != (base / name).read_bytes():
+            raise ValueError(f"the two models' {name} differ; this packing assumes they do not")
+    (models / "tokenizer" / "tokenizer.json.gz").write_bytes(
+        gzip.compress((base / "tokenizer" / "tokenizer.json").read_bytes(), mtime=0))
+    for component, file in COMPONENTS.items():
+        tensors = load_file(str(base / component / file))
+        np.savez_compressed(models / f"{component}.npz", **tensors)
+        strong = load_file(str(source / "tiny_sd2_strong" / component / file))
+        delta = {k: v for k, v in strong.items() if not np.array_equal(v, tensors[k])}
+        if delta and component != "unet":
+            raise ValueError(f"the two models' {component} differ; this packing assumes only the UNet does")
+        if component == "unet":
+            np.savez_compressed(models / MODELS["tiny_sd2_strong"], **delta)
+    shutil.copytree(source / "inputs", dest / "inputs", dirs_exist_ok=True)
+    for golden in sorted(source.glob("golden_*")):
+        (dest / golden.name).mkdir(parents=True, exist_ok=True)
+        with np.load(golden / "arrays.npz") as data:
+            np.savez_compressed(dest / golden.name / "arrays.npz", **{k: data[k] for k in COMPARED_ARRAYS})
+        for name in ("losses.json", "stats.json"):
+            shutil.copyfile(golden / name, dest / golden.name / name)
+    return dest
+
+
+def reference_models(fixture, out) -> dict:
+    """{name: diffusers folder} for the fixture's two models, written once under `out` (safetensors), so that they
+    load through `from_pretrained` like any checkpoint. A folder is rebuilt when the fixture's files change."""
+    from safetensors.numpy import save_file
+    models = Path(fixture) / "models"
+    digest = hashlib.sha256()
+    for path in sorted(models.rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    folders = {}
+    for name, delta_file in MODELS.items():
+        folder = Path(out) / f"{name}-{digest.hexdigest()[:12]}"
+        folders[name] = folder
+        if (folder / "model_index.json").is_file():
+            continue
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        for config in CONFIG_FILES:
+            (tmp / config).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(models / config, tmp / config)
+        (tmp / "tokenizer" / "tokenizer.json").write_bytes(
+            gzip.decompress((models / "tokenizer" / "tokenizer.json.gz").read_bytes()))
+        for component, file in COMPONENTS.items():
+            with np.load(models / f"{component}.npz") as data:
+                tensors = {k: data[k] for k in data.files}
+            if component == "unet" and delta_file is not None:
+                with np.load(models / delta_file) as data:
+                    tensors.update({k: data[k] for k in data.files})
+            save_file(tensors, str(tmp / component / file), metadata={"format": "pt"})
+        if folder.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, folder)
+    return folders
