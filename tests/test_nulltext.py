@@ -35,7 +35,7 @@ def pixels01(image):
 def edge_loss_for(pipe, config, pidinet=None):
     image, mask = composite()
     run = Run(pipe=pipe, config=config, progress=False)
-    loss = EdgeLoss(run, image, torch.from_numpy(mask.astype(np.float32))[None, None], pidinet)
+    loss = EdgeLoss(run, image, mask, pidinet)
     return loss, pixels01(image), mask
 
 
