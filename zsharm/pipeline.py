@@ -11,23 +11,21 @@ This module also holds the `zsharm harmonize` command (single image or `--batch`
 """
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from zsharm.config import HarmonizeConfig
 from zsharm.edit.iteration import (
     IterationResult,
-    _as_mask,
-    _as_picture,
     _iterate_at_work_size,
     at_work_size,
     finish,
 )
 from zsharm.errors import ZsharmError
-from zsharm.io import Picture, load_image, load_mask, save_picture
+from zsharm.io import Picture, save_picture
 
 
 @dataclass
@@ -64,8 +62,9 @@ class Harmonizer:
 
     def __call__(self, image, mask, source: str = None, target: str = None, candidates=None,
                  iterations: int = None, history_dir=None, name: str = None) -> PipelineResult:
-        picture = image if isinstance(image, Picture) else load_image(image)
-        mask = mask if isinstance(mask, np.ndarray) else load_mask(mask, size=picture.size)
+        from zsharm.validate import check_inputs, check_prompts
+        check_prompts(source, target)
+        picture, mask = check_inputs(image, mask, self.config)
         cfg = self.config
         if iterations is None:
             iterations = 10 if self.evaluator is not None else 1
@@ -125,9 +124,10 @@ def harmonize(pipe, image, mask, source: str, target: str, config: HarmonizeConf
     history_dir keeps every iteration's image, history.json and a contact sheet (zsharm.loop's format)."""
     from zsharm.describe.describers import Description
     from zsharm.loop import run_loop
+    from zsharm.validate import check_inputs, check_prompts
     config = config or HarmonizeConfig()
-    picture = _as_picture(image)
-    mask = _as_mask(mask, picture.size)
+    check_prompts(source, target)
+    picture, mask = check_inputs(image, mask, config)
     start, mask_work = at_work_size(picture, mask, config)
     results = []
 
@@ -141,9 +141,6 @@ def harmonize(pipe, image, mask, source: str, target: str, config: HarmonizeConf
     return HarmonizeResult(image=final.to_pil_rgb8(), picture=final, work_image=loop.image, iterations=results)
 
 
-FORMATS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
-
-
 def register(subparsers):
     p = subparsers.add_parser(
         "harmonize", help="harmonize a composite's foreground with its background (all three stages)",
@@ -151,7 +148,9 @@ def register(subparsers):
                     "--source/--target), edit with Stable Diffusion, and let the evaluator decide when to stop.")
     p.add_argument("composite", nargs="?", help="the composite image")
     p.add_argument("--mask", help="the foreground mask (white = foreground), same size as the composite")
-    p.add_argument("--out", required=True, help="output image (png, jpg, tif, webp), or a folder with --batch")
+    p.add_argument("--out", required=True, help="output image (png, tif, webp, bmp), or a folder with --batch")
+    p.add_argument("--allow-lossy", action="store_true",
+                   help="allow a lossy output (.jpg): background pixels change; zsharm says how many")
     p.add_argument("--batch", metavar="DIR", help="harmonize a folder: the authors' layout (composite/, mask/, "
                    "caption.txt) or image + image_mask pairs; resumes where it stopped")
     p.add_argument("--shard", metavar="I/N", help="with --batch: do the I-th of N shares (default: from RANK/WORLD_SIZE)")
@@ -198,34 +197,25 @@ def _config_from_args(args) -> HarmonizeConfig:
         raise ZsharmError(str(exc)) from None
 
 
-def _check_out(path: Path):
-    if path.suffix.lower() not in FORMATS:
-        raise ZsharmError(f"--out {path}: unknown image format {path.suffix!r} (use .png, .jpg, .tif or .webp)")
-
-
 def cli_harmonize(args) -> int:
+    from zsharm.validate import check_request
     config = _config_from_args(args)
-    if (args.source is None) != (args.target is None):
-        raise ZsharmError("give both --source and --target, or neither (then the VLM describes the composite)")
+    request = check_request(args, config)
     if args.batch:
         return _cli_batch(args, config)
-    if not args.composite:
-        raise ZsharmError("name a composite image (or a folder with --batch)")
-    if not args.mask:
-        raise ZsharmError(f"no --mask given for {args.composite}: zsharm needs the foreground mask")
-    out = Path(args.out)
-    _check_out(out)
-    picture = load_image(args.composite)
-    mask = load_mask(args.mask, size=picture.size)
+    out = request.out
     harmonizer = _harmonizer(args, config)
-    result = harmonizer(picture, mask, source=args.source, target=args.target, iterations=args.iterations,
-                        history_dir=args.history, name=Path(args.composite).name)
+    result = harmonizer(request.picture, request.mask, source=args.source, target=args.target,
+                        iterations=args.iterations, history_dir=args.history, name=Path(args.composite).name)
     if args.save_intermediates:
-        if len(result.loop.history) != 1:
-            raise ZsharmError("--save-intermediates needs exactly one iteration (--iterations 1 --no-evaluator)")
         from zsharm.repro.reference import save_intermediates
         save_intermediates(result.last_iteration, args.save_intermediates)
-    save_picture(result.picture, out)
+    if args.allow_lossy and out.suffix.lower() in (".jpg", ".jpeg"):
+        from zsharm.io import lossy_background_changes
+        changed, total = lossy_background_changes(result.picture, request.mask, out)
+        print(f"zsharm: warning: {out.name} is lossy: {changed:,} of {total:,} background pixels differ from "
+              f"the input", file=sys.stderr)
+    save_picture(result.picture, out, lossy=args.allow_lossy)
     if not args.quiet:
         best = result.loop.best
         score = "" if best.score is None else f", score {best.score:.3f}"
@@ -244,27 +234,30 @@ def _harmonizer(args, config) -> Harmonizer:
 
 
 def _cli_batch(args, config) -> int:
-    from zsharm.batch import find_batch_items, parse_shard, run_batch
+    from zsharm.batch import find_batch_items, parse_shard, prompts_for, run_batch
     items = find_batch_items(args.batch)
     shard = parse_shard(args.shard) if args.shard else None
+    if args.source is not None and any(item.captions for item in items):
+        print("zsharm: --source/--target given: they are used for every image, not caption.txt's descriptions",
+              file=sys.stderr)
     harmonizer = _harmonizer(args, config)
     out_dir = Path(args.out)
 
     def process_one(item, out_path):
-        picture = load_image(item.composite)
-        mask = load_mask(item.mask, size=picture.size)
-        candidates = list(item.captions) or None
+        candidates, origin = prompts_for(item, args.source, args.target)
         history = out_dir / "history" / item.name if args.history else None
-        result = harmonizer(picture, mask, source=args.source, target=args.target, candidates=candidates,
-                            iterations=args.iterations, history_dir=history, name=item.composite.name)
+        result = harmonizer(item.composite, item.mask, source=args.source, target=args.target,
+                            candidates=candidates, iterations=args.iterations, history_dir=history,
+                            name=item.composite.name)
         save_picture(result.picture, out_path)
         best = result.loop.best
-        return dict(source=best.source, target=best.target, score=best.score, iteration=best.iteration)
+        return dict(source=best.source, target=best.target, prompts_from=origin, score=best.score,
+                    iteration=best.iteration)
 
     summary = run_batch(items, out_dir, process_one, shard=shard, progress=not args.quiet)
     if not args.quiet:
         print(f"{len(summary.done)} done, {len(summary.skipped)} already done, {len(summary.failed)} failed "
               f"(summary: {summary.summary_path})")
-        for name, reason in summary.failed:
-            print(f"  {name}: {reason}")
+    for name, reason in summary.failed:
+        print(f"  {name}: {reason}", file=sys.stderr)
     return 0 if summary.ok else 1
