@@ -17,15 +17,14 @@ from pathlib import Path
 
 from PIL import Image
 
+from typing import TYPE_CHECKING
+
 from zsharm.config import HarmonizeConfig
-from zsharm.edit.iteration import (
-    IterationResult,
-    _iterate_at_work_size,
-    at_work_size,
-    finish,
-)
 from zsharm.errors import ZsharmError
 from zsharm.io import Picture, save_picture
+
+if TYPE_CHECKING:  # stage 2 imports torch: loaded when work starts, so `zsharm harmonize --help` is instant
+    from zsharm.edit.iteration import IterationResult
 
 
 @dataclass
@@ -41,7 +40,7 @@ class PipelineResult:
     image: Image.Image       # 8-bit RGB view at the input's size
     picture: Picture         # the input's size, mode and depth
     loop: object             # zsharm.loop.LoopResult: per-iteration descriptions, scores, decisions
-    last_iteration: IterationResult  # the intermediates of the last stage-2 iteration
+    last_iteration: "IterationResult"  # the intermediates of the last stage-2 iteration
 
 
 class Harmonizer:
@@ -62,6 +61,7 @@ class Harmonizer:
 
     def __call__(self, image, mask, source: str = None, target: str = None, candidates=None,
                  iterations: int = None, history_dir=None, name: str = None) -> PipelineResult:
+        from zsharm.edit.iteration import _iterate_at_work_size, at_work_size, finish
         from zsharm.validate import check_inputs, check_prompts
         check_prompts(source, target)
         picture, mask = check_inputs(image, mask, self.config)
@@ -123,6 +123,7 @@ def harmonize(pipe, image, mask, source: str, target: str, config: HarmonizeConf
 
     history_dir keeps every iteration's image, history.json and a contact sheet (zsharm.loop's format)."""
     from zsharm.describe.describers import Description
+    from zsharm.edit.iteration import _iterate_at_work_size, at_work_size, finish
     from zsharm.loop import run_loop
     from zsharm.validate import check_inputs, check_prompts
     config = config or HarmonizeConfig()
