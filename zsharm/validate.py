@@ -60,6 +60,8 @@ def check_request(args, config) -> Request | None:
         check_writable(history / "history.json")
     if with_evaluator:
         check_evaluator_spec(args.evaluator)
+    if config.use_edges:
+        check_edge_weights(config)
     if args.batch:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
@@ -188,6 +190,17 @@ def check_device(device, dtype=None) -> None:
         if kind == "cpu":
             raise ZsharmError("--dtype fp16 needs a GPU: on CPU half precision is slow and unsupported in places; "
                               "use fp32 (the CPU default) or bf16")
+
+
+def check_edge_weights(config) -> None:
+    """The PiDiNet weights of the edge loss are at hand (fetched now if they can be): stage 2 needs them
+    after minutes of work, so a missing file and no connection are found first."""
+    from zsharm.edit.pidinet import resolve_weights
+    try:
+        resolve_weights(None, config.pidinet_variant)
+    except ZsharmError as error:
+        raise ZsharmError(f"the edge loss needs PiDiNet's weights: {error}; or run without the edge loss "
+                          f"(--no-edges)") from None
 
 
 def check_evaluator_spec(spec) -> None:
