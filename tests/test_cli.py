@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_composite
 from PIL import Image
 
-from conftest import make_composite
 from zsharm.cli import main
 
 QUICK = ["--model", "tiny", "--steps", "2", "--size", "64", "--no-edges", "--quiet", "--device", "cpu"]
@@ -95,11 +95,13 @@ def test_batch_reports_a_bad_image_and_does_the_rest(tmp_path, capsys):
     Image.new("L", (96, 80), 255).save(folder / "mask" / "002_mask.png")
     (folder / "caption.txt").write_text("cat bright,cat winter\n" * 3)
     out = tmp_path / "out"
-    code, err = run_cli(capsys, "harmonize", "--batch", folder, "--out", out, "--no-evaluator", *QUICK)
+    code = main([str(a) for a in ["harmonize", "--batch", folder, "--out", out, "--no-evaluator", *QUICK]])
+    captured = capsys.readouterr()
     assert code == 1  # one failure
     assert (out / "000.png").is_file() and (out / "001.png").is_file() and not (out / "002.png").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert "002" in json.dumps(summary)
+    assert "002" in captured.err and "002" not in captured.out  # errors go to stderr, also under --quiet
 
 
 def test_without_prompts_the_vlm_describes(composite, tmp_path, capsys, monkeypatch):
@@ -253,6 +255,13 @@ def bad_case(name, tmp_path, comp, mask):
     if name == "missing evaluator file":
         return [*base[:-6], "--steps", "2", "--quiet", "--size", "64", "--device", "cpu",
                 "--evaluator", tmp_path / "evaluator.pth"], ["evaluator", "no such file"]
+    if name == "damaged evaluator file":
+        import torch
+        torch.save({"fc.weight": torch.zeros(2, 3)}, tmp_path / "evaluator.pth")
+        data = (tmp_path / "evaluator.pth").read_bytes()
+        (tmp_path / "evaluator.pth").write_bytes(data[: len(data) // 2])
+        return [*base[:-6], "--steps", "2", "--quiet", "--size", "64", "--device", "cpu",
+                "--evaluator", tmp_path / "evaluator.pth"], ["not a complete PyTorch checkpoint"]
     if name == "history is a file":
         return [*base, "--history", comp], ["--history", "file"]
     raise AssertionError(name)
@@ -264,7 +273,7 @@ BAD_CASES = ["jpeg output", "cmyk jpeg to jpeg", "one-pixel mask", "tiny object 
              "zero iterations", "output is the composite", "output is the mask", "float tiff",
              "mask in the stored orientation of an exif-rotated photo", "200-word prompt", "cyrillic word",
              "fp16 on cpu", "work size far above the model", "work size above the image", "huge seed",
-             "missing evaluator file", "history is a file"]
+             "missing evaluator file", "damaged evaluator file", "history is a file"]
 
 
 @pytest.mark.parametrize("name", BAD_CASES)
@@ -415,7 +424,7 @@ def test_help_and_version_import_no_command_module():
             "assert 'torch' not in sys.modules, 'torch imported'\n"
             "try: main(['bench', '--help'])\n"
             "except SystemExit: pass\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     for command in ("harmonize", "describe", "train-evaluator", "evaluate", "bench", "ablate", "figures"):
         assert command in done.stdout

@@ -1,6 +1,7 @@
 """Pictures and masks in and out: every mode and depth round-trips, the background of a new foreground is the
 input bit for bit, EXIF orientation is applied, and each bad input gives one clear line and no stray file."""
 
+import os
 import struct
 import zlib
 
@@ -365,6 +366,33 @@ def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch, mode, dtype):
     assert_one_line(error, "out.png", "disk full")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
     assert target.read_bytes() == b"the previous result"
+
+
+def test_ctrl_c_during_a_save_leaves_nothing_behind(tmp_path, monkeypatch):
+    def interrupted(file, *args):
+        file.write(b"half an image")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zio, "_encode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_picture(random_picture("RGB", np.uint8, size=(8, 9)), tmp_path / "out.png")
+    with pytest.raises(KeyboardInterrupt), zio.atomic_path(tmp_path / "table.md") as temp:
+        temp.write_text("half a table")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temporary_files_of_killed_processes_are_swept_on_the_next_write(tmp_path):
+    import subprocess
+    import sys
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".out.{dead.pid}-0123abcd.tmp.png"
+    live = tmp_path / f".out.{os.getpid()}-0123abcd.tmp.png"  # this process: perhaps still writing it
+    stale.write_bytes(b"left by a SIGKILL")
+    live.write_bytes(b"being written")
+    save_picture(random_picture("RGB", np.uint8, size=(4, 4)), tmp_path / "out.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "out.png"])
 
 
 def test_failed_opencv_encoding_leaves_nothing_behind(tmp_path, monkeypatch):

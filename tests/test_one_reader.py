@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_composite
 from PIL import Image
 
-from conftest import make_composite
 from zsharm.cli import main
 from zsharm.config import HarmonizeConfig
 from zsharm.errors import ZsharmError

@@ -213,8 +213,34 @@ def check_evaluator_spec(spec) -> None:
         raise ZsharmError(f"--evaluator {spec}: no such file (give a checkpoint, 'random', or --no-evaluator)")
     if path.is_dir():
         raise ZsharmError(f"--evaluator {spec} is a folder; give the checkpoint file")
-    if path.suffix.lower() not in (".safetensors", ".pth", ".pt", ".bin"):
+    suffix = path.suffix.lower()
+    if suffix not in (".safetensors", ".pth", ".pt", ".bin"):
         raise ZsharmError(f"--evaluator {spec}: unknown checkpoint type {path.suffix!r} (.safetensors or .pth)")
+    if not _looks_like_checkpoint(path, suffix):
+        raise ZsharmError(f"--evaluator {spec} is not a complete {'safetensors' if suffix == '.safetensors' else 'PyTorch'}"
+                          f" checkpoint (damaged, cut short, or another kind of file)")
+
+
+def _looks_like_checkpoint(path: Path, suffix: str) -> bool:
+    """The file's framing is whole: a safetensors JSON header that fits the file, or the zip archive that
+    torch.save writes (its central directory is at the end, so a cut-short file fails)."""
+    import json
+    import struct
+    import zipfile
+    try:
+        if suffix == ".safetensors":
+            with open(path, "rb") as file:
+                head = file.read(8)
+                if len(head) < 8:
+                    return False
+                (length,) = struct.unpack("<Q", head)
+                if length > path.stat().st_size - 8:
+                    return False
+                json.loads(file.read(length))
+            return True
+        return zipfile.is_zipfile(path)
+    except (OSError, ValueError):
+        return False
 
 
 def _same_file(a: Path, b: Path) -> bool:
