@@ -438,3 +438,15 @@ def test_the_command_list_matches_each_modules_own_help():
     actions = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {choice.dest: choice.help for choice in actions._choices_actions}
     assert helps == {name: summary for name, (_, summary) in COMMANDS.items()}
+
+
+def test_a_prompt_of_few_words_but_too_many_tokens_is_refused_in_one_line(composite, tmp_path, capsys):
+    comp, mask = composite
+    long_words = "cat " + " ".join(["xylophonequartzwhisk"] * 20)  # 21 words, far more than 77 tokens
+    code, err = run_cli(capsys, "harmonize", comp, "--mask", mask, "--out", tmp_path / "out.png", "--source",
+                        long_words, "--target", "cat winter dull", *FAST, "--size", "64", "--device", "cpu")
+    assert code == 2, err
+    last = err.splitlines()[-1]
+    assert "tokens long" in last and "77" in last and "xylophone" not in last, last
+    assert "Token indices sequence length" not in err
+    assert not (tmp_path / "out.png").exists()

@@ -50,7 +50,10 @@ class Harmonizer:
                  evaluator=None, describer=None, device=None, dtype=None, pipe=None, pidinet=None,
                  progress: bool = True):
         from zsharm.models import load_pipeline
+        from zsharm.validate import check_device
         self.config = config or HarmonizeConfig.fast()
+        if pipe is None:
+            check_device(device, self.config.dtype if self.config.dtype != "auto" else None)
         if dtype is None:
             dtype = self.config.torch_dtype(device)
         self.pipe = pipe if pipe is not None else load_pipeline(model, device=device, dtype=dtype)
@@ -63,7 +66,7 @@ class Harmonizer:
                  iterations: int = None, history_dir=None, name: str = None) -> PipelineResult:
         from zsharm.edit.iteration import _iterate_at_work_size, at_work_size, finish
         from zsharm.validate import check_inputs, check_prompts
-        check_prompts(source, target)
+        check_prompts(source, target, getattr(self.pipe, "tokenizer", None))
         picture, mask = check_inputs(image, mask, self.config)
         cfg = self.config
         if iterations is None:

@@ -117,9 +117,10 @@ def check_inputs(image, mask, config) -> tuple[Picture, np.ndarray]:
     return picture, mask
 
 
-def check_prompts(source, target) -> None:
+def check_prompts(source, target, tokenizer=None) -> None:
     """Refuse, before any model is loaded, prompts stage 2 cannot use: one without the other, non-English
-    letters, more words than the text encoder reads, no shared object word or no condition word."""
+    letters, more words than the text encoder reads, no shared object word or no condition word; with the
+    model's `tokenizer`, also more tokens than it reads (counted without the library's long-input warning)."""
     if source is None and target is None:
         return
     if (source is None) != (target is None):
@@ -140,6 +141,11 @@ def check_prompts(source, target) -> None:
                                   f"text encoder and zsharm's condition words are English")
             raise ZsharmError(f"{label} prompt word {word!r} holds {_first_odd(word)!r}: use words of letters "
                               f"a-z (hyphens inside a word are fine)")
+        if tokenizer is not None:
+            tokens = len(tokenizer(prompt, verbose=False).input_ids)  # verbose=False: no long-input warning
+            if tokens > tokenizer.model_max_length:
+                raise ZsharmError(f"the {label} prompt is {tokens} tokens long, but the text encoder reads "
+                                  f"{tokenizer.model_max_length}; use fewer or commoner words")
     from zsharm.describe.describers import Description
     from zsharm.edit.tokens import condition_vocabulary, split_object
     Description.from_prompts(source, target)
