@@ -30,9 +30,14 @@ from tqdm.auto import tqdm
 
 from zsharm.describe.captions import read_caption_file
 from zsharm.errors import ZsharmError, one_line
-from zsharm.io import atomic_path, list_images, natural_key, write_json
-
-MASK_SUFFIX = "_mask"
+from zsharm.io import (
+    MASK_SUFFIX,
+    atomic_path,
+    list_images,
+    natural_key,
+    pair_masks,
+    write_json,
+)
 
 # What one bad item may raise without stopping the batch: the user's problems and unreadable files
 # (PIL reports damaged files as OSError, SyntaxError, ValueError or struct.error).
@@ -110,13 +115,7 @@ def find_batch_items(folder) -> list[BatchItem]:
 
 
 def _match_masks(composites: list[Path], masks: list[Path], by_order: bool) -> list[tuple[Path, Path | None]]:
-    by_name = {}
-    for m in masks:
-        by_name.setdefault(m.stem, m)
-    matched = [by_name.get(p.stem + MASK_SUFFIX) or by_name.get(p.stem) for p in composites]
-    if by_order and not any(matched) and len(masks) == len(composites):
-        matched = list(masks)  # the authors pair the i-th composite with the i-th mask
-    return list(zip(composites, matched))
+    return list(zip(composites, pair_masks(composites, masks, by_order)))
 
 
 def _read_captions(path: Path, count: int) -> list[tuple[Caption, ...]]:

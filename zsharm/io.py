@@ -385,6 +385,22 @@ def list_images(folder, recursive: bool = False) -> list[Path]:
     return sorted(images, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
 
 
+MASK_SUFFIX = "_mask"
+
+
+def pair_masks(composites: list[Path], masks: list[Path], by_order: bool = False) -> list[Path | None]:
+    """The mask of each composite: by name (`003.png` <- `003_mask.png`, else `003.png`); when no name
+    matches at all, `by_order` and the counts agree, the i-th mask in natural order (as the authors pair
+    theirs). None where a composite has no mask."""
+    by_name = {}
+    for mask in masks:
+        by_name.setdefault(mask.stem, mask)
+    matched = [by_name.get(p.stem + MASK_SUFFIX) or by_name.get(p.stem) for p in composites]
+    if by_order and not any(matched) and len(masks) == len(composites):
+        return list(masks)
+    return matched
+
+
 def find_image(folder, stem: str) -> Path | None:
     """folder/stem.<an image extension, any case>, or None."""
     folder = Path(folder)

@@ -30,7 +30,14 @@ import numpy as np
 
 from zsharm.describe.captions import parse_caption_line
 from zsharm.errors import ZsharmError
-from zsharm.io import find_image, list_images, load_image, load_mask, natural_key
+from zsharm.io import (
+    find_image,
+    list_images,
+    load_image,
+    load_mask,
+    natural_key,
+    pair_masks,
+)
 
 LAYOUTS = ("iharmony4", "authors", "realhm", "folder")
 
@@ -203,16 +210,12 @@ def authors_demo(root) -> list:
     """The Diff-Harmonization demo layout: composite/, mask/ (NNN_mask.png) and caption.txt."""
     root = Path(root)
     composites, masks = list_images(root / "composite"), list_images(root / "mask")
-    by_stem = {m.stem: m for m in masks}
-    paired = [by_stem.get(c.stem + "_mask") or by_stem.get(c.stem) for c in composites]
+    paired = pair_masks(composites, masks, by_order=True)
     if not all(paired):
         if any(paired):
             missing = composites[paired.index(None)]
             raise ZsharmError(f"{missing.name}: no mask/{missing.stem}_mask.png")
-        # no names in common: pair in natural order, as the authors' script does
-        if len(masks) != len(composites):
-            raise ZsharmError(f"{root}: {len(composites)} composites but {len(masks)} masks")
-        paired = masks
+        raise ZsharmError(f"{root}: {len(composites)} composites but {len(masks)} masks")
     captions = _caption_file(root / "caption.txt", len(composites))
     return [Sample(c.stem, c, m, None, cap) for c, m, cap in zip(composites, paired, captions)]
 
