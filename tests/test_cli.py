@@ -450,3 +450,16 @@ def test_a_prompt_of_few_words_but_too_many_tokens_is_refused_in_one_line(compos
     assert "tokens long" in last and "77" in last and "xylophone" not in last, last
     assert "Token indices sequence length" not in err
     assert not (tmp_path / "out.png").exists()
+
+
+def test_a_batch_where_no_image_can_be_harmonized_stops_before_any_model_loads(tmp_path, capsys, tripwire):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for name in ("a", "b"):
+        image, _ = make_composite(width=96, height=80)
+        Image.fromarray(image).save(folder / f"{name}.png")
+        Image.new("L", (96, 80), 0).save(folder / f"{name}_mask.png")  # empty masks
+    code, err = run_cli(capsys, "harmonize", "--batch", folder, "--out", tmp_path / "out", *PROMPTS, *FAST,
+                        "--size", "64", "--device", "cpu")
+    assert code == 2, err
+    assert "none of the 2 images" in err and "no foreground" in err and "\n" not in err

@@ -239,8 +239,10 @@ def _harmonizer(args, config) -> Harmonizer:
 
 def _cli_batch(args, config) -> int:
     from zsharm.batch import find_batch_items, parse_shard, prompts_for, run_batch
+    from zsharm.validate import check_batch_items
     items = find_batch_items(args.batch)
     shard = parse_shard(args.shard) if args.shard else None
+    check_batch_items(items, config, shard, args.out)
     if args.source is not None and any(item.captions for item in items):
         print("zsharm: --source/--target given: they are used for every image, not caption.txt's descriptions",
               file=sys.stderr)

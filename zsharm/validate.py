@@ -85,6 +85,25 @@ def check_request(args, config) -> Request | None:
     return Request(picture, mask, out)
 
 
+def check_batch_items(items, config, shard=None, out_dir=None) -> None:
+    """Refuse a batch, before any model is loaded, when not one of this shard's items still to do can be
+    harmonized (no mask, unreadable, or refused by `check_inputs`); single bad items are reported in the run."""
+    from zsharm.batch import ITEM_ERRORS, is_done, select_shard, shard_from_env
+    mine = [item for item in select_shard(items, shard or shard_from_env())
+            if out_dir is None or not is_done(out_dir, item.name)]
+    first = None
+    for item in mine:
+        try:
+            if item.mask is None:
+                raise ZsharmError(f"no mask found for {item.composite.name}")
+            check_inputs(item.composite, item.mask, config)
+            return
+        except ITEM_ERRORS as error:
+            first = first or f"{item.name}: {error}"
+    if first is not None:
+        raise ZsharmError(f"none of the {len(mine)} images to do can be harmonized (first: {first})")
+
+
 def check_inputs(image, mask, config) -> tuple[Picture, np.ndarray]:
     """The image and mask read and checked together (see `zsharm.io.read_pair`), and checked at the work size
     of `config`: the work size is not above what the model or the image can use, and the object neither
