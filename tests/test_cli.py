@@ -463,3 +463,12 @@ def test_a_batch_where_no_image_can_be_harmonized_stops_before_any_model_loads(t
                         "--size", "64", "--device", "cpu")
     assert code == 2, err
     assert "none of the 2 images" in err and "no foreground" in err and "\n" not in err
+
+
+def test_a_work_size_somewhat_above_the_image_is_allowed_with_a_warning(composite, tmp_path, capsys, tripwire,
+                                                                         caplog):
+    comp, mask = composite
+    with caplog.at_level("WARNING", logger="zsharm"), pytest.raises(ModelLoaded):
+        run_cli(capsys, "harmonize", comp, "--mask", mask, "--out", tmp_path / "out.png", *PROMPTS, *FAST,
+                "--size", "256", "--device", "cpu")
+    assert "upsampled" in caplog.text and "150 px" in caplog.text
