@@ -128,16 +128,22 @@ def read_by_every_entry_point(tmp_path, composite, mask_file, capsys):
     (batch / "mask").mkdir()
     shutil.copy(composite, batch / "composite" / "x.png")
     shutil.copy(mask_file, batch / "mask" / "x.png")
+    # a good second item, so that a bad first one is reported in the run rather than refused up front
+    shutil.copy(composite, batch / "composite" / "y.png")
+    good = np.zeros((H, W), np.uint8)
+    good[20:60, 30:90] = 255
+    Image.fromarray(good).save(batch / "mask" / "y.png")
     out = tmp_path / "batch_out"
     shutil.rmtree(out, ignore_errors=True)
     try:
-        code = main([str(a) for a in ["harmonize", "--batch", batch, "--out", out, *PROMPTS, *QUICK]])
+        main([str(a) for a in ["harmonize", "--batch", batch, "--out", out, *PROMPTS, *QUICK]])
     except ReachedStage2 as reached:
-        seen["batch"] = reached.mask
-    else:
-        assert code == 1
-        (failure,) = json.loads((out / "summary.json").read_text())["failed"]
-        seen["batch"] = failure["error"].replace(str(batch / "mask" / "x.png"), str(mask_file))
+        failed = json.loads((out / "summary.json").read_text())["failed"]
+        if failed:  # x was refused, y reached stage 2
+            (failure,) = failed
+            seen["batch"] = failure["error"].replace(str(batch / "mask" / "x.png"), str(mask_file))
+        else:
+            seen["batch"] = reached.mask
     capsys.readouterr()
     return seen
 
