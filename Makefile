@@ -1,6 +1,6 @@
 # Two commands for a newcomer; each builds its own environment in .venv on first use.
 #   make demo              harmonize the demo composite (downloads Stable Diffusion 2 base on first use)
-#   make demo MODEL=tiny   the same on tiny random weights: checks the machinery, offline, no GPU
+#   make demo MODEL=tiny   the same on tiny random weights: checks the machinery, no GPU (about 35 s of CPU)
 #   make test              the test suite (offline, CPU)
 #   make env TORCH=cu128   the environment with a CUDA build of torch (default: cu128 if nvidia-smi runs, else cpu)
 PYTHON ?= python3
@@ -29,6 +29,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # The demo's first description from data/demo/caption.txt; drop --source/--target to ask the VLM instead.
+# MODEL=tiny needs no network once PiDiNet's weights are cached (fetched on first use, 0.4 MB) or named by
+# ZSHARM_PIDINET_WEIGHTS; without either it stops at once, before any model work, and says so
+# (ARGS=--no-edges runs it without the edge loss).
 demo: env
 	$(BIN)/zsharm harmonize data/demo/composite.png --mask data/demo/mask.png --model $(MODEL) --out $(OUT) \
 		--source "astronaut bright warm indoor" --target "astronaut dim blue twilight" $(ARGS)

@@ -1,13 +1,21 @@
 """Batch discovery, resuming, per-image failures and sharding, with a scripted `process_one`."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from zsharm.batch import (BatchItem, Caption, find_batch_items, parse_shard, run_batch, select_shard,
-                          shard_from_env)
+from zsharm.batch import (
+    BatchItem,
+    Caption,
+    find_batch_items,
+    parse_shard,
+    run_batch,
+    select_shard,
+    shard_from_env,
+)
 from zsharm.errors import ZsharmError
 
 
@@ -232,3 +240,11 @@ def test_run_batch_reads_the_shard_from_the_environment(tmp_path, monkeypatch):
     harmonizer = Harmonizer()
     summary = run_batch(find_batch_items(root), tmp_path / "out", harmonizer, progress=False)
     assert summary.shard == (1, 2) and harmonizer.calls == ["002", "004"]
+
+
+def test_prompts_named_on_the_command_line_win_over_caption_txt():
+    from zsharm.batch import prompts_for
+    item = BatchItem("a", Path("a.png"), Path("a_mask.png"), (Caption("cat bright", "cat dusk"),))
+    assert prompts_for(item, "dog dim", "dog snowy") == (None, "--source/--target")
+    assert prompts_for(item, None, None) == ([Caption("cat bright", "cat dusk")], "caption.txt")
+    assert prompts_for(BatchItem("b", Path("b.png"), Path("b_mask.png")), None, None) == (None, "vlm")

@@ -149,7 +149,7 @@ def test_size_mismatch_and_empty_folder_are_errors(tmp_path):
     _image(tmp_path / "a.png", 10, size=(12, 8))
     _mask(tmp_path / "a_mask.png", size=(10, 8), box=(1, 1, 4, 4))
     (sample,) = load_dataset(tmp_path)
-    with pytest.raises(ZsharmError, match="mask is 10x8, the composite 12x8"):
+    with pytest.raises(ZsharmError, match="a_mask.png is 10x8 but the image is 12x8"):
         sample.load()
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +33,14 @@ from tqdm.auto import tqdm
 from zsharm.describe.captions import read_caption_file
 from zsharm.distributed import claimed
 from zsharm.errors import ZsharmError, one_line
-from zsharm.io import atomic_path, write_json
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-MASK_SUFFIX = "_mask"
+from zsharm.io import (
+    MASK_SUFFIX,
+    atomic_path,
+    list_images,
+    natural_key,
+    pair_masks,
+    write_json,
+)
 
 # What one bad item may raise without stopping the batch: the user's problems and unreadable files
 # (PIL reports damaged files as OSError, SyntaxError, ValueError or struct.error).
@@ -72,6 +77,7 @@ class BatchSummary:
     skipped: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    prompts: dict[str, dict] = field(default_factory=dict)  # name -> source, target and where they came from
     summary_path: Path | None = None
     seconds: float = 0.0
 
@@ -83,16 +89,6 @@ class BatchSummary:
 # ---------------------------------------------------------------- finding items
 
 
-def natural_key(text: str):
-    """Sort key that orders `2.png` before `10.png` (the authors use natsort)."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
-
-
-def _images(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS
-                   and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
-
-
 def find_batch_items(folder) -> list[BatchItem]:
     """Every image/mask pair in `folder`, in natural order of the names (see the module docstring)."""
     folder = Path(folder)
@@ -101,13 +97,13 @@ def find_batch_items(folder) -> list[BatchItem]:
     if (folder / "composite").is_dir():
         if not (folder / "mask").is_dir():
             raise ZsharmError(f"{folder} has composite/ but no mask/ folder")
-        composites = _images(folder / "composite")
-        pairs = _match_masks(composites, _images(folder / "mask"), by_order=True)
+        composites = list_images(folder / "composite")
+        pairs = _match_masks(composites, list_images(folder / "mask"), by_order=True)
     elif (folder / "images").is_dir() and (folder / "masks").is_dir():
-        composites = _images(folder / "images")
-        pairs = _match_masks(composites, _images(folder / "masks"), by_order=False)
+        composites = list_images(folder / "images")
+        pairs = _match_masks(composites, list_images(folder / "masks"), by_order=False)
     else:
-        files = _images(folder)
+        files = list_images(folder)
         masks = [p for p in files if p.stem.endswith(MASK_SUFFIX)]
         composites = [p for p in files if not p.stem.endswith(MASK_SUFFIX)]
         pairs = _match_masks(composites, masks, by_order=False)
@@ -124,13 +120,7 @@ def find_batch_items(folder) -> list[BatchItem]:
 
 
 def _match_masks(composites: list[Path], masks: list[Path], by_order: bool) -> list[tuple[Path, Path | None]]:
-    by_name = {}
-    for m in masks:
-        by_name.setdefault(m.stem, m)
-    matched = [by_name.get(p.stem + MASK_SUFFIX) or by_name.get(p.stem) for p in composites]
-    if by_order and not any(matched) and len(masks) == len(composites):
-        matched = list(masks)  # the authors pair the i-th composite with the i-th mask
-    return list(zip(composites, matched))
+    return list(zip(composites, pair_masks(composites, masks, by_order)))
 
 
 def _read_captions(path: Path, count: int) -> list[tuple[Caption, ...]]:
@@ -141,6 +131,17 @@ def _read_captions(path: Path, count: int) -> list[tuple[Caption, ...]]:
         raise ZsharmError(f"{path} has {len(lines)} lines but there are {count} images: one line per image, "
                           f"in natural name order")
     return [tuple(Caption(*pair) for pair in line) for line in lines]
+
+
+def prompts_for(item: BatchItem, source: str | None, target: str | None):
+    """(candidates, where they come from) for one item: prompts named on the command line win over
+    `caption.txt` (candidates None: the caller passes its source and target), then caption.txt's candidate
+    descriptions, else the VLM's (None)."""
+    if source is not None or target is not None:
+        return None, "--source/--target"
+    if item.captions:
+        return list(item.captions), "caption.txt"
+    return None, "vlm"
 
 
 # ---------------------------------------------------------------- shards
@@ -219,6 +220,7 @@ def run_batch(items: Sequence[BatchItem], out_dir, process_one: Callable, shard:
             "shard": f"{index}/{count}", "total": summary.total, "done": summary.done,
             "skipped": summary.skipped, "busy": summary.busy,
             "failed": [{"name": n, "error": e} for n, e in summary.failed],
+            "prompts": summary.prompts,
             "remaining": summary.total - len(summary.done) - len(summary.skipped) - len(summary.busy)
             - len(summary.failed),
             "interrupted": interrupted, "seconds": round(summary.seconds, 3)})
@@ -237,12 +239,15 @@ def run_batch(items: Sequence[BatchItem], out_dir, process_one: Callable, shard:
                     summary.skipped.append(item.name)
                     continue
                 try:
-                    _process(item, out_dir, process_one)
+                    info = _process(item, out_dir, process_one)
                 except ITEM_ERRORS as error:
                     summary.failed.append((item.name, one_line(error, with_type=True)))
-                    bar.write(f"zsharm: {item.name}: {one_line(error, with_type=True)}")
+                    bar.write(f"zsharm: {item.name}: {one_line(error, with_type=True)}", file=sys.stderr)
                 else:
                     summary.done.append(item.name)
+                    used = {k: info[k] for k in ("source", "target", "prompts_from") if k in info}
+                    if used:
+                        summary.prompts[item.name] = used
                     bar.set_postfix(done=len(summary.done), failed=len(summary.failed))
             save_summary()
     except BaseException:

@@ -1,6 +1,10 @@
 """The `zsharm` command. Each subcommand lives beside the stage it runs, in a module with
 `register(subparsers)`; this file only gathers them, sets up the `zsharm` logger (-v / -q) and turns ZsharmError
-into one line."""
+into one line.
+
+Those modules import torch (seconds), so only the module of the command being run is imported: `zsharm
+--help`, `--version` and a mistyped command list the commands from the table below without importing any.
+"""
 
 import argparse
 import importlib
@@ -10,19 +14,26 @@ import sys
 from zsharm import __version__
 from zsharm.errors import ZsharmError
 
-# module -> subcommands it registers (the order is the order of `zsharm --help`)
-COMMAND_MODULES = [
-    "zsharm.pipeline",    # harmonize (all three stages)
-    "zsharm.describe.describers",    # describe
-    "zsharm.decide.training",    # train-evaluator
-    "zsharm.benchmark.compare",    # evaluate
-    "zsharm.repro.bench",       # bench
-    "zsharm.repro.switches",    # ablate
-    "zsharm.teaching.figures",     # figures
-]
+# command -> (the module that registers it, its line in `zsharm --help`; tests/test_cli.py checks it is the
+# module's own); the order is the order of `zsharm --help`
+COMMANDS = {
+    "harmonize": ("zsharm.pipeline",
+                  "harmonize a composite's foreground with its background (all three stages)"),
+    "describe": ("zsharm.describe.describers", "describe a composite's imaging conditions with a VLM (stage 1)"),
+    "train-evaluator": ("zsharm.decide.training", "train the harmony evaluator (stage 3)"),
+    "evaluate": ("zsharm.benchmark.compare",
+                 "measure harmonization methods on a dataset (MSE, fMSE, PSNR, fPSNR, SSIM)"),
+    "bench": ("zsharm.repro.bench",
+              "time one harmonization iteration per schedule, with peak memory and model-call counts"),
+    "ablate": ("zsharm.repro.switches",
+               "each fast-schedule switch alone: model work, time and distance from paper's output"),
+    "figures": ("zsharm.teaching.figures", "draw the paper-style figures into a folder"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    """The parser for `argv`: with the command's own module registered when `argv` names one; a listing of
+    every command otherwise (argv None: every module registered, for code that inspects the parser)."""
     parser = argparse.ArgumentParser(prog="zsharm", description="Zero-shot image harmonization with a diffusion prior.")
     parser.add_argument("--version", action="version", version=f"zsharm {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
@@ -30,14 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", dest="log_quiet", action="count", default=0,
                         help="log errors only (warnings are shown by default)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # a missing dependency inside the module is a real error
-                raise
-            continue
-        module.register(sub)
+    chosen = None if argv is None else next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, summary) in COMMANDS.items():
+        if argv is None or name == chosen:
+            _register(module_name, sub)
+        else:
+            sub.add_parser(name, help=summary)
     return parser
 
 
@@ -81,8 +90,19 @@ def reset_logging() -> logging.Logger:
     return logger
 
 
+def _register(module_name: str, sub) -> None:
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:  # a missing dependency inside the module is a real error
+            raise
+        return
+    module.register(sub)
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.log_quiet)
     try:

@@ -14,9 +14,12 @@ levels), "I;16"/"I" -> 16-bit "L", "P"/"PA" -> "RGB" or "RGBA", "CMYK"/"YCbCr"/"
 
 from __future__ import annotations
 
+import glob
 import io
 import json
+import logging
 import os
+import re
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +32,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from zsharm.errors import ZsharmError, one_line
 
 MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+# The image files every folder reader lists (batch, benchmark datasets, the evaluator's training sets).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+log = logging.getLogger("zsharm")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, the weights PIL uses for RGB -> L
 MASK_THRESHOLD = 100 / 255  # the paper binarises masks at > 100/255
 _EXIF_ORIENTATION = 0x0112
@@ -41,6 +47,7 @@ _HOLDS_ALPHA = {"PNG", "TIFF", "WEBP"}
 _HOLDS_16BIT = {"PNG", "TIFF"}
 _HOLDS_GREY_ALPHA = {"PNG", "TIFF"}
 _HOLDS_GREY = {"PNG", "TIFF", "JPEG", "BMP"}
+_LOSSY = {"JPEG"}  # WebP is written losslessly
 
 
 @dataclass
@@ -55,6 +62,7 @@ class Picture:
     mode: str
     path: Path | None = None
     icc_profile: bytes | None = None
+    orientation: int = 1  # the file's EXIF orientation, already applied to `pixels` (1: none)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -123,7 +131,7 @@ class Picture:
         pixels = self.pixels.copy()
         colour_channels = values.shape[1]
         pixels[mask, :colour_channels] = values  # alpha (the channel after the colour ones) stays as it was
-        return Picture(pixels, self.mode, None, self.icc_profile)
+        return Picture(pixels, self.mode, None, self.icc_profile, self.orientation)
 
 
 def load_image(src) -> Picture:
@@ -136,77 +144,174 @@ def load_image(src) -> Picture:
     return _load(src, "image")
 
 
-def load_mask(src, size: tuple[int, int] | None = None) -> np.ndarray:
+def load_mask(src, size: tuple[int, int] | None = None, like: Picture | None = None) -> np.ndarray:
     """Read a foreground mask as a boolean H x W array (True = foreground), EXIF orientation applied.
 
-    Which values count: if the image has an alpha channel that is not constant, the alpha channel (a cut-out
-    or a painted layer is a mask by its opacity); otherwise the first channel. Foreground is > 100/255 of
-    full scale (the paper's binarisation; 16-bit scaled), except that an integer image holding only 0 and 1
-    is read as a label map (1 = foreground). `size` (W, H), if given, must match. Empty and full masks are
-    refused: there would be nothing to harmonize, or nothing to harmonize it with.
+    The one mask reader: every entry point (harmonize, Harmonizer, batch, evaluate, the evaluator's training
+    sets) binarises a mask file through it, so one file gives one mask everywhere. Which values count: if the
+    image has an alpha channel that is not constant, the alpha channel (a cut-out or a painted layer is a mask
+    by its opacity); otherwise the brightest colour channel (a mask painted green or red is still a mask).
+    Foreground is > 100/255 of full scale (the paper's binarisation; 16-bit scaled), except that an integer
+    image holding only 0 and 1 is read as a label map (1 = foreground). Boolean arrays pass through the same
+    checks. `size` (W, H), or the size of `like` (the Picture the mask belongs to), must match. Empty and
+    full masks are refused: there would be nothing to harmonize, or nothing to harmonize it with.
     """
     picture = _load(src, "mask")
-    name = _name(src)
-    pixels = picture.pixels
-    alpha = pixels[..., -1] if picture.has_alpha else None
-    values = alpha if alpha is not None and alpha.min() != alpha.max() else pixels[..., 0]
-    if values.max() == 1:
-        mask = values == 1
-    else:
-        mask = values > MASK_THRESHOLD * picture.max_value
-    width, height = picture.size
-    if size is not None and tuple(size) != (width, height):
-        raise ZsharmError(f"mask {name} is {width}x{height} but the image is {size[0]}x{size[1]}")
-    if not mask.any():
-        raise ZsharmError(f"mask {name} ({width}x{height}) has no foreground: no pixel above 100/255")
-    if mask.all():
-        raise ZsharmError(f"mask {name} ({width}x{height}) has no background: every pixel is foreground")
+    mask = binarise_mask(picture)
+    if like is not None:
+        size = like.size
+    check_mask(mask, size, _name(src), like)
     return mask
 
 
-def save_picture(picture: Picture, path, *, quality: int = 95, convert: bool = False) -> Path:
-    """Write `picture` to `path` atomically; the format comes from the extension (.png .jpg .jpeg .tif .tiff
-    .webp .bmp). Parent folders are created.
+def binarise_mask(picture: Picture) -> np.ndarray:
+    """The foreground of a mask picture (see `load_mask`), without the checks."""
+    pixels = picture.pixels
+    alpha = pixels[..., -1] if picture.has_alpha else None
+    if alpha is not None and alpha.min() != alpha.max():
+        values = alpha
+    else:
+        values = pixels[..., :-1] if picture.has_alpha else pixels
+        values = values.max(axis=2)
+    if values.max() == 1:
+        return values == 1
+    return values > MASK_THRESHOLD * picture.max_value
 
-    Nothing is lost silently: a format that cannot hold the picture's alpha (JPEG, BMP) or its 16 bits
-    (JPEG, WebP, BMP) is refused unless `convert=True`, which drops alpha / rounds to 8 bits. Grey is kept
-    as grey where the format has it (WebP stores it as RGB). 16-bit grey + alpha is stored as 16-bit RGBA
-    (OpenCV writes no 16-bit grey + alpha). JPEG is written at `quality` with no chroma subsampling (colour
-    is what harmonization changes); WebP losslessly. Returns the path written.
-    """
+
+def check_mask(mask: np.ndarray, size: tuple[int, int] | None = None, name: str = "<array>",
+               like: Picture | None = None) -> None:
+    """Refuse a mask of the wrong size (W, H), or one with no foreground or no background, in one line."""
+    height, width = mask.shape[:2]
+    if size is not None and tuple(size) != (width, height):
+        hint = ""
+        if like is not None and like.orientation in (5, 6, 7, 8) and tuple(size) == (height, width):
+            hint = (f": the image's EXIF orientation ({like.orientation}) turns it from {height}x{width} as stored "
+                    f"to {size[0]}x{size[1]} as shown, and the mask matches the stored pixels; turn the mask "
+                    f"the same way (or save the image without EXIF orientation)")
+        raise ZsharmError(f"mask {name} is {width}x{height} but the image is {size[0]}x{size[1]}{hint}")
+    if not mask.any():
+        raise ZsharmError(f"mask {name} ({width}x{height}) has no foreground: no pixel above 100/255 in any channel")
+    if mask.all():
+        raise ZsharmError(f"mask {name} ({width}x{height}) has no background: every pixel is foreground")
+
+
+def read_pair(image, mask) -> tuple[Picture, np.ndarray]:
+    """An image and its mask, read and checked together (sizes, EXIF, empty and full masks)."""
+    picture = image if isinstance(image, Picture) else load_image(image)
+    return picture, load_mask(mask, like=picture)
+
+
+def output_format(path) -> str:
+    """The format an output path names by its extension (PNG, JPEG, TIFF, WEBP, BMP), or ZsharmError."""
     path = Path(path)
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ZsharmError(f"cannot save {path}: unknown extension {path.suffix!r} "
-                          f"(use .png, .jpg, .tif, .webp or .bmp)")
+                          f"(use .png, .tif, .webp, .bmp, or .jpg with the lossy option)")
+    return fmt
+
+
+def check_can_save(picture: Picture, path, *, convert: bool = False, lossy: bool = False) -> str:
+    """Refuse, before any work, an output path that cannot hold `picture` without silently losing something:
+    an unknown extension, a lossy format (JPEG changes background pixels) unless `lossy`, alpha or 16 bits
+    the format cannot hold unless `convert`, a folder, or a place no file can be written. Returns the format."""
+    path = Path(path)
+    fmt = output_format(path)
+    if picture.has_alpha and fmt not in _HOLDS_ALPHA and not convert:
+        raise ZsharmError(f"cannot save {path}: the image has an alpha channel and {fmt} has none "
+                          f"(use .png, .tif or .webp)")
+    if picture.bits == 16 and fmt not in _HOLDS_16BIT and not convert:
+        raise ZsharmError(f"cannot save {path}: the image has 16-bit samples and {fmt} has 8 (use .png or .tif)")
+    if fmt in _LOSSY and not lossy:
+        raise ZsharmError(f"cannot save {path}: {fmt} is lossy and would change background pixels that zsharm "
+                          f"keeps bit for bit; use .png, .tif or .webp (or allow it: --allow-lossy)")
+    check_writable(path)
+    return fmt
+
+
+def check_writable(path) -> None:
+    """Refuse, before any work, a path that is a folder or lies where no file can be created."""
+    path = Path(path)
+    if path.is_dir():
+        raise ZsharmError(f"cannot save {path}: it is a folder")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ZsharmError(f"cannot save {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ZsharmError(f"cannot save {path}: no permission to write in {parent}")
+
+
+def save_picture(picture: Picture, path, *, quality: int = 95, convert: bool = False, lossy: bool = False) -> Path:
+    """Write `picture` to `path` atomically; the format comes from the extension (.png .jpg .jpeg .tif .tiff
+    .webp .bmp). Parent folders are created.
+
+    Nothing is lost silently: a lossy format (JPEG) is refused unless `lossy=True`; a format that cannot hold
+    the picture's alpha (JPEG, BMP) or its 16 bits (JPEG, WebP, BMP) is refused unless `convert=True`, which
+    drops alpha / rounds to 8 bits. Grey is kept as grey where the format has it (WebP stores it as RGB).
+    16-bit grey + alpha is stored as 16-bit RGBA (OpenCV writes no 16-bit grey + alpha). JPEG is written at
+    `quality` with no chroma subsampling (colour is what harmonization changes); WebP losslessly.
+    Returns the path written.
+    """
+    path = Path(path)
+    fmt = check_can_save(picture, path, convert=convert, lossy=lossy)
+    _write_atomic(path, lambda file: _encode_picture(file, picture, fmt, quality))
+    return path
+
+
+def encode_picture(picture: Picture, fmt: str, quality: int = 95) -> bytes:
+    """The file bytes of `picture` in `fmt`, alpha dropped and 16 bits rounded where the format lacks them."""
+    buffer = io.BytesIO()
+    _encode_picture(buffer, picture, fmt, quality)
+    return buffer.getvalue()
+
+
+def _encode_picture(file, picture: Picture, fmt: str, quality: int) -> None:
     pixels, mode = picture.pixels, picture.mode
     if picture.has_alpha and fmt not in _HOLDS_ALPHA:
-        if not convert:
-            raise ZsharmError(f"cannot save {path}: {fmt} has no alpha channel (use .png, .tif or .webp)")
         pixels, mode = pixels[..., :-1], mode[:-1]
     if picture.bits == 16 and fmt not in _HOLDS_16BIT:
-        if not convert:
-            raise ZsharmError(f"cannot save {path}: {fmt} has no 16-bit samples (use .png or .tif)")
         pixels = ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if mode == "LA" and (fmt not in _HOLDS_GREY_ALPHA or pixels.dtype == np.uint16):
         pixels, mode = pixels[..., [0, 0, 0, 1]], "RGBA"
     if mode == "L" and fmt not in _HOLDS_GREY:
         pixels, mode = np.repeat(pixels, 3, axis=2), "RGB"
+    _encode(file, np.ascontiguousarray(pixels), mode, fmt, quality, picture.icc_profile)
 
-    def encode(file):
-        _encode(file, np.ascontiguousarray(pixels), mode, fmt, quality, picture.icc_profile)
 
-    _write_atomic(path, encode)
-    return path
+def lossy_background_changes(picture: Picture, mask: np.ndarray, path, quality: int = 95) -> tuple[int, int]:
+    """(background pixels that writing `picture` to `path` would change, background pixels): what a lossy
+    format costs, counted on the very bytes it would write."""
+    fmt = output_format(path)
+    written = _load_bytes(encode_picture(picture, fmt, quality), f"image {path}", None)
+    colour = slice(0, MODES[picture.mode] - (1 if picture.has_alpha else 0))
+    before = picture.pixels[..., colour]
+    if picture.bits == 16:
+        before = ((before.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    after = written.pixels[..., : before.shape[2]]
+    if after.shape[2] != before.shape[2]:  # grey written as RGB
+        after = written.pixels[..., :1]
+    background = ~np.asarray(mask, bool)
+    changed = (before != after).any(axis=2) & background
+    return int(changed.sum()), int(background.sum())
 
 
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path` (same suffix, so writers infer the format); move it into place
-    when the block succeeds, remove it when it fails. Nothing half-written is ever left under `path`."""
+    when the block succeeds, remove it on every other exit (an error, Ctrl-C, a closed generator). Nothing
+    half-written is ever left under `path`; temporary files of processes that died (SIGKILL) are swept."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    if path.is_dir():
+        raise ZsharmError(f"cannot save {path}: it is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or one_line(error)
+        raise ZsharmError(f"cannot save {path}: cannot create its folder ({reason})") from None
+    _sweep_stale(path)
+    temp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
         yield temp
         os.replace(temp, path)
@@ -214,10 +319,35 @@ def atomic_path(path):
         temp.unlink(missing_ok=True)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (POSIX; elsewhere always True, so nothing of a live process is swept)."""
+    if os.name != "posix":
+        return True  # Windows' os.kill(pid, 0) would end the process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def temp_owner(name: str) -> int | None:
+    """The process id in a temporary name zsharm made (`.x.<pid>-<hex>.tmp.png`, `x.tmp<pid>`), else None."""
+    match = re.search(r"\.(\d+)-[0-9a-f]{8}\.tmp|\.tmp(\d+)$", name)
+    return int(match[1] or match[2]) if match else None
+
+
+def _sweep_stale(path: Path) -> None:
+    for temp in path.parent.glob(f".{glob.escape(path.stem)}.*.tmp{glob.escape(path.suffix)}"):
+        pid = temp_owner(temp.name)
+        if pid is not None and pid != os.getpid() and not process_alive(pid):
+            temp.unlink(missing_ok=True)
+
+
 def write_bytes_atomic(path, data: bytes) -> None:
     """Write `data` to `path` atomically (a temp file beside it, then a rename)."""
-    with atomic_path(path) as temp:
-        temp.write_bytes(data)
+    _write_atomic(Path(path), lambda file: file.write(data))
 
 
 def write_json(path, data) -> None:
@@ -235,6 +365,50 @@ def work_size(size_wh: tuple[int, int], long_side: int = 512, multiple: int = 64
     long_out = max(multiple, round(long_side / multiple) * multiple)
     short_out = max(multiple, round(min(width, height) * long_out / max(width, height) / multiple) * multiple)
     return (long_out, short_out) if width >= height else (short_out, long_out)
+
+
+# ---------------------------------------------------------------- folders
+
+
+def natural_key(text) -> list:
+    """Sort key that orders `2.png` before `10.png` (the authors use natsort)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
+
+
+def list_images(folder, recursive: bool = False) -> list[Path]:
+    """The image files in `folder` (IMAGE_EXTENSIONS, any case; hidden files skipped), in natural order of
+    their paths below it. The one folder lister of batch, the benchmark datasets and the evaluator's training."""
+    folder = Path(folder)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    images = [p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+              and p.is_file()]
+    return sorted(images, key=lambda p: natural_key(p.relative_to(folder).as_posix()))
+
+
+MASK_SUFFIX = "_mask"
+
+
+def pair_masks(composites: list[Path], masks: list[Path], by_order: bool = False) -> list[Path | None]:
+    """The mask of each composite: by name (`003.png` <- `003_mask.png`, else `003.png`); when no name
+    matches at all, `by_order` and the counts agree, the i-th mask in natural order (as the authors pair
+    theirs). None where a composite has no mask."""
+    by_name = {}
+    for mask in masks:
+        by_name.setdefault(mask.stem, mask)
+    matched = [by_name.get(p.stem + MASK_SUFFIX) or by_name.get(p.stem) for p in composites]
+    if by_order and not any(matched) and len(masks) == len(composites):
+        return list(masks)
+    return matched
+
+
+def find_image(folder, stem: str) -> Path | None:
+    """folder/stem.<an image extension, any case>, or None."""
+    folder = Path(folder)
+    for suffix in IMAGE_EXTENSIONS:
+        for candidate in (folder / (stem + suffix), folder / (stem + suffix.upper())):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 # ---------------------------------------------------------------- reading
@@ -270,13 +444,24 @@ def _load(src, what: str) -> Picture:
         raise ZsharmError(f"cannot read {label}: {error.strerror or one_line(error)}") from None
     if not data:
         raise ZsharmError(f"cannot read {label}: the file is empty")
+    return _load_bytes(data, label, path, what)
+
+
+def _load_bytes(data: bytes, label: str, path: Path | None, what: str = "image") -> Picture:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        if orientation not in range(1, 9):
+            orientation = 1
+        if getattr(image, "n_frames", 1) > 1:
+            log.warning(f"zsharm: {label} has {image.n_frames} frames ({image.format}); only the first is used")
+        if what == "image" and (image.mode == "F" or image.mode.startswith("I;32F")):
+            raise ZsharmError(f"cannot read {label}: it holds 32-bit float samples, and zsharm keeps an image's "
+                              f"depth only for 8- and 16-bit integers; convert it to 16-bit first")
         if _is_16bit_colour(image, data):
             pixels, mode = _decode_16bit_colour(data, image.mode, label)
-            return Picture(_orient(pixels, orientation), mode, path, image.info.get("icc_profile"))
+            return Picture(_orient(pixels, orientation), mode, path, image.info.get("icc_profile"), orientation)
         image = ImageOps.exif_transpose(image)
     except ZsharmError:
         raise
@@ -284,7 +469,9 @@ def _load(src, what: str) -> Picture:
         raise ZsharmError(f"cannot read {label}: not an image file, or one in a format PIL cannot read") from None
     except Exception as error:  # PIL reports bad files with many exception types
         raise ZsharmError(f"cannot read {label}: {one_line(error)}") from None
-    return _from_pil(image, label, path)
+    picture = _from_pil(image, label, path)
+    picture.orientation = orientation
+    return picture
 
 
 def _is_16bit_colour(image: Image.Image, data: bytes) -> bool:
@@ -427,26 +614,17 @@ def _encode(file, pixels: np.ndarray, mode: str, fmt: str, quality: int, icc: by
 
 
 def _write_atomic(path: Path, write) -> None:
-    """Run `write(file)` on a temp file beside `path`, then move it into place; on any failure remove it."""
-    if path.is_dir():
-        raise ZsharmError(f"cannot save {path}: it is a folder")
+    """Run `write(file)` on a temp file beside `path`, then move it into place (see `atomic_path`); an
+    OSError becomes one line."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        reason = error.strerror or one_line(error)
-        raise ZsharmError(f"cannot save {path}: cannot create its folder ({reason})") from None
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        # os.open with 0o666 lets the umask set the permissions, as for any ordinary new file
-        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
+        with atomic_path(path) as temp:
+            # os.open with 0o666 lets the umask set the permissions, as for any ordinary new file
+            with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
+                write(file)
+                file.flush()
+                os.fsync(file.fileno())
+    except ZsharmError:
+        raise
     except Exception as error:
-        temp.unlink(missing_ok=True)
-        if isinstance(error, ZsharmError):
-            raise
         reason = error.strerror if isinstance(error, OSError) and error.strerror else one_line(error)
         raise ZsharmError(f"cannot save {path}: {reason}") from None
-

@@ -74,9 +74,10 @@ def load_pipeline(spec: str = DEFAULT_MODEL, device=None, dtype=None, revision: 
             pipe = StableDiffusionPipeline.from_pretrained(spec, **kwargs, **hub)
     except ZsharmError:
         raise
-    except (OSError, ValueError) as exc:  # hub unreachable, repo missing, files missing
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ZsharmError(f"could not load model {spec!r}: {first}") from exc
+    except (OSError, ValueError) as exc:  # hub unreachable, repo missing or gated, files missing
+        if spec in TINY_SPECS or os.path.exists(spec):
+            raise ZsharmError(f"could not load model {spec!r}: {_first_sentence(exc)}") from None
+        raise ZsharmError(hub_failure(spec, exc)) from None
     pipe = prepare_pipeline(pipe).to(device)
     if pipe.unet.dtype != dtype:  # diffusers versions that ignored the loading keyword
         pipe = pipe.to(dtype=dtype)
@@ -138,6 +139,49 @@ def _unsupported(pipe) -> str | None:
     return None
 
 
+_WAY_FORWARD = ("use --model tiny (offline, random weights), a local diffusers folder or .safetensors file, or "
+                "set HF_HOME to a cache that holds the model")
+
+
+def hub_failure(repo: str, error: BaseException | None = None) -> str:
+    """One line on why hub model `repo` could not be loaded (offline, no connection, not found, gated), what of
+    it is cached, and the way forward. diffusers' own message points at a traceback that is never shown."""
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    cached = try_to_load_from_cache(repo, "model_index.json", cache_dir=constants.HF_HUB_CACHE)
+    where = (f"only part of it is cached in {constants.HF_HUB_CACHE}" if isinstance(cached, str)
+             else f"it is not cached in {constants.HF_HUB_CACHE}")
+    if constants.HF_HUB_OFFLINE:
+        return (f"could not load model {repo!r}: offline mode (HF_HUB_OFFLINE) is on and {where}; unset "
+                f"HF_HUB_OFFLINE to download it once, or {_WAY_FORWARD}")
+    try:
+        model_info(repo, timeout=10)
+    except GatedRepoError:
+        return (f"could not load model {repo!r}: it is gated; accept its licence on https://huggingface.co/{repo} "
+                f"and log in (`hf auth login`, or `huggingface-cli login`; or set HF_TOKEN), or {_WAY_FORWARD}")
+    except RepositoryNotFoundError:
+        return (f"could not load model {repo!r}: the Hugging Face Hub has no such model (or it is private: log "
+                f"in with `hf auth login`); check the id, or {_WAY_FORWARD}")
+    except Exception as no_connection:  # requests/httpx raise their own connection errors
+        return (f"could not load model {repo!r}: no connection to the Hugging Face Hub "
+                f"({_first_sentence(no_connection)}) and {where}; connect once to download it, or {_WAY_FORWARD}")
+    reason = f" ({_first_sentence(error)})" if error is not None else ""
+    return f"could not load model {repo!r}{reason}; {where}; try again, or {_WAY_FORWARD}"
+
+
+def _first_sentence(error) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    text = text.split(" Please check out the root cause")[0]
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _diffusers_at_least(version: str) -> bool:
+    import diffusers
+    from packaging.version import Version
+    return Version(diffusers.__version__) >= Version(version)
+
+
 # --- tiny random-weight models -----------------------------------------------------------------------------
 
 def tiny_pipeline_dir(spec: str = "tiny") -> Path:
@@ -151,12 +195,24 @@ def built_once(path: Path, build) -> Path:
     """`path`, a model folder, built by `build(path)` unless it is there; a file lock makes other processes
     wait for the one building it instead of building it too (sd2-random is 2.6 GB)."""
     from filelock import FileLock
+    sweep_stale_folders(path)
     if not (path / "model_index.json").is_file():
         with FileLock(str(cache_dir(".locks") / f"{path.name}.lock")):
             if not (path / "model_index.json").is_file():
                 log.info("building %s (once)", path)
                 build(path)
     return path
+
+
+def sweep_stale_folders(path: Path) -> None:
+    """Remove `<path>.tmp<pid>` folders that processes killed mid-build (SIGKILL, power loss) left behind."""
+    import shutil
+
+    from zsharm.io import process_alive, temp_owner
+    for temp in path.parent.glob(f"{path.name}.tmp*"):
+        pid = temp_owner(temp.name)
+        if temp.is_dir() and pid is not None and pid != os.getpid() and not process_alive(pid):
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def clip_tokenizer_files(out_dir: Path) -> Path:
@@ -208,6 +264,17 @@ def build_tiny_pipeline(out_dir, seed: int = 0, unet_out_scale: float = 0.1) -> 
     A random UNet predicts noise of unit size whatever its input, so DDIM inversion drifts; scaling its output
     layer (`unet_out_scale`) tames it: 1e-3 inverts almost exactly, 0.1 lets prompts visibly move the image.
     """
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    try:
+        return _write_tiny_pipeline(tmp, out_dir, seed, unet_out_scale)
+    except BaseException:  # an error, Ctrl-C: no half-built folder stays in the cache
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_tiny_pipeline(tmp: Path, out_dir: Path, seed: int, unet_out_scale: float) -> Path:
     from diffusers import (
         AutoencoderKL,
         DDIMScheduler,
@@ -216,8 +283,6 @@ def build_tiny_pipeline(out_dir, seed: int = 0, unet_out_scale: float = 0.1) -> 
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
     cfg = tiny_configs()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**cfg["unet"])

@@ -15,18 +15,23 @@ This module also holds the `zsharm harmonize` command (single image or `--batch`
 """
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from zsharm.config import HarmonizeConfig
-from zsharm.edit.iteration import WorkIteration, at_work_size, finish, iterate_at_work_size
 from zsharm.errors import ZsharmError
-from zsharm.loop import LoopResult, run_loop
+from zsharm.io import Picture, save_picture
 from zsharm.options import DEFAULT_MODEL, add_stage2_options, config_from_options
-from zsharm.io import Picture, load_image, load_mask, save_picture
+
+if TYPE_CHECKING:  # stage 2 imports torch: loaded when work starts, so `zsharm harmonize --help` is instant
+    from zsharm.edit.iteration import WorkIteration
+    from zsharm.loop import LoopResult
 
 
 @dataclass
@@ -34,11 +39,11 @@ class HarmonizeResult:
     image: Image.Image       # 8-bit RGB view at the input's size
     picture: Picture         # the input's size, mode and depth; background bit-identical
     work_image: Image.Image  # the kept (best-scoring, or last) image at work size
-    loop: LoopResult         # per-iteration descriptions, scores, decisions
+    loop: "LoopResult"        # per-iteration descriptions, scores, decisions
     iterations: list         # every stage-2 iteration run (WorkIteration), in order
 
     @property
-    def last_iteration(self) -> WorkIteration | None:
+    def last_iteration(self) -> "WorkIteration | None":
         return self.iterations[-1] if self.iterations else None
 
 
@@ -57,7 +62,10 @@ class Harmonizer:
                  evaluator="authors", describer=None, device=None, dtype=None, pipe=None, pidinet=None,
                  progress: bool = True, n_candidates: int = None):
         from zsharm.models import load_pipeline, prepare_pipeline
+        from zsharm.validate import check_device
         self.config = config or HarmonizeConfig()
+        if pipe is None:
+            check_device(device, self.config.dtype if self.config.dtype != "auto" else None)
         if n_candidates is not None and n_candidates < 1:
             raise ZsharmError(f"the number of candidate descriptions must be at least 1, got {n_candidates}")
         if n_candidates is not None and n_candidates > 1 and evaluator is None:
@@ -76,9 +84,12 @@ class Harmonizer:
                  iterations: int = None, history_dir=None, name: str = None) -> HarmonizeResult:
         """mask: a path (its soft values, read as the authors read them, are what the evaluator sees), or an
         array (bool, or soft values in [0, 1] / uint8) at the image's size."""
-        picture = image if isinstance(image, Picture) else load_image(image)
+        from zsharm.edit.iteration import at_work_size, finish, iterate_at_work_size
+        from zsharm.loop import run_loop
+        from zsharm.validate import check_inputs, check_prompts
+        check_prompts(source, target, getattr(self.pipe, "tokenizer", None))
         mask_given = mask
-        mask = mask if isinstance(mask, np.ndarray) and mask.dtype == bool else load_mask(mask, size=picture.size)
+        picture, mask = check_inputs(image, mask, self.config)
         cfg = self.config
         if iterations is None:
             iterations = 10 if self.evaluator is not None else 1
@@ -193,9 +204,6 @@ def harmonize(image, mask, source: str = None, target: str = None, *, model: str
 
 # --- command line --------------------------------------------------------------------------------------------
 
-FORMATS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
-
-
 def register(subparsers):
     p = subparsers.add_parser(
         "harmonize", help="harmonize a composite's foreground with its background (all three stages)",
@@ -203,7 +211,9 @@ def register(subparsers):
                     "--source/--target), edit with Stable Diffusion, and let the evaluator decide when to stop.")
     p.add_argument("composite", nargs="?", help="the composite image")
     p.add_argument("--mask", help="the foreground mask (white = foreground), same size as the composite")
-    p.add_argument("--out", required=True, help="output image (png, jpg, tif, webp), or a folder with --batch")
+    p.add_argument("--out", required=True, help="output image (png, tif, webp, bmp), or a folder with --batch")
+    p.add_argument("--allow-lossy", action="store_true",
+                   help="allow a lossy output (.jpg): background pixels change; zsharm says how many")
     p.add_argument("--batch", metavar="DIR", help="harmonize a folder: the authors' layout (composite/, mask/, "
                    "caption.txt) or image + image_mask pairs; resumes where it stopped")
     p.add_argument("--shard", metavar="I/N", help="with --batch: do the I-th of N shares (default: from the launcher: "
@@ -231,40 +241,32 @@ def register(subparsers):
     p.set_defaults(func=cli_harmonize)
 
 
-def _check_out(path: Path):
-    if path.suffix.lower() not in FORMATS:
-        raise ZsharmError(f"--out {path}: unknown image format {path.suffix!r} (use .png, .jpg, .tif or .webp)")
-
-
 def cli_harmonize(args) -> int:
     if args.merge:
         from zsharm.batch import cli_merge
         return cli_merge(args)
+    from zsharm.validate import check_request
     config = config_from_options(args)
-    if (args.source is None) != (args.target is None):
-        raise ZsharmError("give both --source and --target, or neither (then the VLM describes the composite)")
+    request = check_request(args, config)
     if args.candidates is not None and args.candidates > 1 and args.source is not None:
         raise ZsharmError(f"--candidates {args.candidates} asks the VLM for descriptions, but --source/--target "
                           f"give one: drop one of them")
     if args.batch:
         return _cli_batch(args, config)
-    if not args.composite:
-        raise ZsharmError("name a composite image (or a folder with --batch)")
-    if not args.mask:
-        raise ZsharmError(f"no --mask given for {args.composite}: zsharm needs the foreground mask")
-    out = Path(args.out)
-    _check_out(out)
-    picture = load_image(args.composite)
-    load_mask(args.mask, size=picture.size)  # a bad mask fails here, before any model is loaded
+    out = request.out
     harmonizer = _harmonizer(args, config)
-    result = harmonizer(picture, args.mask, source=args.source, target=args.target, iterations=args.iterations,
-                        history_dir=args.history, name=Path(args.composite).name)
+    # the mask as a path: the evaluator reads its soft values as the authors do
+    result = harmonizer(request.picture, args.mask, source=args.source, target=args.target,
+                        iterations=args.iterations, history_dir=args.history, name=Path(args.composite).name)
     if args.save_intermediates:
-        if len(result.loop.history) != 1:
-            raise ZsharmError("--save-intermediates needs exactly one iteration (--iterations 1 --no-evaluator)")
         from zsharm.repro.reference import save_intermediates
         save_intermediates(result.last_iteration, args.save_intermediates)
-    save_picture(result.picture, out)
+    if args.allow_lossy and out.suffix.lower() in (".jpg", ".jpeg"):
+        from zsharm.io import lossy_background_changes
+        changed, total = lossy_background_changes(result.picture, request.mask, out)
+        print(f"zsharm: warning: {out.name} is lossy: {changed:,} of {total:,} background pixels differ from "
+              f"the input", file=sys.stderr)
+    save_picture(result.picture, out, lossy=args.allow_lossy)
     if not args.quiet:
         best = result.loop.best
         score = "" if best.score is None else f", score {best.score:.3f}"
@@ -283,27 +285,32 @@ def _harmonizer(args, config) -> Harmonizer:
 
 
 def _cli_batch(args, config) -> int:
-    from zsharm.batch import find_batch_items, parse_shard, run_batch
+    from zsharm.batch import find_batch_items, parse_shard, prompts_for, run_batch
+    from zsharm.validate import check_batch_items
     items = find_batch_items(args.batch)
     shard = parse_shard(args.shard) if args.shard else None
+    check_batch_items(items, config, shard, args.out)
+    if args.source is not None and any(item.captions for item in items):
+        print("zsharm: --source/--target given: they are used for every image, not caption.txt's descriptions",
+              file=sys.stderr)
     harmonizer = _harmonizer(args, config)
     out_dir = Path(args.out)
 
     def process_one(item, out_path):
-        picture = load_image(item.composite)
-        load_mask(item.mask, size=picture.size)  # a bad mask fails here, before any model work
-        candidates = list(item.captions) or None
+        candidates, origin = prompts_for(item, args.source, args.target)
         history = out_dir / "history" / item.name if args.history else None
-        result = harmonizer(picture, item.mask, source=args.source, target=args.target, candidates=candidates,
-                            iterations=args.iterations, history_dir=history, name=item.composite.name)
+        result = harmonizer(item.composite, item.mask, source=args.source, target=args.target,
+                            candidates=candidates, iterations=args.iterations, history_dir=history,
+                            name=item.composite.name)
         save_picture(result.picture, out_path)
         best = result.loop.best
-        return dict(source=best.source, target=best.target, score=best.score, iteration=best.iteration)
+        return dict(source=best.source, target=best.target, prompts_from=origin, score=best.score,
+                    iteration=best.iteration)
 
     summary = run_batch(items, out_dir, process_one, shard=shard, progress=not args.quiet)
     if not args.quiet:
         print(f"{len(summary.done)} done, {len(summary.skipped)} already done, {len(summary.failed)} failed "
               f"(summary: {summary.summary_path})")
-        for name, reason in summary.failed:
-            print(f"  {name}: {reason}")
+    for name, reason in summary.failed:
+        print(f"  {name}: {reason}", file=sys.stderr)
     return 0 if summary.ok else 1

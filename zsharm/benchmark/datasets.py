@@ -23,17 +23,22 @@ in a sub-dataset folder, one `<composite file name><TAB>src,tgt;src,tgt` line pe
 synthetic set ships one; iHarmony4 itself has none).
 """
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from zsharm.describe.captions import parse_caption_line
 from zsharm.errors import ZsharmError
+from zsharm.io import (
+    find_image,
+    list_images,
+    load_image,
+    load_mask,
+    natural_key,
+    pair_masks,
+)
 
-IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LAYOUTS = ("iharmony4", "authors", "realhm", "folder")
 
 
@@ -47,10 +52,11 @@ class Sample:
     background_path: Path | None = None    # RealHM: composite_path is the foreground photo, laid over this
 
     def load(self):
-        """(composite uint8 HxWx3, mask bool HxW, real uint8 HxWx3 or None), all one size."""
-        composite = read_rgb(self.composite_path)
-        mask = read_mask(self.mask_path)
-        _same_size(self.name, "mask", composite, mask)
+        """(composite uint8 HxWx3, mask bool HxW, real uint8 HxWx3 or None), all one size; read by zsharm.io's
+        one image and mask readers, so a mask means here what it means to `zsharm harmonize`."""
+        picture = load_image(self.composite_path)
+        composite = np.asarray(picture.to_pil_rgb8())
+        mask = load_mask(self.mask_path, like=picture)
         if self.background_path is not None:
             background = read_rgb(self.background_path)
             _same_size(self.name, "background", composite, background)
@@ -63,50 +69,21 @@ class Sample:
 
 
 def read_rgb(path) -> np.ndarray:
-    """An image file as uint8 HxWx3 RGB."""
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
-    except (OSError, ValueError) as error:
-        raise ZsharmError(f"cannot read image {path}: {error}") from None
+    """An image file as uint8 HxWx3 RGB (EXIF orientation applied; 16-bit rounded), through zsharm.io."""
+    return np.asarray(load_image(path).to_pil_rgb8())
 
 
-def read_mask(path) -> np.ndarray:
-    """A mask file as bool HxW: foreground where the grey level is above 127 (masks saved as JPEG stay clean)."""
-    try:
-        with Image.open(path) as image:
-            if image.mode in ("RGBA", "LA") and np.array(image.getchannel("A")).min() < 255:
-                grey = np.array(image.getchannel("A"))  # a cut-out: its alpha is the mask
-            else:
-                grey = np.array(image.convert("L"))
-    except (OSError, ValueError) as error:
-        raise ZsharmError(f"cannot read mask {path}: {error}") from None
-    return grey > 127
+def read_mask(path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A mask file as bool HxW through zsharm.io's one mask reader: foreground above 100/255 (the paper's
+    threshold) in the alpha channel of a cut-out or the brightest colour channel, EXIF orientation applied;
+    empty and full masks refused, and a size other than `size` (W, H)."""
+    return load_mask(path, size=size)
 
 
 def _same_size(name, what, composite, other):
     if other.shape[:2] != composite.shape[:2]:
         h, w = composite.shape[:2]
         raise ZsharmError(f"{name}: the {what} is {other.shape[1]}x{other.shape[0]}, the composite {w}x{h}")
-
-
-def natural_key(text: str):
-    """Sort key that orders "2" before "10"."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
-
-
-def _images(folder: Path):
-    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_TYPES
-                   and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
-
-
-def _find(folder: Path, stem: str):
-    """folder/stem.<any image type>, or None."""
-    for suffix in IMAGE_TYPES:
-        for candidate in (folder / (stem + suffix), folder / (stem + suffix.upper())):
-            if candidate.is_file():
-                return candidate
-    return None
 
 
 # ----------------------------------------------------------------------------- detection
@@ -120,9 +97,9 @@ def detect_layout(root) -> str:
         return "iharmony4"
     if (root / "composite").is_dir() and (root / "mask").is_dir():
         return "authors"
-    if any(p.stem.endswith("_mask") and _find(p.parent, p.stem[:-5] + "_fore") for p in _walk_images(root)):
+    if any(p.stem.endswith("_mask") and find_image(p.parent, p.stem[:-5] + "_fore") for p in _walk_images(root)):
         return "realhm"
-    if any(p.stem.endswith("_mask") for p in _images(root)) or (_find(root, "composite") and _find(root, "mask")):
+    if any(p.stem.endswith("_mask") for p in list_images(root)) or (find_image(root, "composite") and find_image(root, "mask")):
         return "folder"
     raise ZsharmError(f"{root}: no known dataset layout (iHarmony4, the authors' composite/ + mask/, RealHM, "
                       "or name.png + name_mask.png)")
@@ -133,8 +110,7 @@ def _subdirs(root: Path):
 
 
 def _walk_images(root: Path):
-    return sorted((p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_TYPES),
-                  key=lambda p: natural_key(str(p.relative_to(root))))
+    return list_images(root, recursive=True)
 
 
 def load_dataset(root, layout: str = "auto", split: str = "test", limit: int | None = None) -> list:
@@ -184,7 +160,7 @@ def _iharmony4_subset(folder: Path, split: str, prefix: str) -> list:
         others = sorted(folder.glob(f"*_{split}.txt"))
         listing = others[0] if len(others) == 1 else None
     if listing is None:  # no list: every composite in the folder
-        paths = _images(folder / "composite_images")
+        paths = list_images(folder / "composite_images")
     else:
         paths = []
         for line in _list_lines(listing):
@@ -217,12 +193,12 @@ def _iharmony4_sample(folder: Path, path: Path, prefix: str, captions=None) -> S
     if len(parts) < 3:
         raise ZsharmError(f"{path.name}: an iHarmony4 composite is named <image>_<mask>_<n>")
     mask_stem, real_stem = "_".join(parts[:-1]), "_".join(parts[:-2])
-    mask = _find(folder / "masks", mask_stem)
+    mask = find_image(folder / "masks", mask_stem)
     if mask is None:
         raise ZsharmError(f"{path.name}: mask masks/{mask_stem}.png is missing")
     real = None
     if (folder / "real_images").is_dir():
-        real = _find(folder / "real_images", real_stem)
+        real = find_image(folder / "real_images", real_stem)
         if real is None:
             raise ZsharmError(f"{path.name}: ground truth real_images/{real_stem}.jpg is missing")
     return Sample(prefix + path.stem, path, mask, real, captions)
@@ -233,17 +209,13 @@ def _iharmony4_sample(folder: Path, path: Path, prefix: str, captions=None) -> S
 def authors_demo(root) -> list:
     """The Diff-Harmonization demo layout: composite/, mask/ (NNN_mask.png) and caption.txt."""
     root = Path(root)
-    composites, masks = _images(root / "composite"), _images(root / "mask")
-    by_stem = {m.stem: m for m in masks}
-    paired = [by_stem.get(c.stem + "_mask") or by_stem.get(c.stem) for c in composites]
+    composites, masks = list_images(root / "composite"), list_images(root / "mask")
+    paired = pair_masks(composites, masks, by_order=True)
     if not all(paired):
         if any(paired):
             missing = composites[paired.index(None)]
             raise ZsharmError(f"{missing.name}: no mask/{missing.stem}_mask.png")
-        # no names in common: pair in natural order, as the authors' script does
-        if len(masks) != len(composites):
-            raise ZsharmError(f"{root}: {len(composites)} composites but {len(masks)} masks")
-        paired = masks
+        raise ZsharmError(f"{root}: {len(composites)} composites but {len(masks)} masks")
     captions = _caption_file(root / "caption.txt", len(composites))
     return [Sample(c.stem, c, m, None, cap) for c, m, cap in zip(composites, paired, captions)]
 
@@ -268,14 +240,14 @@ def realhm(root) -> list:
         if not mask.stem.endswith("_mask"):
             continue
         base = mask.stem[: -len("_mask")]
-        background = _find(mask.parent, base + "_fore")
+        background = find_image(mask.parent, base + "_fore")
         if background is None:
             continue  # not a RealHM triple
-        foreground = _find(mask.parent, base)
+        foreground = find_image(mask.parent, base)
         if foreground is None:
             raise ZsharmError(f"{mask.parent / base}: the foreground photo {base}.jpg is missing")
         name = str((mask.parent / base).relative_to(root))
-        samples.append(Sample(name, foreground, mask, _find(mask.parent, base + "_gt"), None, background))
+        samples.append(Sample(name, foreground, mask, find_image(mask.parent, base + "_gt"), None, background))
     return samples
 
 
@@ -284,17 +256,17 @@ def realhm(root) -> list:
 def plain_folder(root) -> list:
     """A folder of name.png + name_mask.png pairs (truth: name_real.png or name_gt.png, if present)."""
     root = Path(root)
-    single, single_mask = _find(root, "composite"), _find(root, "mask")
+    single, single_mask = find_image(root, "composite"), find_image(root, "mask")
     if single and single_mask:
         captions = _caption_file(root / "caption.txt", 1)
-        return [Sample(root.name or "composite", single, single_mask, _find(root, "real"), captions[0])]
-    images = [p for p in _images(root) if not p.stem.endswith(("_mask", "_real", "_gt"))]
+        return [Sample(root.name or "composite", single, single_mask, find_image(root, "real"), captions[0])]
+    images = [p for p in list_images(root) if not p.stem.endswith(("_mask", "_real", "_gt"))]
     captions = _caption_file(root / "caption.txt", len(images))
     samples = []
     for image, caption in zip(images, captions):
-        mask = _find(root, image.stem + "_mask")
+        mask = find_image(root, image.stem + "_mask")
         if mask is None:
             raise ZsharmError(f"{image.name}: no mask {image.stem}_mask.png beside it")
-        real = _find(root, image.stem + "_real") or _find(root, image.stem + "_gt")
+        real = find_image(root, image.stem + "_real") or find_image(root, image.stem + "_gt")
         samples.append(Sample(image.stem, image, mask, real, caption))
     return samples

@@ -14,7 +14,6 @@ random weights, built offline into the zsharm cache, so GPU timings are timings 
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -261,6 +260,7 @@ def device_name(device, threads: int = None) -> str:
 
 
 def _peak_rss_bytes() -> int:
+    import resource  # POSIX only: imported here so that importing this module works on Windows
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 

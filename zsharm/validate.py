@@ -1,0 +1,279 @@
+"""Everything about a harmonization request that can be checked before a model is loaded.
+
+A mistake found after minutes of diffusion costs the user those minutes; so the `harmonize` command calls
+`check_request(args, config)` first, and `Harmonizer` calls `check_inputs` and `check_prompts`: files, mask at
+work size, output location and format, prompts, numbers and device, each refused in one line that names the
+problem and the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zsharm.errors import ZsharmError
+from zsharm.io import Picture, check_can_save, check_writable, read_pair, work_size
+
+log = logging.getLogger("zsharm")
+
+MAX_WORK_SIZE = 1024   # Stable Diffusion 2 base was trained at 512 px (the v model at 768); twice that at most
+MAX_PROMPT_WORDS = 75  # CLIP reads 77 tokens, two of them the start and end tokens; a word is at least one
+MAX_SEED = 2 ** 64 - 1  # what torch.Generator.manual_seed takes
+_WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(?::(\d+))?")
+
+
+@dataclass
+class Request:
+    """A checked single-image request: the inputs as read, and the output path."""
+
+    picture: Picture
+    mask: np.ndarray
+    out: Path
+
+
+def check_request(args, config) -> Request | None:
+    """Check a `zsharm harmonize` command line (argparse namespace) and its files; returns the inputs as read
+    (None in batch mode, where each item is checked as it comes)."""
+    check_numbers(args)
+    check_prompts(args.source, args.target)
+    iterations = args.iterations
+    with_evaluator = not args.no_evaluator and args.evaluator is not None
+    if iterations is None:
+        iterations = 10 if with_evaluator else 1
+    if args.save_intermediates:
+        if iterations != 1:
+            raise ZsharmError(f"--save-intermediates keeps one iteration's arrays, but {iterations} would run: "
+                              f"add --iterations 1" + ("" if not with_evaluator else " (or --no-evaluator)"))
+        if not str(args.save_intermediates).endswith(".npz"):
+            raise ZsharmError(f"--save-intermediates {args.save_intermediates}: name an .npz file")
+        check_writable(args.save_intermediates)
+    if args.history:
+        history = Path(args.history)
+        if history.exists() and not history.is_dir():
+            raise ZsharmError(f"--history {history} is a file; name a folder")
+        check_writable(history / "history.json")
+    if with_evaluator:
+        check_evaluator_spec(args.evaluator)
+    if config.use_edges:
+        check_edge_weights(config)
+    if args.batch:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ZsharmError(f"--out {out} is a file; with --batch it names the output folder")
+        check_writable(out / "summary.json")
+        check_device(args.device, args.dtype)
+        return None
+    if not args.composite:
+        raise ZsharmError("name a composite image (or a folder with --batch)")
+    if not args.mask:
+        raise ZsharmError(f"no --mask given for {args.composite}: zsharm needs the foreground mask")
+    out = Path(args.out)
+    for what, given in (("composite", args.composite), ("mask", args.mask)):
+        if _same_file(out, Path(given)):
+            raise ZsharmError(f"--out {out} is the {what} itself: writing it would destroy the original; "
+                              f"name another file")
+    picture, mask = read_pair(args.composite, args.mask)
+    check_can_save(picture, out, lossy=getattr(args, "allow_lossy", False))
+    check_inputs(picture, mask, config)
+    check_device(args.device, args.dtype)
+    return Request(picture, mask, out)
+
+
+def check_batch_items(items, config, shard=None, out_dir=None) -> None:
+    """Refuse a batch, before any model is loaded, when not one of this shard's items still to do can be
+    harmonized (no mask, unreadable, or refused by `check_inputs`); single bad items are reported in the run."""
+    from zsharm.batch import ITEM_ERRORS, is_done, select_shard, shard_from_env
+    mine = [item for item in select_shard(items, shard or shard_from_env())
+            if out_dir is None or not is_done(out_dir, item.name)]
+    first = None
+    for item in mine:
+        try:
+            if item.mask is None:
+                raise ZsharmError(f"no mask found for {item.composite.name}")
+            check_inputs(item.composite, item.mask, config)
+            return
+        except ITEM_ERRORS as error:
+            first = first or f"{item.name}: {error}"
+    if first is not None:
+        raise ZsharmError(f"none of the {len(mine)} images to do can be harmonized (first: {first})")
+
+
+def check_inputs(image, mask, config) -> tuple[Picture, np.ndarray]:
+    """The image and mask read and checked together (see `zsharm.io.read_pair`), and checked at the work size
+    of `config`: the work size is not above what the model or the image can use, and the object neither
+    vanishes nor fills the picture there. Returns (picture, mask)."""
+    picture, mask = read_pair(image, mask)
+    width, height = picture.size
+    long_side = max(width, height)
+    if config.size > MAX_WORK_SIZE:
+        raise ZsharmError(f"--size {config.size} is above {MAX_WORK_SIZE}: Stable Diffusion 2 base was trained at "
+                          f"512 px and repeats objects far above it, at minutes per step; use 512 (the default)")
+    covering = -(-long_side // 64) * 64  # the smallest work size that does not upsample the image
+    if config.size > max(covering, 512):
+        raise ZsharmError(f"--size {config.size} is above the image's long side ({long_side} px): upsampling "
+                          f"adds no detail and costs time; use --size {covering} or less")
+    if config.size > long_side:
+        log.warning(f"the work size {config.size} is above the image's long side ({long_side} px): "
+                    f"the image is upsampled for the model")
+    from zsharm.edit.blending import mask_at
+    work_wh = work_size(picture.size, config.size)
+    latent_wh = (work_wh[0] // 8, work_wh[1] // 8)
+    for what, wh in (("work size", work_wh), ("latent size", latent_wh)):
+        resized = mask_at(mask, wh, config.mask_threshold)
+        if not resized.any():
+            raise ZsharmError(f"the object is too small for the work size: its {int(mask.sum())} mask pixels in "
+                              f"{width}x{height} vanish at the {what} {wh[0]}x{wh[1]} (--size {config.size}); "
+                              f"crop the image around the object, or raise --size")
+        if resized.all():
+            raise ZsharmError(f"the background is too small for the work size: it vanishes at the {what} "
+                              f"{wh[0]}x{wh[1]} (--size {config.size}); give the object more surroundings")
+    return picture, mask
+
+
+def check_prompts(source, target, tokenizer=None) -> None:
+    """Refuse, before any model is loaded, prompts stage 2 cannot use: one without the other, non-English
+    letters, more words than the text encoder reads, no shared object word or no condition word; with the
+    model's `tokenizer`, also more tokens than it reads (counted without the library's long-input warning)."""
+    if source is None and target is None:
+        return
+    if (source is None) != (target is None):
+        raise ZsharmError("give both --source and --target, or neither (then the VLM describes the composite)")
+    for label, prompt in (("source", source), ("target", target)):
+        words = prompt.lower().split()
+        if not words:
+            raise ZsharmError(f"the {label} prompt is empty")
+        if len(words) > MAX_PROMPT_WORDS:
+            raise ZsharmError(f"the {label} prompt has {len(words)} words, but the text encoder reads "
+                              f"77 tokens (at most {MAX_PROMPT_WORDS} words); describe in a few words, "
+                              f"e.g. \"cat bright\"")
+        for word in words:
+            if _WORD.fullmatch(word):
+                continue
+            if any(ch.isalpha() and not ch.isascii() for ch in word):
+                raise ZsharmError(f"{label} prompt word {word!r} is not in Latin letters a-z: Stable Diffusion's "
+                                  f"text encoder and zsharm's condition words are English")
+            raise ZsharmError(f"{label} prompt word {word!r} holds {_first_odd(word)!r}: use words of letters "
+                              f"a-z (hyphens inside a word are fine)")
+        if tokenizer is not None:
+            tokens = len(tokenizer(prompt, verbose=False).input_ids)  # verbose=False: no long-input warning
+            if tokens > tokenizer.model_max_length:
+                raise ZsharmError(f"the {label} prompt is {tokens} tokens long, but the text encoder reads "
+                                  f"{tokenizer.model_max_length}; use fewer or commoner words")
+    from zsharm.describe.describers import Description
+    from zsharm.edit.tokens import condition_vocabulary, split_object
+    Description.from_prompts(source, target)
+    split_object(source, target, condition_vocabulary())
+
+
+def check_numbers(args) -> None:
+    """The counts and the seed of a command line in their ranges."""
+    if args.iterations is not None and args.iterations < 1:
+        raise ZsharmError(f"--iterations {args.iterations}: at least 1")
+    if getattr(args, "candidates", None) is not None and args.candidates < 1:
+        raise ZsharmError(f"--candidates {args.candidates}: at least 1")
+    if args.steps is not None and args.steps < 2:
+        raise ZsharmError(f"--steps {args.steps}: at least 2")
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise ZsharmError(f"--seed {args.seed}: a seed is 0 .. 2^64-1")
+    if args.size is not None and (args.size < 64 or args.size % 64):
+        raise ZsharmError(f"--size {args.size}: a positive multiple of 64 (the model works in 8x8 latent "
+                          f"pixels and halves them three times)")
+
+
+def check_device(device, dtype=None) -> None:
+    """Refuse a device that does not exist here, and fp16 on a CPU, before a model is moved to it."""
+    kind, index = None, None
+    if device is not None:
+        match = _DEVICE.fullmatch(str(device).strip().lower())
+        if not match:
+            raise ZsharmError(f"--device {device!r}: not a device; use cpu, cuda, cuda:N or mps")
+        kind, index = match[1], int(match[2]) if match[2] else 0
+        import torch
+        if kind == "cuda":
+            if not torch.cuda.is_available():
+                why = "this torch has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+                raise ZsharmError(f"--device {device}: {why}; use --device cpu, or leave --device out")
+            if index >= torch.cuda.device_count():
+                raise ZsharmError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) here "
+                                  f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+        elif kind == "mps":
+            mps = getattr(torch.backends, "mps", None)
+            if mps is None or not mps.is_available():
+                raise ZsharmError(f"--device {device}: Apple's MPS is not available here; use --device cpu")
+        elif kind == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+            raise ZsharmError(f"--device {device}: no Intel XPU is available here; use --device cpu")
+    if dtype == "fp16":
+        if kind is None:
+            from zsharm.models import default_device
+            kind = default_device().type
+        if kind == "cpu":
+            raise ZsharmError("--dtype fp16 needs a GPU: on CPU half precision is slow and unsupported in places; "
+                              "use fp32 (the CPU default) or bf16")
+
+
+def check_edge_weights(config) -> None:
+    """The PiDiNet weights of the edge loss are at hand (fetched now if they can be): stage 2 needs them
+    after minutes of work, so a missing file and no connection are found first."""
+    from zsharm.edit.pidinet import resolve_weights
+    try:
+        resolve_weights(None, config.pidinet_variant)
+    except ZsharmError as error:
+        raise ZsharmError(f"the edge loss needs PiDiNet's weights: {error}; or run without the edge loss "
+                          f"(--no-edges)") from None
+
+
+def check_evaluator_spec(spec) -> None:
+    """An evaluator given as a file exists and has a checkpoint's extension (its contents are read later)."""
+    spec = str(spec)
+    if spec in ("authors", "random") or spec.startswith("random:"):
+        return
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ZsharmError(f"--evaluator {spec}: no such file (give a checkpoint, 'random', or --no-evaluator)")
+    if path.is_dir():
+        raise ZsharmError(f"--evaluator {spec} is a folder; give the checkpoint file")
+    suffix = path.suffix.lower()
+    if suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+        raise ZsharmError(f"--evaluator {spec}: unknown checkpoint type {path.suffix!r} (.safetensors or .pth)")
+    if not _looks_like_checkpoint(path, suffix):
+        raise ZsharmError(f"--evaluator {spec} is not a complete {'safetensors' if suffix == '.safetensors' else 'PyTorch'}"
+                          f" checkpoint (damaged, cut short, or another kind of file)")
+
+
+def _looks_like_checkpoint(path: Path, suffix: str) -> bool:
+    """The file's framing is whole: a safetensors JSON header that fits the file, or the zip archive that
+    torch.save writes (its central directory is at the end, so a cut-short file fails)."""
+    import json
+    import struct
+    import zipfile
+    try:
+        if suffix == ".safetensors":
+            with open(path, "rb") as file:
+                head = file.read(8)
+                if len(head) < 8:
+                    return False
+                (length,) = struct.unpack("<Q", head)
+                if length > path.stat().st_size - 8:
+                    return False
+                json.loads(file.read(length))
+            return True
+        return zipfile.is_zipfile(path)
+    except (OSError, ValueError):
+        return False
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _first_odd(word: str) -> str:
+    return next((ch for ch in word if not (ch.isascii() and (ch.isalpha() or ch == "-"))), word[:1])
