@@ -572,3 +572,15 @@ def test_init_from_torchvision_layout_weights(tmp_path):
         elif not key.startswith("classify_fc."):
             assert torch.equal(state[key], expected[key]), key
     assert torch.equal(model.classify_fc.weight, head)  # the ImageNet classifier is not carried over
+
+
+def test_a_checkpoint_holding_objects_is_refused_without_torchs_unsafe_advice(tmp_path):
+    import argparse
+
+    from zsharm.decide.evaluator import load_state
+    path = tmp_path / "objects.pth"
+    torch.save({"inp_encoder.weight": torch.zeros(1), "args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(ZsharmError) as error:
+        load_state(path)
+    message = str(error.value)
+    assert "tensor-only" in message and "weights_only" not in message and "\n" not in message

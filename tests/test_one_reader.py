@@ -36,6 +36,7 @@ def spy(monkeypatch):
         raise ReachedStage2(mask)
 
     monkeypatch.setattr(zsharm.models, "load_pipeline", lambda *args, **kwargs: object())
+    monkeypatch.setattr(zsharm.models, "prepare_pipeline", lambda pipe: pipe)
     monkeypatch.setattr(zsharm.edit.iteration, "at_work_size", at_work_size)
 
 
@@ -108,7 +109,7 @@ def read_by_every_entry_point(tmp_path, composite, mask_file, capsys):
         raise ZsharmError(capsys.readouterr().err.strip().removeprefix("zsharm: error: "))
 
     record("harmonize command", cli)
-    harmonizer = Harmonizer(pipe=object(), config=HarmonizeConfig.fast(size=64), device="cpu")
+    harmonizer = Harmonizer(pipe=object(), config=HarmonizeConfig.fast(size=64), device="cpu", evaluator=None)
     record("Harmonizer", lambda: harmonizer(composite, mask_file, source="cat bright", target="cat dull"))
     picture = load_image(composite)
     seen["zsharm.io.load_mask"] = _try(lambda: load_mask(mask_file, like=picture))
@@ -181,8 +182,6 @@ def test_every_entry_point_refuses_a_bad_mask_with_the_same_line(tmp_path, compo
     assert dataset_line == line.replace(str(tmp_path / name), "MASK")
 
 
-@pytest.mark.xfail(strict=True, reason="zsharm/decide/training.py still has its own _read_mask (luma, no checks): "
-                                       "the lead replaces it with zsharm.benchmark.datasets.read_mask")
 def test_the_evaluators_training_reader_is_the_same_reader(tmp_path):
     from zsharm.benchmark.datasets import read_mask
     from zsharm.decide.training import _read_mask
@@ -217,14 +216,12 @@ def test_the_python_api_refuses_a_bad_mask_array_like_a_bad_file(composite, spy,
     mask = bad_arrays()[name]
     expected = _error(lambda: check_mask(mask, (W, H), "<array>"))
     assert expected.startswith("mask <array>")
-    harmonizer = Harmonizer(pipe=object(), config=HarmonizeConfig.fast(size=64), device="cpu")
+    harmonizer = Harmonizer(pipe=object(), config=HarmonizeConfig.fast(size=64), device="cpu", evaluator=None)
     assert _error(lambda: harmonizer(composite, mask, source="cat bright", target="cat dull")) == expected
-    assert _error(lambda: harmonize(object(), composite, mask, "cat bright", "cat dull",
-                                    HarmonizeConfig.fast(size=64))) == expected
+    assert _error(lambda: harmonize(composite, mask, "cat bright", "cat dull", pipe=object(), evaluator=None,
+                                    config=HarmonizeConfig.fast(size=64))) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="zsharm/edit/iteration.py's _as_mask has its own checks and messages for "
-                                       "arrays: the stage-2 owner replaces its body with load_mask(mask, size=size)")
 def test_run_iteration_refuses_a_bad_mask_array_with_the_same_line(composite):
     from zsharm.edit.iteration import run_iteration
     from zsharm.io import check_mask

@@ -369,8 +369,9 @@ def load_state(path) -> tuple[dict, int]:
                               f"(use .safetensors, .pth or .pt)")
     except ZsharmError:
         raise
-    except Exception as error:
-        raise ZsharmError(f"cannot read evaluator checkpoint {path}: {one_line(error)}") from None
+    except Exception as error:  # torch's own first line advises weights_only=False: never pass that on
+        raise ZsharmError(f"cannot read evaluator checkpoint {path}: not a complete, tensor-only checkpoint "
+                          f"({type(error).__name__})") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -9,11 +9,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from zsharm.decide.evaluator import (
@@ -27,10 +25,9 @@ from zsharm.decide.evaluator import (
     save_checkpoint,
 )
 from zsharm.errors import ZsharmError
+from zsharm.io import IMAGE_EXTENSIONS, load_image, load_mask
 from zsharm.io import write_json
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-MASK_THRESHOLD = 100 / 255  # the paper binarises masks at > 100/255
 
 
 # ---------------------------------------------------------------- training data
@@ -112,7 +109,7 @@ def find_photo_samples(root) -> list[Sample]:
 def _by_stem(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
 
 
 def split_samples(samples: list[Sample], val_fraction: float, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
@@ -202,16 +199,11 @@ class HarmonyDataset(torch.utils.data.Dataset):
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    return np.asarray(load_image(path).to_pil_rgb8())
 
 
 def _read_mask(path: Path, shape) -> np.ndarray:
-    with Image.open(path) as image:
-        mask = np.asarray(ImageOps.exif_transpose(image).convert("L"))
-    if mask.shape != tuple(shape):
-        mask = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-    return mask > MASK_THRESHOLD * 255
+    return load_mask(path, size=(shape[1], shape[0]))  # zsharm.io's one mask reader, its checks included
 
 
 def _stable_hash(text: str) -> int:

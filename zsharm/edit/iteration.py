@@ -26,7 +26,7 @@ from zsharm.edit.prompt_to_prompt import Edit, edit_with_prompt_to_prompt
 from zsharm.edit.refinement import Refinement, refine_embeddings
 from zsharm.edit.tokens import condition_vocabulary, description_positions, split_object
 from zsharm.errors import ZsharmError
-from zsharm.io import Picture, load_image, load_mask, work_size
+from zsharm.io import Picture, work_size
 from zsharm.models import prepare_pipeline
 
 
@@ -59,22 +59,6 @@ def _pidinet(variant: str, device: str):
     return load_pidinet(variant=variant, device=device)
 
 
-def _as_picture(image) -> Picture:
-    return image if isinstance(image, Picture) else load_image(image)
-
-
-def _as_mask(mask, size) -> np.ndarray:
-    if isinstance(mask, np.ndarray) and mask.dtype == bool:
-        if mask.shape != (size[1], size[0]):
-            raise ZsharmError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {size[0]}x{size[1]}")
-        if not mask.any():
-            raise ZsharmError("mask is empty: no foreground to harmonize")
-        if mask.all():
-            raise ZsharmError("mask is full: no background to harmonize against")
-        return mask
-    return load_mask(mask, size=size)
-
-
 def at_work_size(picture: Picture, mask: np.ndarray, config: HarmonizeConfig) -> tuple:
     """(image, mask) at the work size: long side `config.size`, both sides multiples of 64; the image as 8-bit
     RGB PIL, the mask boolean."""
@@ -86,8 +70,8 @@ def run_iteration(pipe, image, mask, source: str, target: str, config: Harmonize
                   progress: bool = True, keep_maps: bool = False, pidinet=None) -> IterationResult:
     """One iteration of the paper's stage 2 on `image` (path, PIL, array or Picture) with `mask`."""
     config = config or HarmonizeConfig()
-    picture = _as_picture(image)
-    mask = _as_mask(mask, picture.size)
+    from zsharm.validate import check_inputs
+    picture, mask = check_inputs(image, mask, config)  # the checks every entry point shares
     work_input, mask_work = at_work_size(picture, mask, config)
     work = iterate_at_work_size(pipe, work_input, mask_work, source, target, config, progress=progress,
                                 keep_maps=keep_maps, pidinet=pidinet)

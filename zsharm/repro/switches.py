@@ -117,8 +117,6 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
 
     from zsharm.benchmark.metrics import fpsnr
     from zsharm.edit.iteration import (
-        _as_mask,
-        _as_picture,
         iterate_at_work_size,
         at_work_size,
     )
@@ -131,8 +129,8 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
         if unknown:
             raise ZsharmError(f"unknown ablation row(s) {sorted(unknown)}; rows are {[n for n, _, _ in rows]}")
         rows = [r for r in rows if r[0] == "paper" or r[0] in only]
-    picture = _as_picture(image)
-    full_mask = _as_mask(mask, picture.size)
+    from zsharm.io import read_pair
+    picture, full_mask = read_pair(image, mask)
     work_input, mask_work = at_work_size(picture, full_mask, HarmonizeConfig(size=size))
     if pidinet is None:
         from zsharm.edit.pidinet import load_pidinet
