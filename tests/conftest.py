@@ -160,7 +160,8 @@ def edit_inputs(pipe, config, seed=0):
     from PIL import Image
 
     from zsharm.edit.diffusion import Run, text_embeddings
-    from zsharm.edit.inversion import ddim_invert, image_to_tensor
+    from zsharm.edit.diffusion import image_to_tensor
+    from zsharm.edit.inversion import ddim_invert
     run = Run(pipe=pipe, config=config, progress=False)
     image, _ = make_composite(width=128, height=128)
     inversion = ddim_invert(run, image_to_tensor(Image.fromarray(image)), "cat bright",

@@ -54,7 +54,7 @@ def test_harmonizer_and_harmonize_default_to_the_same_schedule(monkeypatch, comp
     harmonizer = zsharm.pipeline.Harmonizer(pipe=object(), evaluator=None)
     assert harmonizer.config == DEFAULT
     seen = []
-    monkeypatch.setattr(zsharm.pipeline, "iterate_at_work_size", recorder(seen))
+    monkeypatch.setattr(zsharm.edit.iteration, "iterate_at_work_size", recorder(seen))
     with pytest.raises(Seen):
         zsharm.pipeline.harmonize(*composite, "cat bright", "cat dull", pipe=object(), evaluator=None)
     assert seen == [DEFAULT]
@@ -90,7 +90,7 @@ def test_the_method_comparison_defaults_to_the_same_schedule(monkeypatch, compos
     seen = []
     monkeypatch.setattr(zsharm.models, "load_pipeline", lambda *a, **k: object())
     monkeypatch.setattr(zsharm.models, "prepare_pipeline", lambda pipe: pipe)
-    monkeypatch.setattr(zsharm.pipeline, "iterate_at_work_size", recorder(seen))
+    monkeypatch.setattr(zsharm.edit.iteration, "iterate_at_work_size", recorder(seen))
     run = zsharm_method("tiny", source="cat bright", target="cat dull")
     with pytest.raises(Seen):
         run(*composite)

@@ -490,7 +490,10 @@ def test_iharmony_layout_pairs_composites_with_their_real_images(tmp_path):
                                  ("real_images", real_stem + ".jpg")):
                 path = tmp_path / subset / folder / name
                 path.parent.mkdir(parents=True, exist_ok=True)
-                Image.new("RGB", (8, 8)).save(path)
+                image = Image.new("RGB", (8, 8))
+                if folder == "masks":  # a mask with an object in it (empty ones are refused)
+                    image.paste((255, 255, 255), (2, 2, 6, 6))
+                image.save(path)
     samples = find_iharmony_samples(tmp_path)
     pairs = {(s.image.name, s.mask.name, s.label) for s in samples}
     assert pairs == {("a0001_1_1.jpg", "a0001_1.png", 0), ("a0001_1_2.jpg", "a0001_1.png", 0),

@@ -6,7 +6,8 @@ from diffusers import DDIMInverseScheduler
 
 from zsharm.config import HarmonizeConfig
 from zsharm.edit.diffusion import Run
-from zsharm.edit.inversion import ddim_invert, image_to_tensor
+from zsharm.edit.diffusion import image_to_tensor
+from zsharm.edit.inversion import ddim_invert
 
 
 def test_inversion_matches_diffusers_inverse_scheduler(tiny_pipe):

@@ -244,7 +244,8 @@ def test_recorder_refuses_a_size_without_those_maps():
 
 def test_denoise_and_latent_errors(tamed_pipe):
     from zsharm.edit.diffusion import Run, text_embeddings
-    from zsharm.edit.inversion import ddim_invert, image_to_tensor
+    from zsharm.edit.diffusion import image_to_tensor
+    from zsharm.edit.inversion import ddim_invert
     from zsharm.teaching.trace import denoise, latent_errors
     run = Run(pipe=tamed_pipe, config=HarmonizeConfig.paper(steps=5, size=64), progress=False)
     inversion = ddim_invert(run, image_to_tensor(_image(64, 64)), "cat bright", torch.Generator().manual_seed(0))

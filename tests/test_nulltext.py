@@ -13,7 +13,7 @@ from PIL import Image
 from zsharm.config import HarmonizeConfig
 from zsharm.edit.diffusion import Run, ddim_step, text_embeddings, unet_noise
 from zsharm.edit.edges import sobel
-from zsharm.edit.inversion import image_to_tensor
+from zsharm.edit.diffusion import image_to_tensor
 from zsharm.edit.iteration import run_iteration
 from zsharm.edit.nulltext import EdgeLoss, optimize_null_text
 

@@ -102,7 +102,7 @@ def stand_in_pipes_need_no_preparing(monkeypatch):
 @pytest.fixture
 def fake_stage_two(monkeypatch):
     """Stage 2 as a function that brightens the image a little and checks the VLM is not in memory."""
-    import zsharm.pipeline as pipeline
+    import zsharm.edit.iteration
     seen = {"steps": 0, "inputs": [], "outputs": []}
 
     class Result:
@@ -118,7 +118,7 @@ def fake_stage_two(monkeypatch):
         seen["outputs"].append(np.asarray(out))
         return Result(out)
 
-    monkeypatch.setattr(pipeline, "iterate_at_work_size", iterate)
+    monkeypatch.setattr(zsharm.edit.iteration, "iterate_at_work_size", iterate)
     return seen
 
 

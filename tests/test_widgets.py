@@ -295,7 +295,8 @@ def _notebook_cell(name, defines):
 
 def test_the_hand_written_ddim_loops_of_notebook_02_equal_the_library(tamed_pipe):
     from zsharm.edit.diffusion import Run, text_embeddings
-    from zsharm.edit.inversion import ddim_invert, image_to_tensor
+    from zsharm.edit.diffusion import image_to_tensor
+    from zsharm.edit.inversion import ddim_invert
     from zsharm.teaching.trace import denoise
     namespace = {"torch": torch}  # the notebook imported it in its set-up cell
     exec(_notebook_cell("02_inversion_nulltext.py", "ddim_by_hand"), namespace)

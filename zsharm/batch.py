@@ -30,7 +30,7 @@ from typing import Callable, NamedTuple, Sequence
 from PIL import Image
 from tqdm.auto import tqdm
 
-from zsharm.describe.captions import read_caption_file
+from zsharm.describe.captions import read_caption_pairs
 from zsharm.distributed import claimed
 from zsharm.errors import ZsharmError, one_line
 from zsharm.io import (
@@ -126,7 +126,7 @@ def _match_masks(composites: list[Path], masks: list[Path], by_order: bool) -> l
 def _read_captions(path: Path, count: int) -> list[tuple[Caption, ...]]:
     if not path.is_file():
         return []
-    lines = read_caption_file(path)
+    lines = read_caption_pairs(path)
     if len(lines) != count:
         raise ZsharmError(f"{path} has {len(lines)} lines but there are {count} images: one line per image, "
                           f"in natural name order")

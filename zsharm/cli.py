@@ -19,7 +19,8 @@ from zsharm.errors import ZsharmError
 COMMANDS = {
     "harmonize": ("zsharm.pipeline",
                   "harmonize a composite's foreground with its background (all three stages)"),
-    "describe": ("zsharm.describe.describers", "describe a composite's imaging conditions with a VLM (stage 1)"),
+    "describe": ("zsharm.describe.describers",
+                 "describe a composite's imaging conditions with a VLM (stage 1), or a whole folder"),
     "train-evaluator": ("zsharm.decide.training", "train the harmony evaluator (stage 3)"),
     "evaluate": ("zsharm.benchmark.compare",
                  "measure harmonization methods on a dataset (MSE, fMSE, PSNR, fPSNR, SSIM)"),

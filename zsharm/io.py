@@ -455,7 +455,7 @@ def _load_bytes(data: bytes, label: str, path: Path | None, what: str = "image")
         if orientation not in range(1, 9):
             orientation = 1
         if getattr(image, "n_frames", 1) > 1:
-            log.warning(f"zsharm: {label} has {image.n_frames} frames ({image.format}); only the first is used")
+            log.warning(f"{label} has {image.n_frames} frames ({image.format}); only the first is used")
         if what == "image" and (image.mode == "F" or image.mode.startswith("I;32F")):
             raise ZsharmError(f"cannot read {label}: it holds 32-bit float samples, and zsharm keeps an image's "
                               f"depth only for 8- and 16-bit integers; convert it to 16-bit first")

@@ -57,7 +57,8 @@ print("work size", work.size)
 
 # %%
 from zsharm.edit.diffusion import decode_latents, Run, text_embeddings, to_uint8
-from zsharm.edit.inversion import ddim_invert, image_to_tensor
+from zsharm.edit.diffusion import image_to_tensor
+from zsharm.edit.inversion import ddim_invert
 from zsharm.teaching.plots import latent_preview
 
 run = Run(pipe=pipe, config=config, progress=True)

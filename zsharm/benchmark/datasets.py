@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zsharm.describe.captions import parse_caption_line
+from zsharm.describe.captions import parse_caption_pairs, read_caption_pairs
 from zsharm.errors import ZsharmError
 from zsharm.io import (
     find_image,
@@ -182,7 +182,7 @@ def _iharmony4_captions(folder: Path) -> dict:
         name, sep, caption = line.partition("\t")
         if not sep:
             raise ZsharmError(f"{path}:{number}: expected '<composite file name><TAB>src,tgt;src,tgt'")
-        captions[name.strip()] = parse_caption_line(caption, f"{path}:{number}")
+        captions[name.strip()] = parse_caption_pairs(caption, f"{path}:{number}")
     return captions
 
 
@@ -224,10 +224,10 @@ def _caption_file(path: Path, count: int) -> list:
     """The authors' caption.txt: one line per composite in natural order (None each when absent)."""
     if not path.is_file():
         return [None] * count
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = read_caption_pairs(path)  # the one reader of the format (batch and describe use it too)
     if len(lines) != count:
         raise ZsharmError(f"{path}: {len(lines)} caption lines for {count} composites")
-    return [parse_caption_line(line, f"{path}:{i}") for i, line in enumerate(lines, 1)]
+    return lines
 
 
 # ----------------------------------------------------------------------------- RealHM

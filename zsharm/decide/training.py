@@ -34,7 +34,7 @@ from zsharm.io import write_json
 
 
 @dataclass(frozen=True)
-class Sample:
+class TrainingExample:
     """One training example: an image, its mask (None: a random one is drawn), the label (1 = real,
     0 = composite), whether the foreground is to be perturbed on the fly, and the photo it comes from
     (the validation split never separates samples of one photo)."""
@@ -46,7 +46,7 @@ class Sample:
     group: str
 
 
-def find_iharmony_samples(root, split: str | None = "train") -> list[Sample]:
+def find_iharmony_samples(root, split: str | None = "train") -> list[TrainingExample]:
     """Composites (label 0) and their real images (label 1) from an iHarmony4-layout folder: one or more
     subsets each holding composite_images/, masks/ and real_images/, named as `a0001_1_2.jpg` (composite),
     `a0001_1.png` (mask), `a0001.jpg` (real). Where a subset has its `<Subset>_<split>.txt` list, only the
@@ -69,12 +69,12 @@ def find_iharmony_samples(root, split: str | None = "train") -> list[Sample]:
             real_stem = mask_stem.rsplit("_", 1)[0]
             if mask_stem in masks and real_stem in reals:
                 group = f"{subset.name}/{real_stem}"
-                samples.append(Sample(composite, masks[mask_stem], 0, False, group))
-                samples.append(Sample(reals[real_stem], masks[mask_stem], 1, False, group))
+                samples.append(TrainingExample(composite, masks[mask_stem], 0, False, group))
+                samples.append(TrainingExample(reals[real_stem], masks[mask_stem], 1, False, group))
     return samples
 
 
-def find_photo_samples(root) -> list[Sample]:
+def find_photo_samples(root) -> list[TrainingExample]:
     """Photos and masks for synthetic composites: an iHarmony4 folder's real images and masks, a plain
     folder of pairs (x.png + x_mask.png, or images/ + masks/), or photos alone (random masks are drawn).
     Each photo gives a real sample (label 1) and a perturbed one (label 0)."""
@@ -101,8 +101,8 @@ def find_photo_samples(root) -> list[Sample]:
     samples = []
     for image, mask in pairs:
         group = str(image.relative_to(root)) + ("" if mask is None else "|" + mask.name)
-        samples.append(Sample(image, mask, 1, False, group))
-        samples.append(Sample(image, mask, 0, True, group))
+        samples.append(TrainingExample(image, mask, 1, False, group))
+        samples.append(TrainingExample(image, mask, 0, True, group))
     return samples
 
 
@@ -112,7 +112,7 @@ def _by_stem(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
 
 
-def split_samples(samples: list[Sample], val_fraction: float, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+def split_samples(samples: list[TrainingExample], val_fraction: float, seed: int = 0) -> tuple[list[TrainingExample], list[TrainingExample]]:
     """Split by photo (group), seeded: at least one group in each part when there are two or more."""
     groups = sorted({s.group for s in samples})
     order = np.random.default_rng(seed).permutation(len(groups))
@@ -174,7 +174,7 @@ class HarmonyDataset(torch.utils.data.Dataset):
     """Samples as the evaluator sees them: (image (3,S,S), mask (1,S,S), label). Training draws fresh
     perturbations and flips each epoch (set `epoch`); validation is the same every time."""
 
-    def __init__(self, samples: list[Sample], size: int, train: bool, seed: int = 0):
+    def __init__(self, samples: list[TrainingExample], size: int, train: bool, seed: int = 0):
         self.samples, self.size, self.train, self.seed = samples, size, train, seed
         self.epoch = 0
 

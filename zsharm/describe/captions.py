@@ -10,7 +10,7 @@ class DescriptionFormatError(ZsharmError):
     """A description (a VLM answer, given prompts, a caption line) that breaks the format; says why."""
 
 
-def parse_caption_line(line: str, where: str = None) -> tuple:
+def parse_caption_pairs(line: str, where: str = None) -> tuple:
     """One line of the authors' caption file, `src,tgt;src,tgt` -> (("src", "tgt"), ...), best first."""
     prefix = f"{where}: " if where else ""
     if not line.strip():
@@ -24,7 +24,7 @@ def parse_caption_line(line: str, where: str = None) -> tuple:
     return tuple(pairs)
 
 
-def read_caption_file(path) -> list:
+def read_caption_pairs(path) -> list:
     """The authors' caption file: line i holds the candidate prompt pairs of image i (natural name order).
     Trailing blank lines are ignored; an error names the file and line."""
     path = Path(path)
@@ -37,7 +37,7 @@ def read_caption_file(path) -> list:
     parsed = []
     for number, line in enumerate(lines, 1):
         try:
-            parsed.append(parse_caption_line(line))
+            parsed.append(parse_caption_pairs(line))
         except DescriptionFormatError as error:  # both spellings of the place: editors', and people's
             raise DescriptionFormatError(f"{path}:{number}: {error} (line {number})") from None
     return parsed

@@ -42,8 +42,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from zsharm.describe.captions import DescriptionFormatError
-from zsharm.describe.captions import parse_caption_line as _caption_pairs
-from zsharm.describe.captions import read_caption_file as _caption_file_pairs
+from zsharm.describe.captions import parse_caption_pairs, read_caption_pairs
 from zsharm.describe.vlm import DEFAULT_VLM, OpenAIChatVLM, TransformersVLM
 from zsharm.cache import cache_dir
 from zsharm.io import write_bytes_atomic
@@ -532,12 +531,12 @@ def default_cache_dir() -> Path:
 def read_caption_file(path) -> list[list[Description]]:
     """The authors' caption file: line i holds image i's candidates, `src,tgt;src,tgt` (e.g.
     `cat bright,cat winter;cat bright,cat dark`), each pair read by `Description.from_prompts`."""
-    return [[Description.from_prompts(*pair) for pair in line] for line in _caption_file_pairs(path)]
+    return [[Description.from_prompts(*pair) for pair in line] for line in read_caption_pairs(path)]
 
 
 def parse_caption_line(line: str) -> list[Description]:
     """One caption-file line: `src,tgt` pairs separated by `;`."""
-    return [Description.from_prompts(*pair) for pair in _caption_pairs(line)]
+    return [Description.from_prompts(*pair) for pair in parse_caption_pairs(line)]
 
 
 def get_describer(vlm=None, base_url=None, vlm_model=None, api_key_env: str = "ZSHARM_VLM_API_KEY", captions=None,

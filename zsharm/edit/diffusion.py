@@ -8,6 +8,7 @@ from collections import Counter
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from zsharm.config import HarmonizeConfig
@@ -270,3 +271,12 @@ def timesteps(run: Run):
 def progress(run: Run, iterable, desc: str):
     from tqdm.auto import tqdm
     return tqdm(iterable, desc=desc, disable=not run.progress, leave=False)
+
+
+def image_to_tensor(image_pil) -> torch.Tensor:
+    """PIL RGB -> 1x3xHxW float32 in [-1, 1] (the authors' preprocess, after their resize).
+
+    The tensor is a transposed view of the H x W x 3 array, i.e. channels-last in memory, as theirs is; the
+    convolutions then take their channels-last path, which rounds differently (by ~1e-4 in the latent)."""
+    array = np.asarray(image_pil.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array[None].transpose(0, 3, 1, 2)) * 2.0 - 1.0

@@ -8,7 +8,6 @@ timestep.
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from zsharm.edit.diffusion import (
@@ -34,15 +33,6 @@ class Inversion:
     def target_for_step(self, index: int):
         """The inverted latent that denoising step `index` (over timesteps[1:]) should land on."""
         return self.latents[-2 - index]
-
-
-def image_to_tensor(image_pil) -> torch.Tensor:
-    """PIL RGB -> 1x3xHxW float32 in [-1, 1] (the authors' preprocess, after their resize).
-
-    The tensor is a transposed view of the H x W x 3 array, i.e. channels-last in memory, as theirs is; the
-    convolutions then take their channels-last path, which rounds differently (by ~1e-4 in the latent)."""
-    array = np.asarray(image_pil.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(array[None].transpose(0, 3, 1, 2)) * 2.0 - 1.0
 
 
 @torch.no_grad()

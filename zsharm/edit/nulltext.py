@@ -34,7 +34,7 @@ from zsharm.edit.diffusion import (
     to_uint8,
     unet_noise,
 )
-from zsharm.edit.inversion import image_to_tensor
+from zsharm.edit.diffusion import image_to_tensor
 
 
 @dataclass

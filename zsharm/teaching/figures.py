@@ -59,9 +59,8 @@ def demo_inputs():
     folder = demo_folder()
     image = load_image(folder / "composite.png").to_pil_rgb8()
     mask = load_mask(folder / "mask.png", size=image.size)
-    line = (folder / "caption.txt").read_text().strip().splitlines()[0]
-    captions = [tuple(p.strip() for p in pair.split(",")) for pair in line.split(";")]
-    return image, mask, captions
+    from zsharm.describe.captions import read_caption_pairs
+    return image, mask, list(read_caption_pairs(folder / "caption.txt")[0])
 
 
 def sample_photo(name: str) -> np.ndarray:

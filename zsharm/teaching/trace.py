@@ -185,7 +185,8 @@ def trace_attention(pipe, image, prompt: str, config: HarmonizeConfig = None, cr
                     guidance: float = None, progress: bool = False) -> AttentionTrace:
     """Invert `image` (path, PIL or Picture) under `prompt`, denoise it back with the prompt (guidance
     `config.guidance` unless given) and record every attention map of the given resolutions."""
-    from zsharm.edit.inversion import ddim_invert, image_to_tensor
+    from zsharm.edit.diffusion import image_to_tensor
+    from zsharm.edit.inversion import ddim_invert
     from zsharm.edit.tokens import word_token_spans
     from zsharm.io import load_image, work_size
 
