@@ -111,22 +111,24 @@ def draw_mask_outline(ax, mask, color="white", linewidth=1.2):
     ax.contour(mask, levels=[0.5], colors=[color], linewidths=linewidth)
 
 
-def overlay_map(ax, image, heat, title=None, alpha: float = 0.55, cmap: str = "magma", mask=None, normalize=True):
+def overlay_map(ax, image, heat, title=None, alpha: float = 0.55, cmap: str = "magma", mask=None, normalize=True,
+                vmax: float = None, fontsize: int = 11):
     """A small map (h x w) upsampled over an image, optionally with the mask's outline. `normalize` stretches
     the map from its minimum (dark) to its maximum (bright, a perceptual colormap), so its shape shows whatever
-    its range. Returns the map's image, for a colour bar."""
+    its range; without it the map is drawn on a fixed scale [0, vmax], so several maps compare. Returns the map's
+    image, for a colour bar."""
     base = as_array(image)
-    heat = np.asarray(heat.detach().cpu() if torch.is_tensor(heat) else heat, dtype=np.float32)
+    heat = np.asarray(heat.detach().float().cpu() if torch.is_tensor(heat) else heat, dtype=np.float32)
     big = upsample(heat, base.shape[:2])
     if normalize:
         big = (big - big.min()) / (big.max() - big.min() + 1e-8)
     ax.imshow(base)
-    shown = ax.imshow(big, cmap=cmap, alpha=alpha, vmin=0, vmax=1 if normalize else None)
+    shown = ax.imshow(big, cmap=cmap, alpha=alpha, vmin=0, vmax=1 if normalize else vmax)
     if mask is not None:
         draw_mask_outline(ax, mask, color="cyan")
     ax.axis("off")
     if title:
-        ax.set_title(title, fontsize=11)
+        ax.set_title(title, fontsize=fontsize)
     return shown
 
 

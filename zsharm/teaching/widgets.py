@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from zsharm.teaching.plots import as_array, draw_mask_outline, latent_preview, upsample
+from zsharm.teaching.plots import as_array, draw_mask_outline, latent_preview, overlay_map
 
 CMAP = "magma"          # perceptual, readable in grey: attention and edge maps
 DIFF_CMAP = "RdBu_r"    # signed differences, white at zero
@@ -129,16 +129,8 @@ def _show(ax, picture, title=None, mask=None):
 
 def _heat(ax, image, heat, title=None, mask=None, vmax=1.0, alpha=0.6, cmap=CMAP):
     """A map over an image on a fixed scale [0, vmax]; returns the mappable, for a colour bar."""
-    base = as_array(image)
-    heat = np.asarray(heat.detach().float().cpu() if torch.is_tensor(heat) else heat, dtype=np.float32)
-    ax.imshow(base)
-    shown = ax.imshow(upsample(heat, base.shape[:2]), cmap=cmap, alpha=alpha, vmin=0, vmax=vmax)
-    if mask is not None:
-        draw_mask_outline(ax, mask, color="cyan")
-    ax.axis("off")
-    if title:
-        ax.set_title(title, fontsize=10)
-    return shown
+    return overlay_map(ax, image, heat, title=title, alpha=alpha, cmap=cmap, mask=mask, normalize=False, vmax=vmax,
+                       fontsize=10)
 
 
 def _integer_ticks(ax):
