@@ -474,3 +474,16 @@ def test_a_work_size_somewhat_above_the_image_is_allowed_with_a_warning(composit
                 "--size", "256", "--device", "cpu")
     warned = capsys.readouterr().err
     assert "upsampled" in warned and "150 px" in warned
+
+
+def test_quiet_prints_no_library_bars_or_warnings(composite, tmp_path, capfd):
+    """--quiet: not diffusers' "Loading pipeline components" bar, nor any library's warning; only errors."""
+    comp, mask = composite
+    from zsharm.models import tiny_pipeline_dir
+    tiny_pipeline_dir("tiny")  # built beforehand: building it is not what this test looks at
+    capfd.readouterr()
+    code = main([str(a) for a in ["harmonize", comp, "--mask", mask, "--out", tmp_path / "o.png", *PROMPTS, *FAST,
+                                  "--size", "64", "--device", "cpu"]])
+    captured = capfd.readouterr()
+    assert code == 0 and (tmp_path / "o.png").is_file()
+    assert captured.err == "" and captured.out == ""

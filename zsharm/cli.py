@@ -13,6 +13,7 @@ import sys
 
 from zsharm import __version__
 from zsharm.errors import ZsharmError
+from zsharm.quiet import quiet_libraries
 
 # command -> (the module that registers it, its line in `zsharm --help`; tests/test_cli.py checks it is the
 # module's own); the order is the order of `zsharm --help`
@@ -106,6 +107,8 @@ def main(argv=None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.log_quiet)
+    if getattr(args, "quiet", False) or args.log_quiet:
+        quiet_libraries()  # before any of them is imported: their warnings say nothing a user can act on
     try:
         return int(args.func(args) or 0)
     except ZsharmError as exc:

@@ -37,15 +37,23 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def load_pipeline(spec: str = DEFAULT_MODEL, device=None, dtype=None, revision: str = None, variant: str = None,
-                  token=None):
+                  token=None, progress: bool = True):
     """A diffusers StableDiffusionPipeline prepared for zsharm (`prepare_pipeline`), on `device` in `dtype`.
 
     spec: a hub id (fetched and cached by diffusers on first use), a local diffusers folder, a single
     `.safetensors`/`.ckpt` file (any SD 1.x/2.x checkpoint), `tiny` or `tiny-tamed` (random weights).
     revision (a hub branch, tag or commit), variant (e.g. "fp16": the repository's half-size weight files) and
     token (a gated or private repository; by default the hub's own login or $HF_TOKEN) go to from_pretrained.
+    progress False hides diffusers' and the hub's loading and download bars (`--quiet`).
     """
     from diffusers import StableDiffusionPipeline
+    if not progress:
+        from diffusers.utils import logging as diffusers_logging
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as transformers_logging
+        for library in (diffusers_logging, transformers_logging):  # "Loading pipeline components", "Loading weights"
+            library.disable_progress_bar()
+        disable_progress_bars()
 
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype if dtype is not None else default_dtype(device)

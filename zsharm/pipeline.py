@@ -18,7 +18,6 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -76,7 +75,8 @@ class Harmonizer:
             evaluator = load_evaluator(evaluator, device=device)
         if dtype is None:
             dtype = self.config.torch_dtype(device)
-        self.pipe = prepare_pipeline(pipe) if pipe is not None else load_pipeline(model, device=device, dtype=dtype)
+        self.pipe = (prepare_pipeline(pipe) if pipe is not None else
+                     load_pipeline(model, device=device, dtype=dtype, progress=progress))
         self.evaluator, self.describer, self.pidinet, self.progress = evaluator, describer, pidinet, progress
         self.n_candidates = n_candidates
 

@@ -25,10 +25,7 @@ from zsharm.decide.evaluator import (
     save_checkpoint,
 )
 from zsharm.errors import ZsharmError
-from zsharm.io import IMAGE_EXTENSIONS, load_image, load_mask
-from zsharm.io import write_json
-
-
+from zsharm.io import IMAGE_EXTENSIONS, load_image, load_mask, write_json
 
 # ---------------------------------------------------------------- training data
 

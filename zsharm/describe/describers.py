@@ -41,12 +41,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from zsharm.describe.captions import DescriptionFormatError
-from zsharm.describe.captions import parse_caption_pairs, read_caption_pairs
-from zsharm.describe.vlm import DEFAULT_VLM, OpenAIChatVLM, TransformersVLM
 from zsharm.cache import cache_dir
-from zsharm.io import write_bytes_atomic
+from zsharm.describe.captions import (
+    DescriptionFormatError,
+    parse_caption_pairs,
+    read_caption_pairs,
+)
+from zsharm.describe.vlm import DEFAULT_VLM, OpenAIChatVLM, TransformersVLM
 from zsharm.errors import ZsharmError
+from zsharm.io import write_bytes_atomic
 from zsharm.vocabulary import (
     DICTIONARY,
     LIST_OF,

@@ -19,8 +19,7 @@ from PIL import Image
 
 from zsharm.config import HarmonizeConfig
 from zsharm.edit.blending import blend, latent_mask, mask_at
-from zsharm.edit.diffusion import CallCounter, Run
-from zsharm.edit.diffusion import image_to_tensor
+from zsharm.edit.diffusion import CallCounter, Run, image_to_tensor
 from zsharm.edit.inversion import Inversion, ddim_invert
 from zsharm.edit.nulltext import EdgeLoss, NullText, optimize_null_text
 from zsharm.edit.prompt_to_prompt import Edit, edit_with_prompt_to_prompt

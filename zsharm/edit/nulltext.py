@@ -28,13 +28,13 @@ from zsharm.edit.diffusion import (
     Run,
     ddim_step,
     decode_latents,
+    image_to_tensor,
     optimizer_step,
     progress,
     text_embeddings,
     to_uint8,
     unet_noise,
 )
-from zsharm.edit.diffusion import image_to_tensor
 
 
 @dataclass

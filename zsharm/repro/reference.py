@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from zsharm.edit.diffusion import CallCounter
-import torch
 
 # (stage, array key, absolute tolerance) in the order the pipeline computes them
 ARRAY_STAGES = [

@@ -117,8 +117,8 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
 
     from zsharm.benchmark.metrics import fpsnr
     from zsharm.edit.iteration import (
-        iterate_at_work_size,
         at_work_size,
+        iterate_at_work_size,
     )
     from zsharm.models import default_device, default_dtype, load_pipeline
 

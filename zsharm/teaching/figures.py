@@ -54,8 +54,8 @@ def save_figure(fig, path, dpi: int = 100, palette: bool = True) -> Path:
 
 def demo_inputs():
     """The demo composite (PIL RGB), its mask (bool) and its caption candidates [(source, target), ...]."""
-    from zsharm.io import load_image, load_mask
     from zsharm.demo import demo_folder
+    from zsharm.io import load_image, load_mask
     folder = demo_folder()
     image = load_image(folder / "composite.png").to_pil_rgb8()
     mask = load_mask(folder / "mask.png", size=image.size)

@@ -13,15 +13,14 @@ It also holds the course's cost arithmetic (`gpu_cost`): what a notebook's count
 decodes take on a T4 or an A100, from one stated assumption.
 """
 
-import logging
 import os
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsharm.errors import ZsharmError
 from zsharm.models import TINY_SPECS, tiny_pipeline_dir
+from zsharm.quiet import quiet_libraries
 
 DEMO_SOURCE = "astronaut bright warm indoor"
 DEMO_TARGET = "astronaut dim blue twilight"
@@ -76,19 +75,6 @@ def settings(quick: bool = False, full: bool = False) -> dict:
         raise ZsharmError("quick and full exclude each other: quick is the tests' tiny run, full the paper's")
     column = 0 if quick else 2 if full else 1
     return {name: values[column] for name, values in SETTINGS.items()}
-
-
-def quiet_libraries():
-    """Silence the warnings diffusers, transformers and torch print on every load: they say nothing a student
-    can act on and push the notebook's own output off the screen. zsharm's own warnings stay."""
-    for category in (FutureWarning, DeprecationWarning, UserWarning):
-        for module in ("diffusers", "transformers", "torch", "huggingface_hub", "kornia", "timm", "skimage"):
-            warnings.filterwarnings("ignore", category=category, module=module)
-    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
-    for name in ("diffusers", "transformers", "huggingface_hub"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 def enable_colab_widgets():
@@ -150,6 +136,7 @@ def setup(model: str, device=None, quick: bool = False, full: bool = False, step
     enable_colab_widgets()
     import matplotlib.pyplot as plt
     import torch
+
     from zsharm.io import load_image, load_mask
 
     if is_tiny(model):
@@ -273,6 +260,7 @@ def authors_figure(name: str, timeout: float = 10.0):
     import urllib.request
 
     from PIL import Image
+
     from zsharm.models import cache_dir
     if name not in AUTHORS_FIGURES:
         raise ZsharmError(f"unknown authors' figure {name!r}; one of {', '.join(AUTHORS_FIGURES)}")

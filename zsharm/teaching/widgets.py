@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from zsharm.teaching.plots import as_array, draw_mask_outline, latent_preview, overlay_map
+from zsharm.teaching.plots import (
+    as_array,
+    draw_mask_outline,
+    latent_preview,
+    overlay_map,
+)
 
 CMAP = "magma"          # perceptual, readable in grey: attention and edge maps
 DIFF_CMAP = "RdBu_r"    # signed differences, white at zero
@@ -375,6 +380,7 @@ def live_edges_explorer(pidinet, image, long_side: int = 320) -> Explorer:
     once per picture (cached); the contrast slider only redraws."""
     import ipywidgets
     from PIL import Image
+
     from zsharm.teaching.figures import edge_maps
     cache = {}
 
@@ -485,6 +491,7 @@ def decision_trace(scores, iterations: int = 10, candidates: int = 2):
     on scripted scores, with a one-pixel stand-in for stage 2: the first `candidates` scores are iteration
     0's, one per description. Returns the LoopResult; scores the loop never asked for are left unused."""
     from PIL import Image
+
     from zsharm.describe.describers import Description
     from zsharm.loop import run_loop
     image = Image.new("RGB", (2, 2))
