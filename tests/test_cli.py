@@ -487,3 +487,30 @@ def test_quiet_prints_no_library_bars_or_warnings(composite, tmp_path, capfd):
     captured = capfd.readouterr()
     assert code == 0 and (tmp_path / "o.png").is_file()
     assert captured.err == "" and captured.out == ""
+
+
+def test_shard_without_batch_is_refused(composite, tmp_path, capsys):
+    comp, mask = composite
+    code, err = run_cli(capsys, "harmonize", comp, "--mask", mask, "--out", tmp_path / "o.png", *PROMPTS, *FAST,
+                        "--shard", "0/4")
+    assert code == 2 and "--batch" in err and "\n" not in err and not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--size", "100"), ("--steps", "0")])
+def test_config_errors_name_the_option(composite, tmp_path, capsys, option, value):
+    comp, mask = composite
+    code, err = run_cli(capsys, "harmonize", comp, "--mask", mask, "--out", tmp_path / "o.png", *PROMPTS, *FAST,
+                        option, value)
+    assert code == 2 and option in err and "\n" not in err
+
+
+def test_zsharm_offline_reaches_the_hubs_own_loaders(composite, tmp_path, capsys, monkeypatch):
+    """ZSHARM_OFFLINE=1 turns on the hub's offline mode too, so diffusers and transformers never try the network
+    (they retry for minutes without it)."""
+    import os
+    monkeypatch.setenv("ZSHARM_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    comp, mask = composite
+    run_cli(capsys, "harmonize", comp, "--mask", mask, "--out", tmp_path / "o.png", *PROMPTS, *FAST, "--size", "99")
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    monkeypatch.delenv("HF_HUB_OFFLINE")

@@ -9,9 +9,11 @@ Those modules import torch (seconds), so only the module of the command being ru
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from zsharm import __version__
+from zsharm.cache import offline
 from zsharm.errors import ZsharmError
 from zsharm.quiet import quiet_libraries
 
@@ -107,8 +109,10 @@ def main(argv=None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.log_quiet)
-    if getattr(args, "quiet", False) or args.log_quiet:
-        quiet_libraries()  # before any of them is imported: their warnings say nothing a user can act on
+    if args.verbose == 0:
+        quiet_libraries()  # before any of them is imported: their warnings say nothing a user can act on (-v shows them)
+    if offline():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # ZSHARM_OFFLINE reaches the hub's own loaders (SD, the VLM)
     try:
         return int(args.func(args) or 0)
     except ZsharmError as exc:

@@ -41,5 +41,7 @@ def config_from_options(args) -> HarmonizeConfig:
         overrides["use_edges"] = False
     try:
         return HarmonizeConfig.named(args.schedule, **overrides)
-    except ValueError as error:  # HarmonizeConfig's own checks
-        raise ZsharmError(str(error)) from None
+    except ValueError as error:  # HarmonizeConfig's own checks: name the option when they name its field
+        text = str(error)
+        field = text.split(" ", 1)[0]
+        raise ZsharmError(f"--{text}" if field in overrides else text) from None

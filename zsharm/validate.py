@@ -42,6 +42,8 @@ def check_request(args, config) -> Request | None:
     (None in batch mode, where each item is checked as it comes)."""
     check_numbers(args)
     check_prompts(args.source, args.target)
+    if args.shard and not args.batch:
+        raise ZsharmError(f"--shard {args.shard} splits a folder's items: it needs --batch FOLDER")
     iterations = args.iterations
     with_evaluator = not args.no_evaluator and args.evaluator is not None
     if iterations is None:

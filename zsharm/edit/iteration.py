@@ -1,4 +1,4 @@
-"""Stage 2 end to end: one harmonization iteration (zsharm.pipeline runs several, with stage 3 deciding).
+"""Stage 2 end to end: one harmonization iteration (zsharm.loop runs several, with stage 3 deciding).
 
     result = run_iteration(pipe, image, mask, "cat bright", "cat winter dull")
     result.image            # PIL, the input's size; background pixels untouched
