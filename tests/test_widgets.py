@@ -334,3 +334,24 @@ def test_the_authors_figures_are_cached_and_skipped_offline(tmp_path, monkeypatc
     assert figure.size == (40, 20) and figure.getpixel((0, 0)) == (1, 2, 3)
     with pytest.raises(ZsharmError, match="unknown authors' figure"):
         authors_figure("elsewhere.png")
+
+
+def test_an_authors_figure_is_fetched_once_and_a_non_picture_is_not_kept(tmp_path, monkeypatch, capsys,
+                                                                         loopback_server):
+    import io
+
+    import zsharm.teaching.setup as setup_module
+    monkeypatch.setenv("ZSHARM_CACHE", str(tmp_path))
+    for name in ("ZSHARM_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(setup_module, "AUTHORS_FIGURE_URL", loopback_server.url("/{name}"))
+    png = io.BytesIO()
+    Image.new("RGB", (30, 10), (9, 8, 7)).save(png, format="PNG")
+    loopback_server.files["/visualizations.png"] = png.getvalue()
+    loopback_server.files["/visualizations2.png"] = b"<html>a proxy's page</html>"
+    assert setup_module.authors_figure("visualizations.png").getpixel((0, 0)) == (9, 8, 7)
+    assert setup_module.authors_figure("visualizations.png").size == (30, 10)  # from the cache
+    assert loopback_server.requests == ["/visualizations.png"]
+    assert setup_module.authors_figure("visualizations2.png") is None
+    assert "could not fetch the authors' figure visualizations2.png" in capsys.readouterr().out
+    assert not list((tmp_path / "authors_figures").rglob("visualizations2.png*"))

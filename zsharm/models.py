@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from zsharm.cache import cache_dir
-from zsharm.errors import ZsharmError
+from zsharm.errors import ZsharmError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +179,9 @@ def hub_failure(repo: str, error: BaseException | None = None) -> str:
 
 
 def _first_sentence(error) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    text = text.split(" Please check out the root cause")[0]
-    return text if len(text) <= 200 else text[:197] + "..."
+    """diffusers' message without its pointer to a traceback that is never shown, as one line."""
+    return one_line(" ".join(str(error).split()).split(" Please check out the root cause")[0]
+                    or type(error).__name__, limit=200)
 
 
 def _diffusers_at_least(version: str) -> bool:

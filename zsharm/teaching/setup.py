@@ -13,12 +13,11 @@ It also holds the course's cost arithmetic (`gpu_cost`): what a notebook's count
 decodes take on a T4 or an A100, from one stated assumption.
 """
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zsharm.errors import ZsharmError
+from zsharm.errors import ZsharmError, one_line
 from zsharm.models import TINY_SPECS, tiny_pipeline_dir
 from zsharm.quiet import quiet_libraries
 
@@ -54,7 +53,7 @@ def load_tokenizer(model: str):
     try:
         return CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
     except OSError as exc:
-        raise ZsharmError(f"no tokenizer for model {model!r}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
+        raise ZsharmError(f"no tokenizer for model {model!r}: {one_line(exc)}") from exc
 
 
 # ----------------------------------------------------------------------------- settings
@@ -250,40 +249,33 @@ def cost_markdown(iterations: float = 0, unet_images: int = 0, unet_images_grad:
 AUTHORS_REPOSITORY = "WindVChen/Diff-Harmonization"
 AUTHORS_COMMIT = "21a4383acb8da70e4f6c61b725db67129e10fcad"
 AUTHORS_FIGURES = ("visualizations.png", "visualizations2.png", "visualizations3.png", "visualizations4.png")
+AUTHORS_FIGURE_URL = "https://raw.githubusercontent.com/{repository}/{commit}/assets/{name}"
 
 
-def authors_figure(name: str, timeout: float = 10.0):
+def authors_figure(name: str):
     """One of the authors' published result figures (Apache-2.0, their repository's assets/ at a pinned
-    commit) as a PIL image, fetched once into the zsharm cache; None, with a one-line note, when offline
-    (ZSHARM_OFFLINE=1 or no network)."""
-    import tempfile
-    import urllib.request
-
+    commit) as a PIL image, fetched once into the zsharm cache (zsharm.cache.fetch); None, with a one-line note,
+    when offline (ZSHARM_OFFLINE=1 or no network) or when what arrives is not a picture."""
     from PIL import Image
 
-    from zsharm.models import cache_dir
+    from zsharm.cache import cache_dir, fetch, offline
     if name not in AUTHORS_FIGURES:
         raise ZsharmError(f"unknown authors' figure {name!r}; one of {', '.join(AUTHORS_FIGURES)}")
     path = cache_dir("authors_figures", AUTHORS_COMMIT[:12]) / name
+    where = f"it is in github.com/{AUTHORS_REPOSITORY}/assets"
     if not path.is_file():
-        if os.environ.get("ZSHARM_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
-            print(f"(offline: the authors' figure {name} is not shown; it is in github.com/{AUTHORS_REPOSITORY}/assets)")
+        if offline():
+            print(f"(offline: the authors' figure {name} is not shown; {where})")
             return None
-        url = f"https://raw.githubusercontent.com/{AUTHORS_REPOSITORY}/{AUTHORS_COMMIT}/assets/{name}"
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=name + ".", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-                out.write(response.read())
-            with Image.open(tmp) as check:
+            fetch(AUTHORS_FIGURE_URL.format(repository=AUTHORS_REPOSITORY, commit=AUTHORS_COMMIT, name=name), path,
+                  what=f"the authors' figure {name}", hint=where, progress=False)
+            with Image.open(path) as check:
                 check.verify()
-            os.replace(tmp, path)
         except Exception as exc:  # no network, a proxy's error page: the notebook goes on without the picture
-            print(f"(could not fetch the authors' figure {name}: {type(exc).__name__}; it is in "
-                  f"github.com/{AUTHORS_REPOSITORY}/assets)")
+            path.unlink(missing_ok=True)
+            print(f"(could not fetch the authors' figure {name}: {type(exc).__name__}; {where})")
             return None
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
     with Image.open(path) as image:
         return image.convert("RGB")
 
