@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import make_composite
-from zsharm.repro.bench import markdown, measure_row, model_counts, paper_counts, resolve_model, row_config, schedule_counts, sd2_configs, summarise, synthetic_composite
-from zsharm.cli import main
+from zsharm.repro.speed import markdown, measure_row, model_counts, paper_counts, resolve_model, row_config, schedule_counts, sd2_configs, summarise, synthetic_composite
+from zsharm.commands.cli import main
 from zsharm.config import HarmonizeConfig
 from zsharm.edit.iteration import run_iteration
 
@@ -169,7 +169,7 @@ def test_bench_command_rejects_bad_input(capsys, tmp_path):
 
 
 def test_isolated_row_runs_in_its_own_process():
-    from zsharm.repro.bench import bench
+    from zsharm.repro.speed import bench
     report = bench("tiny", ["fast"], size=64, steps=2, repeats=1, device="cpu", threads=1, isolate=True)
     row = report["rows"][0]
     assert report["isolated"] and "own process" in row["memory"] and row["formula_match"] == "="

@@ -11,26 +11,22 @@
 The decision loop runs at work size; the final, best-scoring image is carried to the input's resolution once.
 The VLM is released as soon as its descriptions are made (and again after a Regenerate), before Stable
 Diffusion needs the memory.
-This module also holds the `zsharm harmonize` command (single image or `--batch`).
 """
 
 import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from zsharm.config import HarmonizeConfig
+from zsharm.config import DEFAULT_MODEL, HarmonizeConfig
 from zsharm.errors import ZsharmError
-from zsharm.io import Picture, save_picture
-from zsharm.options import DEFAULT_MODEL, add_stage2_options, config_from_options
+from zsharm.io.pictures import Picture
 
 if TYPE_CHECKING:  # stage 2 imports torch: loaded when work starts, so `zsharm harmonize --help` is instant
     from zsharm.edit.iteration import WorkIteration
-    from zsharm.loop import LoopResult
+    from zsharm.decide.loop import LoopResult
 
 
 @dataclass
@@ -85,7 +81,7 @@ class Harmonizer:
         """mask: a path (its soft values, read as the authors read them, are what the evaluator sees), or an
         array (bool, or soft values in [0, 1] / uint8) at the image's size."""
         from zsharm.edit.iteration import at_work_size, finish, iterate_at_work_size
-        from zsharm.loop import run_loop
+        from zsharm.decide.loop import run_loop
         from zsharm.validate import check_inputs, check_prompts
         check_prompts(source, target, getattr(self.pipe, "tokenizer", None))
         mask_given = mask
@@ -143,7 +139,7 @@ class Harmonizer:
         return regenerate
 
     def _candidates(self, picture, mask, source, target, candidates, name):
-        from zsharm.describe.describers import Description
+        from zsharm.describe.description import Description
         wanted = self.n_candidates or (2 if self.evaluator is not None else 1)
         if candidates:
             given = [c if hasattr(c, "source") else Description.from_prompts(*c) for c in candidates]
@@ -155,7 +151,7 @@ class Harmonizer:
                 raise ZsharmError(f"{self.n_candidates} candidates asked for, but source and target give one")
             return [Description.from_prompts(source, target)]
         if self.describer is None:
-            from zsharm.describe.describers import get_describer
+            from zsharm.describe.factory import get_describer
             self.describer = get_describer()
         try:
             return self.describer.describe(picture.to_pil_rgb8(), mask, n=wanted, name=name)
@@ -196,121 +192,7 @@ def harmonize(image, mask, source: str = None, target: str = None, *, model: str
 
     Give `pipe` to reuse a loaded pipeline. With `evaluator=None` it runs `iterations` fixed iterations (default
     1), each from the last one's blend; `history_dir` keeps every iteration's image, history.json and a contact
-    sheet (zsharm.loop)."""
+    sheet (zsharm.decide.loop)."""
     harmonizer = Harmonizer(model=model, pipe=pipe, config=config, evaluator=evaluator, describer=describer,
                             pidinet=pidinet, progress=progress, device=device)
     return harmonizer(image, mask, source=source, target=target, iterations=iterations, history_dir=history_dir)
-
-
-# --- command line --------------------------------------------------------------------------------------------
-
-def register(subparsers):
-    p = subparsers.add_parser(
-        "harmonize", help="harmonize a composite's foreground with its background (all three stages)",
-        description="Harmonize COMPOSITE's masked foreground with its background: describe (a VLM, unless "
-                    "--source/--target), edit with Stable Diffusion, and let the evaluator decide when to stop.")
-    p.add_argument("composite", nargs="?", help="the composite image")
-    p.add_argument("--mask", help="the foreground mask (white = foreground), same size as the composite")
-    p.add_argument("--out", required=True, help="output image (png, tif, webp, bmp), or a folder with --batch")
-    p.add_argument("--allow-lossy", action="store_true",
-                   help="allow a lossy output (.jpg): background pixels change; zsharm says how many")
-    p.add_argument("--batch", metavar="DIR", help="harmonize a folder: the authors' layout (composite/, mask/, "
-                   "caption.txt) or image + image_mask pairs; resumes where it stopped")
-    p.add_argument("--shard", metavar="I/N", help="with --batch: do the I-th of N shares (default: from the launcher: "
-                   "torchrun/accelerate RANK, SLURM_PROCID, SLURM array, MPI)")
-    p.add_argument("--merge", action="store_true", help="write one summary.json in --out from the shards' summaries "
-                   "and results (with --batch: also list what nobody has done yet)")
-    p.add_argument("--source", help='description of the foreground, e.g. "cat bright" (skips stage 1)')
-    p.add_argument("--target", help='description of the background, e.g. "cat winter dull"')
-    p.add_argument("--candidates", type=int, metavar="N",
-                   help="descriptions asked of the VLM (default 2, as the authors), or the most taken from a "
-                        "caption line; iteration 0 tries each and the evaluator keeps the best")
-    p.add_argument("--evaluator", default=os.environ.get("ZSHARM_EVALUATOR") or "authors",
-                   help="'authors' (their bestModel.pth, fetched once, ~94 MB), a checkpoint in their layout "
-                        "(.pth/.safetensors) or 'random' (default: $ZSHARM_EVALUATOR, else authors)")
-    p.add_argument("--no-evaluator", action="store_true",
-                   help="skip stage 3: a fixed number of iterations (--iterations, default 1), no scores")
-    p.add_argument("--iterations", type=int, help="iteration budget (10 with an evaluator, else 1)")
-    p.add_argument("--history", help="folder keeping every iteration's image, history.json and a contact sheet")
-    p.add_argument("--save-intermediates", metavar="NPZ",
-                   help="with one iteration: save every stage's arrays in the reference fixture's format")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_stage2_options(p)
-    from zsharm.describe.describers import add_vlm_arguments
-    add_vlm_arguments(p)
-    p.set_defaults(func=cli_harmonize)
-
-
-def cli_harmonize(args) -> int:
-    if args.merge:
-        from zsharm.batch import cli_merge
-        return cli_merge(args)
-    from zsharm.validate import check_request
-    config = config_from_options(args)
-    request = check_request(args, config)
-    if args.candidates is not None and args.candidates > 1 and args.source is not None:
-        raise ZsharmError(f"--candidates {args.candidates} asks the VLM for descriptions, but --source/--target "
-                          f"give one: drop one of them")
-    if args.batch:
-        return _cli_batch(args, config)
-    out = request.out
-    harmonizer = _harmonizer(args, config)
-    # the mask as a path: the evaluator reads its soft values as the authors do
-    result = harmonizer(request.picture, args.mask, source=args.source, target=args.target,
-                        iterations=args.iterations, history_dir=args.history, name=Path(args.composite).name)
-    if args.save_intermediates:
-        from zsharm.repro.reference import save_intermediates
-        save_intermediates(result.last_iteration, args.save_intermediates)
-    if args.allow_lossy and out.suffix.lower() in (".jpg", ".jpeg"):
-        from zsharm.io import lossy_background_changes
-        changed, total = lossy_background_changes(result.picture, request.mask, out)
-        print(f"zsharm: warning: {out.name} is lossy: {changed:,} of {total:,} background pixels differ from "
-              f"the input", file=sys.stderr)
-    save_picture(result.picture, out, lossy=args.allow_lossy)
-    if not args.quiet:
-        best = result.loop.best
-        score = "" if best.score is None else f", score {best.score:.3f}"
-        print(f"{out}  ({best.source!r} -> {best.target!r}, iteration {best.iteration}{score})")
-    return 0
-
-
-def _harmonizer(args, config) -> Harmonizer:
-    evaluator = None if args.no_evaluator else args.evaluator
-    describer = None
-    if args.source is None:
-        from zsharm.describe.describers import describer_from_args
-        describer = describer_from_args(args)
-    return Harmonizer(model=args.model, config=config, evaluator=evaluator, describer=describer,
-                      device=args.device, dtype=args.dtype, progress=not args.quiet, n_candidates=args.candidates)
-
-
-def _cli_batch(args, config) -> int:
-    from zsharm.batch import find_batch_items, parse_shard, prompts_for, run_batch
-    from zsharm.validate import check_batch_items
-    items = find_batch_items(args.batch)
-    shard = parse_shard(args.shard) if args.shard else None
-    check_batch_items(items, config, shard, args.out)
-    if args.source is not None and any(item.captions for item in items):
-        print("zsharm: --source/--target given: they are used for every image, not caption.txt's descriptions",
-              file=sys.stderr)
-    harmonizer = _harmonizer(args, config)
-    out_dir = Path(args.out)
-
-    def process_one(item, out_path):
-        candidates, origin = prompts_for(item, args.source, args.target)
-        history = out_dir / "history" / item.name if args.history else None
-        result = harmonizer(item.composite, item.mask, source=args.source, target=args.target,
-                            candidates=candidates, iterations=args.iterations, history_dir=history,
-                            name=item.composite.name)
-        save_picture(result.picture, out_path)
-        best = result.loop.best
-        return dict(source=best.source, target=best.target, prompts_from=origin, score=best.score,
-                    iteration=best.iteration)
-
-    summary = run_batch(items, out_dir, process_one, shard=shard, progress=not args.quiet)
-    if not args.quiet:
-        print(f"{len(summary.done)} done, {len(summary.skipped)} already done, {len(summary.failed)} failed "
-              f"(summary: {summary.summary_path})")
-    for name, reason in summary.failed:
-        print(f"  {name}: {reason}", file=sys.stderr)
-    return 0 if summary.ok else 1

@@ -8,8 +8,8 @@ import torch
 
 from conftest import make_composite
 from zsharm.repro.switches import ablate, fast_switches, markdown, plot, row_configs
-from zsharm.repro.bench import schedule_counts
-from zsharm.cli import main
+from zsharm.repro.speed import schedule_counts
+from zsharm.commands.cli import main
 from zsharm.config import HarmonizeConfig
 from zsharm.errors import ZsharmError
 

@@ -5,38 +5,27 @@ iteration harmonizes the previous output again with the current description, and
 what comes next (`decide`). The final output is the best-scoring image seen; without an evaluator the loop
 runs a fixed number of iterations with the first description and returns the last image.
 
-Every run can keep its history: each iteration's image, `history.json` and `contact_sheet.png`.
+Every run can keep its history: each iteration's image, `history.json` and `contact_sheet.png` (history.py).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from tqdm.auto import tqdm
 
+from zsharm.decide.history import History, format_score, thumbnail
 from zsharm.decide.rule import CONCLUDE, CONTINUE, REGENERATE, decide
 from zsharm.errors import ZsharmError
-from zsharm.io import atomic_path, write_json
 
 DROP = "drop"  # an iteration-0 candidate that was not kept
 STOP = "stop"  # the iteration budget ran out
-
-# contact sheet geometry: one cell per history record
-THUMB = 192          # thumbnails fit in THUMB x THUMB
-CAPTION_LINES = 5    # iteration, the two prompts (wrapped, never cut short at a usual length), score
-LINE_HEIGHT = 14
-PAD = 6
-SHEET_COLUMNS = 5
-CELL_W = THUMB + 2 * PAD
-CELL_H = THUMB + 2 * PAD + CAPTION_LINES * LINE_HEIGHT
-
 
 
 @dataclass
@@ -105,7 +94,7 @@ def run_loop(image: Image.Image, mask: np.ndarray, candidates: Sequence, step: C
     mask = np.asarray(mask)
     if mask.shape != (image.size[1], image.size[0]):
         raise ZsharmError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.size[0]}x{image.size[1]}")
-    history = _History(Path(history_dir), about) if history_dir is not None else None
+    history = History(Path(history_dir), about) if history_dir is not None else None
     reload = reload or (lambda kept: kept)
 
     records: list[IterationRecord] = []
@@ -130,7 +119,7 @@ def run_loop(image: Image.Image, mask: np.ndarray, candidates: Sequence, step: C
         if history is not None:
             record.image_path = history.save_image(out, f"iter{iteration:02d}_cand{candidate}.png")
         records.append(record)
-        thumbs.append(_thumbnail(out))
+        thumbs.append(thumbnail(out))
         # the first of equal scores wins, so an image is only replaced by a strictly better one
         if value is None or value > best["score"]:
             best.update(index=len(records) - 1, score=-math.inf if value is None else value, image=out)
@@ -152,7 +141,7 @@ def run_loop(image: Image.Image, mask: np.ndarray, candidates: Sequence, step: C
     if history is not None:
         history.write_json(descriptions, records, best["index"], done=False)
     bar.update(1)
-    bar.set_postfix(score=_fmt(first[kept][1].score), decision=first[kept][1].decision)
+    bar.set_postfix(score=format_score(first[kept][1].score), decision=first[kept][1].decision)
 
     current = reload(first[kept][0])
     for iteration in range(1, iterations):
@@ -176,7 +165,7 @@ def run_loop(image: Image.Image, mask: np.ndarray, candidates: Sequence, step: C
         if history is not None:
             history.write_json(descriptions, records, best["index"], done=False)
         bar.update(1)
-        bar.set_postfix(score=_fmt(record.score), decision=record.decision)
+        bar.set_postfix(score=format_score(record.score), decision=record.decision)
         if record.decision == CONCLUDE:
             stop_reason = "concluded"
             break
@@ -220,115 +209,3 @@ def _check_score(value) -> float:
     if not math.isfinite(value):
         raise ZsharmError(f"the evaluator returned {value}, not a finite score")
     return value
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-# ---------------------------------------------------------------- history
-
-
-class _History:
-    def __init__(self, folder: Path, about: dict | None = None):
-        self.folder, self.about = folder, dict(about or {})
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ZsharmError(f"cannot create the history folder {folder}: {error.strerror or error}") from None
-
-    def save_image(self, image: Image.Image, name: str) -> str:
-        with atomic_path(self.folder / name) as temp:
-            image.save(temp)
-        return name
-
-    def write_json(self, descriptions, records, best_index, done, stop_reason=None):
-        best = records[best_index] if best_index is not None else None
-        data = {
-            **self.about,
-            "done": done,
-            "stop_reason": stop_reason,
-            "best_index": best_index,
-            "best_iteration": best.iteration if best else None,
-            "best_candidate": best.candidate if best else None,
-            "best_score": best.score if best else None,
-            "best_image": best.image_path if best else None,
-            "descriptions": [_describe(d) for d in descriptions],
-            "iterations": [asdict(r) for r in records],
-        }
-        write_json(self.folder / "history.json", data)
-
-    def write_sheet(self, records, thumbs, best_index):
-        sheet = contact_sheet(records, thumbs, best_index)
-        with atomic_path(self.folder / "contact_sheet.png") as temp:
-            sheet.save(temp)
-
-
-def _describe(description) -> dict:
-    data = {"source": description.source, "target": description.target}
-    to_json = getattr(description, "to_json", None)
-    if callable(to_json):
-        value = to_json()
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass
-        data["description"] = value
-    return data
-
-
-def _thumbnail(image: Image.Image) -> Image.Image:
-    thumb = image.convert("RGB")
-    thumb.thumbnail((THUMB, THUMB))
-    return thumb
-
-
-def contact_sheet(records: Sequence[IterationRecord], thumbs: Sequence[Image.Image],
-                  best_index: int | None = None) -> Image.Image:
-    """A grid of the history: one cell per record, its thumbnail over its caption (iteration and candidate;
-    the source and target prompts, wrapped; score and decision). The best image is framed in green.
-
-    The sheet is min(n, SHEET_COLUMNS) * CELL_W wide and ceil(n / SHEET_COLUMNS) * CELL_H high.
-    """
-    n = len(records)
-    columns = max(1, min(n, SHEET_COLUMNS))
-    rows = max(1, math.ceil(n / columns))
-    sheet = Image.new("RGB", (columns * CELL_W, rows * CELL_H), "white")
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
-    for i, (record, thumb) in enumerate(zip(records, thumbs)):
-        x0, y0 = (i % columns) * CELL_W, (i // columns) * CELL_H
-        left = x0 + PAD + (THUMB - thumb.width) // 2
-        top = y0 + PAD + (THUMB - thumb.height) // 2
-        sheet.paste(thumb, (left, top))
-        if i == best_index:
-            draw.rectangle([left - 3, top - 3, left + thumb.width + 2, top + thumb.height + 2], outline=(0, 170, 0),
-                           width=3)
-        prompts = _wrap(record.source, draw, font, THUMB) + _wrap(f"-> {record.target}", draw, font, THUMB)
-        if len(prompts) > CAPTION_LINES - 2:
-            prompts = prompts[:CAPTION_LINES - 3] + [_clip(" ".join(prompts[CAPTION_LINES - 3:]), draw, font, THUMB)]
-        lines = [f"iter {record.iteration}  cand {record.candidate}" + ("  BEST" if i == best_index else ""),
-                 *prompts, f"score {_fmt(record.score)}  {record.decision}"]
-        for j, line in enumerate(lines):
-            draw.text((x0 + PAD, y0 + 2 * PAD + THUMB + j * LINE_HEIGHT - PAD), line, fill="black", font=font)
-    return sheet
-
-
-def _wrap(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> list:
-    """Words of `text` in lines no wider than `width` pixels (a single over-long word is clipped)."""
-    lines = []
-    for word in text.split():
-        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
-            lines[-1] = f"{lines[-1]} {word}"
-        else:
-            lines.append(_clip(word, draw, font, width))
-    return lines or [""]
-
-
-def _clip(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> str:
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "...", font=font) > width:
-        text = text[:-1]
-    return text + "..."

@@ -1,16 +1,25 @@
-"""The stage-2 options of the commands that run the method (harmonize, evaluate, figures), declared once.
+"""Options shared by several commands, declared once: stage 2's (harmonize, evaluate, figures) and stage 1's
+(harmonize, describe).
 
     add_stage2_options(parser)              # --model --schedule --steps --seed --size --no-edges --transfer ...
     config = config_from_options(args)      # the HarmonizeConfig they describe
+    add_vlm_arguments(parser)               # --vlm --base-url --vlm-model ... (stage 1)
+    describer = describer_from_args(args)   # the Describer they pick
 
 `zsharm bench` and `zsharm ablate` compare schedules row by row, so their --schedule and --steps mean "which rows";
 they keep options of their own.
 """
 
-from zsharm.config import DEFAULT_SCHEDULE, SCHEDULES, HarmonizeConfig
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from zsharm.config import DEFAULT_MODEL, DEFAULT_SCHEDULE, SCHEDULES, HarmonizeConfig
 from zsharm.errors import ZsharmError
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-base"
+if TYPE_CHECKING:  # stage 1 loads PIL and the VLM backends: imported when a command uses them, not for --help
+    from zsharm.describe.describers import Describer
 
 
 def add_stage2_options(parser, model_default: str | None = DEFAULT_MODEL, model_help: str | None = None) -> None:
@@ -45,3 +54,28 @@ def config_from_options(args) -> HarmonizeConfig:
         text = str(error)
         field = text.split(" ", 1)[0]
         raise ZsharmError(f"--{text}" if field in overrides else text) from None
+
+
+def add_vlm_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that pick and tune the describer (shared with `zsharm harmonize`)."""
+    from zsharm.describe.vlm import DEFAULT_VLM
+    group = parser.add_argument_group("descriptions (stage 1)")
+    group.add_argument("--vlm", metavar="SPEC",
+                       help=f"local VLM: a Hugging Face hub id or a folder (default: {DEFAULT_VLM})")
+    group.add_argument("--base-url", metavar="URL", help="an OpenAI-compatible endpoint instead, e.g. "
+                       "https://generativelanguage.googleapis.com/v1beta/openai or http://localhost:11434/v1")
+    group.add_argument("--vlm-model", metavar="NAME", help="the model name at --base-url")
+    group.add_argument("--api-key-env", metavar="VAR", default="ZSHARM_VLM_API_KEY",
+                       help="environment variable holding the endpoint's key (default: %(default)s)")
+    group.add_argument("--vlm-timeout", metavar="S", type=float, default=60.0,
+                       help="seconds to wait for the endpoint (default: %(default)s)")
+    group.add_argument("--vlm-device", metavar="DEV", help="device of the local VLM (default: cuda if any, else cpu)")
+    group.add_argument("--no-vlm-cache", action="store_true", help="ask the model even if descriptions are cached")
+
+
+def describer_from_args(args: argparse.Namespace) -> Describer:
+    """The describer for parsed `add_vlm_arguments` options."""
+    from zsharm.describe.factory import get_describer
+    return get_describer(vlm=args.vlm, base_url=args.base_url, vlm_model=args.vlm_model,
+                         api_key_env=args.api_key_env, timeout=args.vlm_timeout, device=args.vlm_device,
+                         use_cache=not args.no_vlm_cache)

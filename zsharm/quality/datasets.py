@@ -30,14 +30,9 @@ import numpy as np
 
 from zsharm.describe.captions import parse_caption_pairs, read_caption_pairs
 from zsharm.errors import ZsharmError
-from zsharm.io import (
-    find_image,
-    list_images,
-    load_image,
-    load_mask,
-    natural_key,
-    pair_masks,
-)
+from zsharm.io.folders import find_image, list_images, natural_key, pair_masks
+from zsharm.io.masks import load_mask
+from zsharm.io.pictures import load_image
 
 LAYOUTS = ("iharmony4", "authors", "realhm", "folder")
 

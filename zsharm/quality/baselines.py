@@ -20,7 +20,7 @@ photos there).
 
 import numpy as np
 
-from zsharm.benchmark.metrics import binary_mask
+from zsharm.quality.metrics import binary_mask
 from zsharm.errors import ZsharmError
 
 

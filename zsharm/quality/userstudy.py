@@ -14,33 +14,39 @@
 The intervals treat votes as independent; with few participants and many votes each, widen them (or
 bootstrap over participants with `analyse(..., bootstrap=N)`).
 
-    python -m zsharm.benchmark.userstudy make runs/real/images study/ --composites data/composites/composite
-    python -m zsharm.benchmark.userstudy analyse votes_*.csv
+    python -m zsharm.commands.userstudy make runs/real/images study/ --composites data/composites/composite
+    python -m zsharm.commands.userstudy analyse votes_*.csv
 """
 
 import base64
 import csv
 import hashlib
 import html
+import importlib.resources
 import io
 import itertools
 import json
 import math
 import mimetypes
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from zsharm.errors import ZsharmError
-from zsharm.io import write_bytes_atomic
+from zsharm.io.files import write_bytes_atomic
 
 CHOICES = ("left", "right", "tie")
 VOTE_COLUMNS = ("participant", "trial", "item", "left_method", "right_method", "choice", "winner", "rt_ms", "time")
 
 
 # ----------------------------------------------------------------------------- the study page
+
+def study_page_template() -> str:
+    """The study page (zsharm/assets/userstudy.html): a plain page, no external resource, no server. A str.format
+    template: the braces of its CSS and JS are doubled."""
+    return importlib.resources.files("zsharm").joinpath("assets/userstudy.html").read_text(encoding="utf-8")
+
 
 def results_from_folder(images_dir) -> dict:
     """{item: {method: path}} from `images/<method>/<item>.<ext>` (what `zsharm evaluate --save-images` writes),
@@ -139,7 +145,7 @@ def make_study(results: dict, out_dir, composites: dict | None = None, pairs=Non
     # the key of the browser's saved answers: the same design resumes, another starts afresh
     design = json.dumps([(t["item"], t["left"], t["right"]) for t in trials]).encode("utf-8")
     study_id = "zsharm-study-" + hashlib.sha1(design).hexdigest()[:12]
-    page = _PAGE.format(
+    page = study_page_template().format(
         title=html.escape(title), question=html.escape(question), study_id=json.dumps(study_id),
         allow_tie="true" if allow_tie else "false", tie_display="inline-block" if allow_tie else "none",
         trials=json.dumps(page_trials).replace("</", "<\\/"), images=json.dumps(images).replace("</", "<\\/"),
@@ -153,148 +159,6 @@ def make_study(results: dict, out_dir, composites: dict | None = None, pairs=Non
         writer.writerow([t["trial"], t["item"], t["left"], t["right"]])
     write_bytes_atomic(out_dir / "trials.csv", buffer.getvalue().encode("utf-8"))
     return path
-
-
-# A plain page: no external resource, no server. Braces of CSS/JS are doubled for str.format.
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1400px; padding: 1em; background: #f4f4f4; }}
-h1 {{ font-size: 1.3em; }}
-#reference {{ text-align: center; }}
-#reference img {{ max-height: 18vh; opacity: 0.9; }}
-.pair {{ display: flex; gap: 1em; justify-content: center; }}
-.pair figure {{ margin: 0; flex: 1; text-align: center; }}
-.pair img {{ max-width: 100%; max-height: 62vh; cursor: pointer; border: 4px solid transparent; }}
-.pair img:hover {{ border-color: #4a90d9; }}
-.controls {{ text-align: center; margin: 1em; }}
-button {{ font-size: 1em; padding: 0.5em 1.2em; margin: 0 0.4em; }}
-#progress {{ color: #555; }}
-.hidden {{ display: none; }}
-</style>
-</head>
-<body>
-<h1>{title}</h1>
-<section id="start">
-  <p>{question}</p>
-  <p>Look at each pair and pick the one that looks more natural. Keys: <b>&larr;</b> or <b>1</b> left,
-  <b>&rarr;</b> or <b>2</b> right, <span style="display:{tie_display}"><b>&darr;</b> or <b>0</b> no preference,</span>
-  <b>Backspace</b> undo. Your answers stay in this browser until you download them at the end.</p>
-  <label>Your name or code: <input id="participant" autocomplete="off"></label>
-  <button id="begin">Start</button>
-</section>
-<section id="study" class="hidden">
-  <p id="progress"></p>
-  <p>{question}</p>
-  <div id="reference"></div>
-  <div class="pair">
-    <figure><img id="left" alt="left"><figcaption>left (&larr; / 1)</figcaption></figure>
-    <figure><img id="right" alt="right"><figcaption>right (&rarr; / 2)</figcaption></figure>
-  </div>
-  <div class="controls">
-    <button id="choose-left">Left</button>
-    <button id="choose-tie" style="display:{tie_display}">No preference</button>
-    <button id="choose-right">Right</button>
-    <button id="undo">Undo</button>
-  </div>
-</section>
-<section id="done" class="hidden">
-  <p>Thank you! Please download your answers and send the file to the study's organiser.</p>
-  <a id="download" download="votes.csv"><button>Download answers (CSV)</button></a>
-  <button id="restart">Start again (clears answers)</button>
-</section>
-<script id="trials" type="application/json">{trials}</script>
-<script id="images" type="application/json">{images}</script>
-<script>
-"use strict";
-const TRIALS = JSON.parse(document.getElementById("trials").textContent);
-const IMAGES = JSON.parse(document.getElementById("images").textContent);
-const COLUMNS = {columns};
-const STUDY = {study_id};
-const ALLOW_TIE = {allow_tie};
-let state = JSON.parse(localStorage.getItem(STUDY) || "null") || {{participant: "", votes: []}};
-let shownAt = 0;
-
-function save() {{ localStorage.setItem(STUDY, JSON.stringify(state)); }}
-function show(id) {{ for (const s of ["start", "study", "done"]) document.getElementById(s).classList.toggle("hidden", s !== id); }}
-function csvCell(v) {{ v = String(v); return /[",\\n]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v; }}
-function votesCsv() {{
-  const lines = [COLUMNS.join(",")];
-  for (const v of state.votes) lines.push(COLUMNS.map(c => csvCell(v[c])).join(","));
-  return lines.join("\\n") + "\\n";
-}}
-function render() {{
-  const i = state.votes.length;
-  if (i >= TRIALS.length) {{
-    const link = document.getElementById("download");
-    link.href = URL.createObjectURL(new Blob([votesCsv()], {{type: "text/csv"}}));
-    link.download = "votes_" + (state.participant || "anonymous").replace(/[^A-Za-z0-9_-]/g, "_") + ".csv";
-    show("done");
-    return;
-  }}
-  const t = TRIALS[i];
-  document.getElementById("progress").textContent = "Pair " + (i + 1) + " of " + TRIALS.length;
-  document.getElementById("left").src = IMAGES[t.left_image];
-  document.getElementById("right").src = IMAGES[t.right_image];
-  const reference = document.getElementById("reference");
-  reference.textContent = "";
-  if (t.composite_image !== undefined) {{
-    const img = document.createElement("img");
-    img.alt = "the composite";
-    img.src = IMAGES[t.composite_image];
-    reference.appendChild(img);
-  }}
-  shownAt = performance.now();
-  show("study");
-}}
-function choose(choice) {{
-  const i = state.votes.length;
-  if (i >= TRIALS.length || (choice === "tie" && !ALLOW_TIE)) return;
-  const t = TRIALS[i];
-  const winner = choice === "left" ? t.left : choice === "right" ? t.right : "tie";
-  state.votes.push({{participant: state.participant, trial: t.trial, item: t.item, left_method: t.left,
-    right_method: t.right, choice: choice, winner: winner, rt_ms: Math.round(performance.now() - shownAt),
-    time: new Date().toISOString()}});
-  save();
-  render();
-}}
-function undo() {{ if (state.votes.length) {{ state.votes.pop(); save(); render(); }} }}
-document.getElementById("begin").onclick = () => {{
-  state.participant = document.getElementById("participant").value.trim();
-  save();
-  render();
-}};
-document.getElementById("left").onclick = () => choose("left");
-document.getElementById("right").onclick = () => choose("right");
-document.getElementById("choose-left").onclick = () => choose("left");
-document.getElementById("choose-right").onclick = () => choose("right");
-document.getElementById("choose-tie").onclick = () => choose("tie");
-document.getElementById("undo").onclick = undo;
-document.getElementById("restart").onclick = () => {{
-  if (confirm("Clear all answers in this browser?")) {{ state = {{participant: "", votes: []}}; save(); show("start"); }}
-}};
-document.addEventListener("keydown", e => {{
-  if (document.getElementById("study").classList.contains("hidden")) {{
-    if (e.key === "Backspace" && !document.getElementById("done").classList.contains("hidden")) undo();
-    return;
-  }}
-  if (e.key === "ArrowLeft" || e.key === "1") choose("left");
-  else if (e.key === "ArrowRight" || e.key === "2") choose("right");
-  else if (e.key === "ArrowDown" || e.key === "0") choose("tie");
-  else if (e.key === "Backspace") undo();
-  else return;
-  e.preventDefault();
-}});
-document.getElementById("participant").value = state.participant;
-if (state.votes.length) render();
-</script>
-</body>
-</html>
-"""
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -500,48 +364,3 @@ def analyse(votes, prior: float = 1.0, confidence: float = 0.95, bootstrap: int 
     ties = sum(1 for _, _, s in outcomes if s == 0.5)
     return StudyReport(results, table, len(outcomes), ties, len(set(participants)), confidence)
 
-
-# ----------------------------------------------------------------------------- command line
-
-def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m zsharm.benchmark.userstudy", description="A/B preference study kit.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    make = sub.add_parser("make", help="write a study page from images/<method>/<item>.png")
-    make.add_argument("images", help="folder with one subfolder of results per method")
-    make.add_argument("out", help="output folder (index.html, trials.csv)")
-    make.add_argument("--composites", help="folder of the composites (<item>.png), shown as the reference")
-    make.add_argument("--methods", help="comma-separated methods to include (default: all)")
-    make.add_argument("--repeats", type=int, default=1)
-    make.add_argument("--seed", type=int, default=0)
-    make.add_argument("--no-tie", action="store_true", help="force a choice (no 'no preference' button)")
-    make.add_argument("--link-images", action="store_true", help="write images beside the page instead of inside it")
-    ana = sub.add_parser("analyse", help="preference rates and a Bradley-Terry ranking from vote CSVs")
-    ana.add_argument("votes", nargs="+")
-    ana.add_argument("--prior", type=float, default=1.0)
-    ana.add_argument("--bootstrap", type=int, default=0, help="resamples of participants for strength intervals")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "make":
-            results = results_from_folder(args.images)
-            if args.methods:
-                keep = [m.strip() for m in args.methods.split(",")]
-                results = {i: {m: r[m] for m in keep if m in r} for i, r in results.items()}
-            composites = None
-            if args.composites:
-                folder = Path(args.composites)
-                composites = {p.stem: p for p in folder.iterdir() if p.stem in results}
-            path = make_study(results, args.out, composites=composites, repeats=args.repeats, seed=args.seed,
-                              allow_tie=not args.no_tie, embed=not args.link_images)
-            print(path)
-        else:
-            print(analyse(args.votes, prior=args.prior, bootstrap=args.bootstrap), end="")
-    except ZsharmError as error:
-        print(f"zsharm: error: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

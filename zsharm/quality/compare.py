@@ -7,9 +7,9 @@ writes, as PCT-Net publishes its results:
                   (the metric cells are empty where the dataset has no ground truth);
 - summary.csv     per method: images, images with ground truth, the metric means, mean seconds;
 - summary.md      the same as a markdown table;
-- images/<method>/<name>.png with --save-images (e.g. to feed zsharm.benchmark.userstudy).
+- images/<method>/<name>.png with --save-images (e.g. to feed zsharm.quality.userstudy).
 
-Metrics are taken at the images' own resolution (zsharm.benchmark.metrics); the `zsharm` method runs stage 2
+Metrics are taken at the images' own resolution (zsharm.quality.metrics); the `zsharm` method runs stage 2
 (zsharm.edit.iteration) with the dataset's first caption per image, or --source/--target, or the describer.
 """
 
@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from zsharm.benchmark.baselines import BASELINES
-from zsharm.benchmark.datasets import LAYOUTS, load_dataset
-from zsharm.benchmark.metrics import measure
+from zsharm.config import DEFAULT_MODEL
 from zsharm.errors import ZsharmError
-from zsharm.io import write_bytes_atomic
-from zsharm.options import DEFAULT_MODEL, add_stage2_options, config_from_options
+from zsharm.io.files import write_bytes_atomic
+from zsharm.quality.baselines import BASELINES
+from zsharm.quality.metrics import measure
 
 METRIC_NAMES = ("mse", "fmse", "psnr", "fpsnr", "ssim")
 COLUMNS = ("name", "method") + METRIC_NAMES + ("seconds",)
@@ -37,14 +36,14 @@ def zsharm_method(model: str = DEFAULT_MODEL, config=None, iterations: int = 1, 
     """A `(composite uint8, mask bool, sample) -> uint8` function running zsharm's stage 2.
 
     The pipeline is loaded once, here. Descriptions: `source`/`target` if given, else the sample's
-    first caption, else `describer.describe(image, mask, n=1)[0]` (zsharm.describe.describers.get_describer() when
+    first caption, else `describer.describe(image, mask, n=1)[0]` (zsharm.describe.factory.get_describer() when
     no describer is passed).
     """
     from PIL import Image
 
     from zsharm.config import HarmonizeConfig
     from zsharm.models import load_pipeline
-    from zsharm.pipeline import harmonize
+    from zsharm.harmonizer import harmonize
 
     if (source is None) != (target is None):
         raise ZsharmError("give both --source and --target, or neither")
@@ -60,7 +59,7 @@ def zsharm_method(model: str = DEFAULT_MODEL, config=None, iterations: int = 1, 
             src, tgt = sample.captions[0]
         else:
             if state["describer"] is None:
-                from zsharm.describe.describers import get_describer
+                from zsharm.describe.factory import get_describer
                 state["describer"] = get_describer()
             description = state["describer"].describe(image, mask, n=1)[0]
             src, tgt = description.source, description.target
@@ -183,8 +182,6 @@ def _save_png(array, path: Path):
     write_bytes_atomic(path, buffer.getvalue())
 
 
-# ----------------------------------------------------------------------------- command line
-
 def parse_methods(text: str) -> list:
     names = [m.strip() for m in text.split(",") if m.strip()]
     known = list(BASELINES) + ["zsharm"]
@@ -194,48 +191,3 @@ def parse_methods(text: str) -> list:
     if len(set(names)) != len(names):
         raise ZsharmError(f"a method is named twice in --methods {text!r}")
     return names
-
-
-def register(subparsers):
-    p = subparsers.add_parser(
-        "evaluate", help="measure harmonization methods on a dataset (MSE, fMSE, PSNR, fPSNR, SSIM)",
-        description="Run harmonization methods over DATASET and write per_image.csv, summary.csv and summary.md "
-                    "to --out. Layouts: iHarmony4, the authors' demo folder, RealHM, or name.png + name_mask.png.")
-    p.add_argument("dataset", metavar="DATASET", help="the dataset folder")
-    p.add_argument("--methods", default="copy-paste,reinhard,histogram,poisson",
-                   help=f"comma-separated, from {', '.join(list(BASELINES) + ['zsharm'])} (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS, help="dataset layout (default: detect)")
-    p.add_argument("--split", default="test", help="iHarmony4 split list to read (default: %(default)s)")
-    p.add_argument("--limit", type=int, help="evaluate the first N images only")
-    p.add_argument("--save-images", action="store_true", help="also write images/<method>/<name>.png")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    z = p.add_argument_group("the zsharm method")
-    z.add_argument("--iterations", type=int, default=1, help="harmonization iterations per image (default: 1)")
-    z.add_argument("--source", help="one source prompt for every image (else the dataset's captions, else the VLM)")
-    z.add_argument("--target", help="one target prompt for every image")
-    add_stage2_options(p)
-    p.set_defaults(func=cli_evaluate)
-
-
-def cli_evaluate(args) -> int:
-    names = parse_methods(args.methods)
-    if args.limit is not None and args.limit < 1:
-        raise ZsharmError(f"--limit must be at least 1, got {args.limit}")
-    if args.iterations < 1:
-        raise ZsharmError(f"--iterations must be at least 1, got {args.iterations}")
-    samples = load_dataset(args.dataset, layout=args.layout, split=args.split, limit=args.limit)
-    methods = {}
-    for name in names:
-        if name == "zsharm":
-            run = zsharm_method(args.model, config_from_options(args), args.iterations, args.source, args.target,
-                                device=args.device, dtype=args.dtype)
-            run.wants_sample = True
-            methods[name] = run
-        else:
-            methods[name] = BASELINES[name]
-    rows = evaluate(samples, methods, out_dir=args.out, save_images=args.save_images, progress=not args.quiet)
-    if not args.quiet:
-        print(markdown_table(summarize(rows)), end="")
-        print(f"{len(rows)} results in {args.out}/per_image.csv")
-    return 0

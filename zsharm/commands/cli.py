@@ -1,5 +1,5 @@
-"""The `zsharm` command. Each subcommand lives beside the stage it runs, in a module with
-`register(subparsers)`; this file only gathers them, sets up the `zsharm` logger (-v / -q) and turns ZsharmError
+"""The `zsharm` command. Each subcommand has its own module in this package, with `register(subparsers)`;
+this file only gathers them, sets up the `zsharm` logger (-v / -q) and turns ZsharmError
 into one line.
 
 Those modules import torch (seconds), so only the module of the command being run is imported: `zsharm
@@ -20,18 +20,18 @@ from zsharm.quiet import quiet_libraries
 # command -> (the module that registers it, its line in `zsharm --help`; tests/test_cli.py checks it is the
 # module's own); the order is the order of `zsharm --help`
 COMMANDS = {
-    "harmonize": ("zsharm.pipeline",
+    "harmonize": ("zsharm.commands.harmonize",
                   "harmonize a composite's foreground with its background (all three stages)"),
-    "describe": ("zsharm.describe.describers",
+    "describe": ("zsharm.commands.describe",
                  "describe a composite's imaging conditions with a VLM (stage 1), or a whole folder"),
-    "train-evaluator": ("zsharm.decide.training", "train the harmony evaluator (stage 3)"),
-    "evaluate": ("zsharm.benchmark.compare",
+    "train-evaluator": ("zsharm.commands.train_evaluator", "train the harmony evaluator (stage 3)"),
+    "evaluate": ("zsharm.commands.evaluate",
                  "measure harmonization methods on a dataset (MSE, fMSE, PSNR, fPSNR, SSIM)"),
-    "bench": ("zsharm.repro.bench",
+    "bench": ("zsharm.commands.bench",
               "time one harmonization iteration per schedule, with peak memory and model-call counts"),
-    "ablate": ("zsharm.repro.switches",
+    "ablate": ("zsharm.commands.ablate",
                "each fast-schedule switch alone: model work, time and distance from paper's output"),
-    "figures": ("zsharm.teaching.figures", "draw the paper-style figures into a folder"),
+    "figures": ("zsharm.commands.figures", "draw the paper-style figures into a folder"),
 }
 
 
