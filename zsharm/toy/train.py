@@ -1,6 +1,6 @@
 """Train the toy world's models, from nothing, seeded and resumable:
 
-    zsharm toy train --work ~/toy-training            # everything, then `--export zsharm/assets/toy`
+    zsharm toy train --work ~/toy-training --export zsharm/assets/toy     # everything, then the shipped folder
 
 Parts, each skipped when its finished checkpoint is in the work folder (a killed run resumes from the last
 checkpoint of the part it was in, and gives the same weights as an uninterrupted one):
@@ -314,7 +314,7 @@ def export(work: Path, out: Path) -> None:
     shutil.rmtree(temp, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(str(temp), safe_serialization=True)
     shutil.rmtree(temp / "tokenizer")  # rebuilt from the CLIP vocabulary zsharm ships
-    shutil.copyfile(work / "evaluator.safetensors", temp / "evaluator.safetensors")
+    half_evaluator(work / "evaluator.safetensors", temp / "evaluator.safetensors")
     shutil.copyfile(work / "describer.json", temp / "describer.json")
     minutes = training_minutes(work)
     (temp / "zsharm.json").write_text(json.dumps({
@@ -324,10 +324,20 @@ def export(work: Path, out: Path) -> None:
     files = sorted(p for p in temp.rglob("*") if p.is_file())
     (temp / "SHA256SUMS").write_text("".join(f"{prior.sha256(p)}  {p.relative_to(temp).as_posix()}\n"
                                              for p in files))
-    plot_losses(work, temp / "training.png")
+    plot_losses(work, work / "training.png")  # the course shows it: copy it to figures/toy_training.png
     if out.exists():
         shutil.rmtree(out)
     temp.replace(out)
+
+
+def half_evaluator(source: Path, out: Path) -> None:
+    """The evaluator's checkpoint in fp16 (half the bytes; loading casts it back), its metadata kept."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(source), framework="pt") as file:
+        state = {k: file.get_tensor(k) for k in file.keys()}
+        metadata = file.metadata()
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(out), metadata=metadata)
 
 
 def training_minutes(work: Path) -> dict:
@@ -372,15 +382,3 @@ def train(work, parts=PARTS, device="cpu", export_to=None) -> None:
         steps[part]()
     if export_to is not None:
         export(work, Path(export_to))
-
-
-if __name__ == "__main__":
-    import argparse
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", required=True)
-    parser.add_argument("--parts", default=",".join(PARTS))
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--export", default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    train(args.work, args.parts.split(","), args.device, args.export)
