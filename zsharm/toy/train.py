@@ -269,16 +269,23 @@ def train_unet(work: Path, device, recipe=Recipe) -> None:
 # ------------------------------------------------------------------------------------ evaluator, describer
 
 def train_toy_evaluator(work: Path, device, recipe=Recipe) -> None:
+    """zsharm's train_evaluator in phases; a phase interrupted starts again (it saves its best epoch as it goes,
+    so only a phase's finished mark, not its file, says it is done)."""
+    import shutil
+
     from zsharm.decide.training import train_evaluator
+    if (work / "evaluator.safetensors").is_file():
+        return
     init = None
     for phase, (epochs, lr) in enumerate(recipe.evaluator_phases, start=1):
-        last = phase == len(recipe.evaluator_phases)
-        out = work / ("evaluator.safetensors" if last else f"evaluator_phase{phase}.safetensors")
-        if not out.is_file():
+        out = work / f"evaluator_phase{phase}.safetensors"
+        if not (work / f"evaluator_phase{phase}.done").is_file():
             train_evaluator(work / "composites", out, epochs=epochs, batch_size=32, size=recipe.evaluator_size,
                             arch=recipe.evaluator_arch, lr=lr, seed=recipe.seed + phase - 1, device=device,
                             val_fraction=0.1, init=init)
+            (work / f"evaluator_phase{phase}.done").touch()
         init = out
+    shutil.copyfile(init, work / "evaluator.safetensors")
 
 
 def fit_toy_describer(work: Path) -> None:
