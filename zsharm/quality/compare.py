@@ -129,8 +129,9 @@ def summarize(rows) -> list:
         mine = [r for r in rows if r["method"] == method]
         measured = [r for r in mine if r["mse"] is not None]
         entry = {"method": method, "images": len(mine), "with_truth": len(measured)}
-        for key in METRIC_NAMES:
-            entry[key] = float(np.mean([r[key] for r in measured])) if measured else None
+        for key in METRIC_NAMES:  # rows written before a metric existed lack it
+            values = [r[key] for r in measured if r.get(key) is not None]
+            entry[key] = float(np.mean(values)) if values else None
         entry["seconds"] = float(np.mean([r["seconds"] for r in mine]))
         summary.append(entry)
     return summary
