@@ -32,7 +32,7 @@ COLUMNS = ("name", "method") + METRIC_NAMES + ("seconds",)
 
 
 def zsharm_method(model: str = DEFAULT_MODEL, config=None, iterations: int = 1, source=None, target=None,
-                  device=None, dtype=None, describer=None):
+                  device=None, dtype=None, describer=None, progress: bool = True):
     """A `(composite uint8, mask bool, sample) -> uint8` function running zsharm's stage 2.
 
     The pipeline is loaded once, here. Descriptions: `source`/`target` if given, else the sample's
@@ -48,7 +48,7 @@ def zsharm_method(model: str = DEFAULT_MODEL, config=None, iterations: int = 1, 
     if (source is None) != (target is None):
         raise ZsharmError("give both --source and --target, or neither")
     config = config or HarmonizeConfig()
-    pipe = load_pipeline(model, device=device, dtype=dtype)
+    pipe = load_pipeline(model, device=device, dtype=dtype, progress=progress)
     state = {"describer": describer}
 
     def run(composite, mask, sample=None):
