@@ -92,6 +92,8 @@ class Harmonizer:
         from zsharm.decide.loop import run_loop
         from zsharm.validate import check_inputs, check_prompts
         check_prompts(source, target, getattr(self.pipe, "tokenizer", None))
+        for candidate in candidates or ():  # a caption file's prompts pass the same check as typed ones
+            check_prompts(*_prompts_of(candidate), getattr(self.pipe, "tokenizer", None))
         mask_given = mask
         picture, mask = check_inputs(image, mask, self.config)
         cfg = self.config
@@ -167,6 +169,10 @@ class Harmonizer:
             _release(self.describer)  # before Stable Diffusion needs the memory
 
 
+def _prompts_of(candidate) -> tuple:
+    return (candidate.source, candidate.target) if hasattr(candidate, "source") else tuple(candidate)
+
+
 def _release(describer) -> None:
     release = getattr(describer, "release", None)  # a describer of the user's own may hold nothing
     if callable(release):
@@ -200,7 +206,10 @@ def harmonize(image, mask, source: str = None, target: str = None, *, model: str
 
     Give `pipe` to reuse a loaded pipeline. With `evaluator=None` it runs `iterations` fixed iterations (default
     1), each from the last one's blend; `history_dir` keeps every iteration's image, history.json and a contact
-    sheet (zsharm.decide.loop)."""
+    sheet (zsharm.decide.loop). The image, mask and prompts are checked before any model is loaded."""
+    from zsharm.validate import check_inputs, check_prompts
+    check_prompts(source, target)
+    check_inputs(image, mask, config or HarmonizeConfig())
     harmonizer = Harmonizer(model=model, pipe=pipe, config=config, evaluator=evaluator, describer=describer,
                             pidinet=pidinet, progress=progress, device=device)
     return harmonizer(image, mask, source=source, target=target, iterations=iterations, history_dir=history_dir)

@@ -30,8 +30,18 @@ _DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(?::(\d+))?")
 
 def check_batch_items(items, config, shard=None, out_dir=None) -> None:
     """Refuse a batch, before any model is loaded, when not one of this shard's items still to do can be
-    harmonized (no mask, unreadable, or refused by `check_inputs`); single bad items are reported in the run."""
-    from zsharm.batch import ITEM_ERRORS, is_done, select_shard, shard_from_env
+    harmonized (no mask, unreadable, or refused by `check_inputs`), when an output would replace an input, or
+    when a caption line holds a prompt `check_prompts` refuses; single bad images are reported in the run."""
+    from zsharm.batch import ITEM_ERRORS, check_outputs_spare_inputs, is_done, select_shard, shard_from_env
+    if out_dir is not None:
+        check_outputs_spare_inputs(items, out_dir)
+    for item in items:
+        for caption in item.captions:
+            try:
+                check_prompts(caption.source, caption.target)
+            except ZsharmError as error:
+                raise ZsharmError(f"{item.caption_file}:{item.caption_line} ({item.composite.name}): "
+                                  f"{error}") from None
     mine = [item for item in select_shard(items, shard or shard_from_env())
             if out_dir is None or not is_done(out_dir, item.name)]
     first = None

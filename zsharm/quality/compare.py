@@ -40,7 +40,7 @@ COLUMNS = ("name", "method") + METRIC_NAMES + ("seconds",)
 
 
 def zsharm_method(model: str = DEFAULT_MODEL, config=None, iterations: int = 1, source=None, target=None,
-                  device=None, dtype=None, describer=None):
+                  device=None, dtype=None, describer=None, progress: bool = True):
     """A `(composite uint8, mask bool, sample) -> uint8` function running zsharm's stage 2.
 
     The pipeline is loaded once, here. Descriptions: `source`/`target` if given, else the sample's
@@ -61,7 +61,7 @@ def zsharm_method(model: str = DEFAULT_MODEL, config=None, iterations: int = 1, 
     if describer is None and "describer" in companions:
         from zsharm.toy.describer import ToyDescriber
         describer = ToyDescriber.from_file(companions["describer"])
-    pipe = load_pipeline(model, device=device, dtype=dtype)
+    pipe = load_pipeline(model, device=device, dtype=dtype, progress=progress)
     state = {"describer": describer}
 
     def run(composite, mask, sample=None):
