@@ -91,10 +91,17 @@ def harmonized_both_ways(textured_files, tmp_path_factory):
     for name, extra in (("default", []), ("resize", ["--transfer", "resize"])):
         out = folder / f"{name}.png"
         code = main(["harmonize", str(comp), "--mask", str(mask_file), "--out", str(out), "--no-evaluator",
-                     "--source", "cat bright", "--target", "cat dull", *TINY, *extra])
+                     "--source", "cat bright", "--target", "cat dull", "--history", str(folder / name), *TINY,
+                     *extra])
         assert code == 0
         outputs[name] = np.asarray(Image.open(out).convert("RGB"))
+    outputs["history"] = json.loads((folder / "default" / "history.json").read_text())
     return outputs
+
+
+def test_without_an_evaluator_the_command_runs_one_iteration(harmonized_both_ways):
+    rows = harmonized_both_ways["history"]["iterations"]
+    assert [(r["iteration"], r["score"], r["decision"]) for r in rows] == [(0, None, "stop")]
 
 
 def test_the_default_command_keeps_the_full_resolution_detail_a_resize_loses(harmonized_both_ways, textured_files):
@@ -108,7 +115,7 @@ def test_the_default_command_keeps_the_full_resolution_detail_a_resize_loses(har
 
 def test_both_transfers_leave_the_background_bit_identical(harmonized_both_ways, textured_files):
     _, _, composite, mask = textured_files
-    for output in harmonized_both_ways.values():
+    for output in (harmonized_both_ways["default"], harmonized_both_ways["resize"]):
         assert np.array_equal(output[~mask], composite[~mask])
         assert not np.array_equal(output[mask], composite[mask])  # and the foreground was edited
 
@@ -120,6 +127,7 @@ def test_the_python_default_keeps_the_detail_too(tiny_pipe, textured_files):
                               evaluator=None, progress=False)
     resized = zsharm.Harmonizer(pipe=tiny_pipe, config=config.replace(transfer="resize"), evaluator=None,
                                 progress=False)(composite, mask, "cat bright", "cat dull")
+    assert len(guided.iterations) == len(resized.iterations) == 1  # no evaluator: one iteration unless told
     # the same work-size edit (same seed, same model): only the transfer differs
     assert np.array_equal(np.asarray(guided.work_image), np.asarray(resized.work_image))
     kept = texture_kept(np.asarray(guided.image), composite, mask)
@@ -127,13 +135,18 @@ def test_the_python_default_keeps_the_detail_too(tiny_pipe, textured_files):
     assert kept > 0.5 > 0.1 > lost, (kept, lost)
 
 
-def test_the_full_resolution_output_carries_the_work_size_change_not_its_inverse(tiny_pipe, textured_files):
+@pytest.mark.parametrize("entry", ["harmonize", "run_iteration"])
+def test_the_full_resolution_output_carries_the_work_size_change_not_its_inverse(tiny_pipe, textured_files, entry):
     """Downsized to the work size and smoothed, the output's foreground is the kept work image's, far from the
     composite's: before and after were not swapped on the way up."""
+    from zsharm.edit.iteration import run_iteration
     _, _, composite, mask = textured_files
     config = HarmonizeConfig(steps=2, size=64, use_edges=False)
-    result = zsharm.harmonize(composite, mask, "cat bright", "cat dull", pipe=tiny_pipe, config=config,
-                              evaluator=None, progress=False)
+    if entry == "harmonize":
+        result = zsharm.harmonize(composite, mask, "cat bright", "cat dull", pipe=tiny_pipe, config=config,
+                                  evaluator=None, progress=False)
+    else:
+        result = run_iteration(tiny_pipe, composite, mask, "cat bright", "cat dull", config, progress=False)
     size = result.work_image.size
     smooth = lambda rgb: cv2.GaussianBlur(np.asarray(rgb).astype(np.float32), (0, 0), 2)  # noqa: E731
     work = smooth(result.work_image)
@@ -204,6 +217,12 @@ def test_each_iteration_starts_from_the_right_image_and_description_across_a_reg
     # the best-scoring image is the result, carried to full resolution
     assert result.loop.best_index == 2
     assert np.array_equal(np.asarray(result.work_image), outputs[2])
+    size = result.work_image.size
+    smooth = lambda rgb: cv2.GaussianBlur(np.asarray(rgb).astype(np.float32), (0, 0), 2)  # noqa: E731
+    small = smooth(cv2.resize(np.asarray(result.image), size, interpolation=cv2.INTER_AREA))
+    inside = runs[0].mask_work
+    distances = [np.abs(small - smooth(o))[inside].mean() for o in outputs]
+    assert int(np.argmin(distances)) == 2, distances  # the full-resolution output is the best one's, not the last
     saved = json.loads((tmp_path / "history.json").read_text())
     assert saved["best_index"] == 2 and [r["decision"] for r in saved["iterations"]] == DECISIONS
 
