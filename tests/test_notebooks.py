@@ -327,7 +327,7 @@ def _png(path):
 
 
 def test_figures_command_writes_the_weight_free_figures(tmp_path, capsys):
-    from zsharm.cli import main
+    from zsharm.commands.cli import main
     assert main(["figures", "--out", str(tmp_path), "--only", "pipeline,decision-trace", "--quiet"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decision_trace.png", "pipeline.png"]
     for name in ("pipeline.png", "decision_trace.png"):
@@ -337,7 +337,7 @@ def test_figures_command_writes_the_weight_free_figures(tmp_path, capsys):
 
 
 def test_edge_figure_uses_the_published_pidinet(tmp_path, monkeypatch, pidinet_dir):
-    from zsharm.cli import main
+    from zsharm.commands.cli import main
     monkeypatch.setenv("ZSHARM_PIDINET_WEIGHTS", str(pidinet_dir))
     assert main(["figures", "--out", str(tmp_path), "--only", "edges", "--quiet"]) == 0
     image = _png(tmp_path / "edge_maps.png")
@@ -358,7 +358,7 @@ def test_edge_maps_of_a_step_edge(pidinet_dir):
 
 
 def test_figures_that_run_the_method_need_a_model(tmp_path, capsys):
-    from zsharm.cli import main
+    from zsharm.commands.cli import main
     assert main(["figures", "--out", str(tmp_path), "--only", "ablations"]) == 2
     assert "figure 'ablations' runs the method: give --model" in capsys.readouterr().err
     assert main(["figures", "--out", str(tmp_path), "--only", "nonsense"]) == 2
@@ -368,7 +368,7 @@ def test_figures_that_run_the_method_need_a_model(tmp_path, capsys):
 
 
 def test_backgrounds_figure_on_the_tiny_model(tmp_path, monkeypatch, pidinet_dir):
-    from zsharm.cli import main
+    from zsharm.commands.cli import main
     monkeypatch.setenv("ZSHARM_PIDINET_WEIGHTS", str(pidinet_dir))
     assert main(["figures", "--out", str(tmp_path), "--only", "backgrounds", "--model", "tiny", "--steps", "2",
                  "--size", "64", "--device", "cpu", "--dtype", "fp32", "--quiet"]) == 0
