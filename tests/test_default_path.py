@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import zsharm
-from zsharm.cli import main
+from zsharm.commands.cli import main
 from zsharm.config import HarmonizeConfig
 from zsharm.decide.evaluator import jpeg_round_trip
 
