@@ -15,7 +15,7 @@ MODEL  ?= stabilityai/stable-diffusion-2-base
 OUT    ?= demo_harmonized.png
 BIN     = $(VENV)/bin
 
-.PHONY: demo test mutants env clean
+.PHONY: demo test test-quick mutants planted env clean
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -40,12 +40,34 @@ demo: env
 		$(if $(filter tiny tiny-tamed,$(MODEL)),--no-evaluator --source "astronaut bright warm indoor" \
 		--target "astronaut dim blue twilight") $(ARGS)
 
+# The suite in JOBS pytest-xdist workers (one torch thread each: two threads beside another worker stall in OpenMP
+# barriers), a module's tests on one worker (--dist loadscope: module fixtures are built once); then the reference
+# runs (marked slow) alone, with the two threads their fixture was computed with (tests/test_reference.py).
+# `make test-quick`: neither the slow nor the end-to-end (e2e) tests, what the mutation runs use.
+JOBS ?= auto
+PYTEST = OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q
 test: env
-	$(BIN)/python -m pytest -q
+	$(PYTEST) -n $(JOBS) --dist loadscope -m "not slow"
+	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/python -m pytest -q -m slow
 
-# Maintainers: plant known bugs one at a time in a scratch copy and report which the tests catch (minutes, not CI).
+test-quick: env
+	$(PYTEST) -n $(JOBS) --dist loadscope -m "not slow and not e2e"
+
+# Maintainers, not CI: mutation testing (mutmut, [tool.mutmut] in pyproject.toml; benchmarks/mutation.md has the
+# scores and how long each module took on 2 cores). MUTANTS picks mutants by name, e.g.
+# MUTANTS='zsharm.decide.rule*' or 'zsharm.cache*' (default: every configured module: hours on 2 cores).
+# The mutants/ folder keeps what was run: a second `make mutants` only runs what changed.
+MUTANTS ?=
+CHILDREN ?= 2
 mutants: env
-	$(BIN)/python scripts/mutants.py $(ARGS)
+	$(BIN)/pip install -q -c constraints.txt -e ".[mutation]"
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run --max-children $(CHILDREN) $(MUTANTS)
+	$(BIN)/mutmut results
+
+# The planted bugs written by hand (scripts/mutants.py): the authors'-reference ones, which need the fixture and
+# the slow tests (ARGS=--slow), and the compositions of correct units the end-to-end tests guard (ARGS=--composition).
+planted: env
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python scripts/mutants.py $(ARGS)
 
 clean:
 	rm -rf $(VENV)
