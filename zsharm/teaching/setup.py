@@ -172,6 +172,13 @@ class Course:
         """The divisor of the maps the method reads (image/32 on SD 2 at 512 px, image/8 on the toy's 128 px)."""
         return self.config().attention_res_divisor
 
+    @property
+    def attention_divisors(self) -> tuple:
+        """Two map resolutions to record: the method's and the next finer one the UNet has (SD 2: image/32 and
+        image/16; the toy prior, whose finest maps are the method's: image/8 and the coarser image/16)."""
+        d = self.attention_divisor
+        return (d, d // 2) if d // 2 >= 8 else (d, d * 2)
+
 
 def setup(model: str, device=None, quick: bool = False, full: bool = False, steps: int = None, size: int = None,
           dpi: int = 90) -> Course:
