@@ -268,12 +268,23 @@ def test_contact_sheet_draws_each_thumbnail():
 # ---------------------------------------------------------------- what mutation testing found unguarded
 
 
-def test_regenerate_without_stage_one_switches_to_the_best_scoring_other_candidate_not_the_last():
-    # iteration 0: c0 0.9 (kept), c1 0.5, c2 0.1; then 0.8, 0.7 -> fell twice: the offline fallback takes c1
-    script = Script([0.9, 0.5, 0.1, 0.8, 0.7, 0.6])
-    result = run_loop(composite(), mask(), CANDIDATES, script.step, script.score, iterations=4, progress=False)
-    assert decisions(result)[4] == (2, 0, "regenerate")
-    assert script.calls[5][1:] == (CANDIDATES[1].source, CANDIDATES[1].target)
+def test_regenerate_without_stage_one_switches_to_the_best_scoring_other_candidate():
+    # iteration 0: c0 0.9 (kept), c1 0.1, c2 0.5, c3 0.3; then 0.8, 0.7 -> fell twice: the offline fallback takes
+    # c2, neither the first nor the last of the others
+    four = [*CANDIDATES, Desc("cat", "pale", "warm")]
+    script = Script([0.9, 0.1, 0.5, 0.3, 0.8, 0.7, 0.6])
+    result = run_loop(composite(), mask(), four, script.step, script.score, iterations=4, progress=False)
+    assert decisions(result)[5] == (2, 0, "regenerate") and result.history[5].note == "switch to description 2"
+    assert script.calls[6][1:] == (four[2].source, four[2].target)
+
+
+def test_the_default_budget_is_ten_iterations_and_only_a_cut_short_regenerate_is_explained():
+    script = Script([0.1 * k for k in range(1, 12)])
+    result = run_loop(composite(), mask(), CANDIDATES[:1], script.step, script.score, progress=False)
+    assert len(result.history) == 10 and result.history[-1].decision == "stop" and result.history[-1].note == ""
+    script = Script([0.6, 0.5, 0.4])  # the fall comes on the budget's last iteration
+    result = run_loop(composite(), mask(), CANDIDATES[:1], script.step, script.score, iterations=3, progress=False)
+    assert result.history[-1].decision == "stop" and "budget" in result.history[-1].note
 
 
 def test_history_json_names_the_best_record_and_every_description_and_the_sheet_frames_it(tmp_path):
