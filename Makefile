@@ -1,6 +1,7 @@
 # Two commands for a newcomer; each builds its own environment in .venv on first use.
 #   make demo              harmonize the demo composite (downloads Stable Diffusion 2 base on first use)
-#   make demo MODEL=tiny   the same on tiny random weights: checks the machinery, no GPU (about 35 s of CPU)
+#   make demo MODEL=toy    all three stages offline on a CPU, with zsharm's trained toy prior
+#   make demo MODEL=tiny   tiny random weights: checks the machinery, no GPU (about 35 s of CPU)
 #   make test              the test suite (offline, CPU)
 #   make env TORCH=cu128   the environment with a CUDA build of torch (default: cu128 if nvidia-smi runs, else cpu)
 PYTHON ?= python3
@@ -28,15 +29,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip check
 	touch $@
 
-# The demo's first description from data/demo/caption.txt; drop --source/--target to ask the VLM instead.
-# MODEL=tiny needs no network once PiDiNet's weights are cached (fetched on first use, 0.4 MB) or named by
-# ZSHARM_PIDINET_WEIGHTS; without either it stops at once, before any model work, and says so
-# (ARGS=--no-edges runs it without the edge loss). The tiny demo leaves stage 3 out: the authors' evaluator is a
-# 94 MB download, and its scores of a random model's pictures would mean nothing.
+# The whole method, stage 1 included: the VLM describes the demo composite, Stable Diffusion edits it, the authors'
+# evaluator decides (downloads on first use: SD 2 base ~5 GB, SmolVLM ~4.5 GB, the evaluator ~94 MB, PiDiNet 0.4 MB).
+# MODEL=toy runs all three stages offline on a CPU with zsharm's trained toy prior, its describer and evaluator, on
+# a held-out toy composite (data/toy). MODEL=tiny: random weights, the edit's code paths only (no stage 1 or 3).
+TOY_INPUT = data/toy/composite_images/t1000000_1_1.png --mask data/toy/masks/t1000000_1.png
+DEMO_INPUT = data/demo/composite.png --mask data/demo/mask.png
 demo: env
-	$(BIN)/zsharm harmonize data/demo/composite.png --mask data/demo/mask.png --model $(MODEL) --out $(OUT) \
-		--source "astronaut bright warm indoor" --target "astronaut dim blue twilight" \
-		$(if $(filter tiny tiny-tamed,$(MODEL)),--no-evaluator) $(ARGS)
+	$(BIN)/zsharm harmonize $(if $(filter toy,$(MODEL)),$(TOY_INPUT),$(DEMO_INPUT)) --model $(MODEL) --out $(OUT) \
+		$(if $(filter tiny tiny-tamed,$(MODEL)),--no-evaluator --source "astronaut bright warm indoor" \
+		--target "astronaut dim blue twilight") $(ARGS)
 
 # The suite in JOBS pytest-xdist workers (one torch thread each: two threads beside another worker stall in OpenMP
 # barriers), a module's tests on one worker (--dist loadscope: module fixtures are built once); then the reference
