@@ -1,14 +1,14 @@
 """Build notebooks/*.ipynb from their sources, scripts/notebooks/*.py, with no outputs.
 
     python scripts/build_notebooks.py            # rewrite notebooks/NN_*.ipynb
-    python scripts/build_notebooks.py --check    # exit 1 if a committed notebook differs from its source
+    python scripts/build_notebooks.py --check    # exit 1 if a committed notebook (or docs/costs.md) differs
 
 A source is a Python file in the "percent" format (as jupytext writes it, so editors and jupytext read it):
 `# %%` starts a code cell, `# %% [markdown]` a markdown cell (its lines start with "# "), and
 `# %% tags=["parameters"]` the papermill parameters cell; in code, `# %magic` lines become IPython magics.
 The line `# %% install` stands for the cell every notebook shares: on Colab, fetch zsharm (code and data)
-and `%pip install` it; elsewhere, nothing. `# %% cost {json}` becomes the notebook's cost paragraph
-(zsharm.teaching.setup.cost_markdown with those arguments). Every notebook's first cell gets a Colab badge
+and `%pip install` it; elsewhere, nothing. `# %% cost {json}` becomes the notebook's one-line cost
+(zsharm.teaching.setup.cost_markdown with those arguments), and its arithmetic a section of docs/costs.md. Every notebook's first cell gets a Colab badge
 after its title.
 
 REPOSITORY below is the one place naming the project's public home: a fork changes it and rebuilds.
@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's zsharm (the cost paragraphs), whatever is installed
 SOURCES = REPO / "scripts" / "notebooks"
 OUT = REPO / "notebooks"
+COSTS = REPO / "docs" / "costs.md"
 # The one place naming the repository (Colab badges, the install cell). A fork changes these two lines and
 # runs `python scripts/build_notebooks.py`.
 REPOSITORY = "https://github.com/zsharm/zsharm"
@@ -106,14 +107,25 @@ def build(source: Path) -> str:
     return nbformat.writes(nb) + "\n"
 
 
+def cost_section(source: Path) -> str:
+    """The source's section of docs/costs.md, from its `# %% cost {json}` line."""
+    from zsharm.teaching.setup import cost_details
+    for line in source.read_text().split("\n"):
+        if line.startswith("# %% cost "):
+            return cost_details(source.stem, **json.loads(line[len("# %% cost "):]))
+    raise ValueError(f"{source.name} has no '# %% cost' line")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare with notebooks/ instead of writing")
     args = parser.parse_args(argv)
+    from zsharm.teaching.setup import costs_document
     stale = []
-    for source in sorted(SOURCES.glob("[0-9][0-9]_*.py")):
-        target = OUT / (source.stem + ".ipynb")
-        text = build(source)
+    sources = sorted(SOURCES.glob("[0-9][0-9]_*.py"))
+    outputs = [(OUT / (source.stem + ".ipynb"), build(source)) for source in sources]
+    outputs.append((COSTS, costs_document([cost_section(source) for source in sources])))
+    for target, text in outputs:
         if args.check:
             if not target.is_file() or target.read_text() != text:
                 stale.append(target.name)
