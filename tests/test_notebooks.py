@@ -69,7 +69,7 @@ def test_committed_notebook_is_clean(path):
     numbered = [line for line in _source(exercises).split("\n") if line[:3] in ("1. ", "2. ", "3. ", "4. ", "5. ")]
     assert numbered and _source(exercises).count("<details><summary>Hint</summary>") == len(numbered)
     assert "**Graded:**" in numbered[-1]
-    assert check["cell_type"] == "code" and f'check("{path.name[:2]}", ANSWER)' in _source(check)
+    assert check["cell_type"] == "code" and f'right = check("{path.name[:2]}", ANSWER)' in _source(check)
     assert "ANSWER = None" in _source(check)
     assert solution["cell_type"] == "markdown" and _source(solution).startswith("<details><summary>Solution</summary>")
     assert "ANSWER = " in _source(solution)

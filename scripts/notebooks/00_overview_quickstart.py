@@ -214,7 +214,7 @@ for i, it in enumerate(result.iterations):
 from zsharm.teaching.exercises import check
 
 ANSWER = None  # your answer to exercise 5
-check("00", ANSWER)
+right = check("00", ANSWER)
 
 # %% [markdown]
 # <details><summary>Solution</summary>

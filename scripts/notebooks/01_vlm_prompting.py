@@ -206,7 +206,7 @@ print("\ndictionary words CLIP splits into several tokens:", ", ".join(split))
 from zsharm.teaching.exercises import check
 
 ANSWER = None  # your answer to exercise 5
-check("01", ANSWER)
+right = check("01", ANSWER)
 
 # %% [markdown]
 # <details><summary>Solution</summary>

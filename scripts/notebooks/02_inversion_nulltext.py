@@ -277,7 +277,7 @@ print(f"UNet calls made in this notebook so far: {unet_calls}")
 from zsharm.teaching.exercises import check
 
 ANSWER = None  # your answer to exercise 5
-check("02", ANSWER)
+right = check("02", ANSWER)
 
 # %% [markdown]
 # <details><summary>Solution</summary>

@@ -270,7 +270,7 @@ self_attention_explorer(trace, mask_work, start=queries["foreground pixel"])
 from zsharm.teaching.exercises import check
 
 ANSWER = None  # your answer to exercise 5
-check("03", ANSWER)
+right = check("03", ANSWER)
 
 # %% [markdown]
 # <details><summary>Solution</summary>

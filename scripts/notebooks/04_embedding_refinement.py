@@ -273,7 +273,7 @@ print(f"refinement took {result.seconds['refinement']:.1f} s of the iteration's 
 from zsharm.teaching.exercises import check
 
 ANSWER = None  # your answer to exercise 5
-check("04", ANSWER)
+right = check("04", ANSWER)
 
 # %% [markdown]
 # <details><summary>Solution</summary>

@@ -273,7 +273,7 @@ live_edges_explorer(pidinet, image)
 from zsharm.teaching.exercises import check
 
 ANSWER = None  # your answer to exercise 5
-check("05", ANSWER)
+right = check("05", ANSWER)
 
 # %% [markdown]
 # <details><summary>Solution</summary>

@@ -238,7 +238,7 @@ for row, prompt in enumerate([source, target]):
 from zsharm.teaching.exercises import check
 
 ANSWER = None  # your answer to exercise 5
-check("06", ANSWER)
+right = check("06", ANSWER)
 
 # %% [markdown]
 # <details><summary>Solution</summary>

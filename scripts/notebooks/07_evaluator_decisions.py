@@ -222,7 +222,7 @@ print(sorted(os.listdir(history)))
 from zsharm.teaching.exercises import check
 
 ANSWER = None  # your answer to exercise 5
-check("07", ANSWER)
+right = check("07", ANSWER)
 
 # %% [markdown]
 # <details><summary>Solution</summary>

@@ -174,7 +174,7 @@ for name in ("visualizations2.png", "visualizations3.png", "visualizations4.png"
 from zsharm.teaching.exercises import check
 
 ANSWER = None  # your answer to exercise 5
-check("08", ANSWER)
+right = check("08", ANSWER)
 
 # %% [markdown]
 # <details><summary>Solution</summary>

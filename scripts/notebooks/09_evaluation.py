@@ -187,7 +187,7 @@ plt.show()
 from zsharm.teaching.exercises import check
 
 ANSWER = None  # your answer to exercise 5
-check("09", ANSWER)
+right = check("09", ANSWER)
 
 # %% [markdown]
 # <details><summary>Solution</summary>

@@ -219,7 +219,7 @@ plt.show()
 from zsharm.teaching.exercises import check
 
 ANSWER = None  # your answer to exercise 5
-check("10", ANSWER)
+right = check("10", ANSWER)
 
 # %% [markdown]
 # <details><summary>Solution</summary>

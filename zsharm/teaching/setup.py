@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsharm.errors import ZsharmError, one_line
-from zsharm.models import TINY_SPECS, tiny_pipeline_dir
+from zsharm.models import TINY_SPECS, hide_loading_bars, tiny_pipeline_dir
 from zsharm.quiet import quiet_libraries
 
 DEMO_SOURCE = "astronaut bright warm indoor"
@@ -132,6 +132,8 @@ def setup(model: str, device=None, quick: bool = False, full: bool = False, step
           dpi: int = 90) -> Course:
     """Everything a notebook needs first (see the module docstring). `steps` and `size` override the settings'."""
     quiet_libraries()
+    # the libraries' loading bars would stay in a saved notebook as frozen "0%" lines (zsharm.bars: ours vanish)
+    hide_loading_bars()
     enable_colab_widgets()
     import matplotlib.pyplot as plt
     import torch
