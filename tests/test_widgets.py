@@ -420,3 +420,60 @@ def test_an_explorer_shows_its_picture_at_its_own_size_and_a_still_for_pages_wit
     assert "application/vnd.jupyter.widget-view+json" in widget and "image/png" not in widget
     assert set(still) == {"image/png", "text/plain"}
     assert Image.open(io.BytesIO(__import__("base64").b64decode(still["image/png"]))).size[0] > 100
+
+
+# ----------------------------------------------------------------------------- the hand-written mechanisms
+
+def _notebook_code(name, containing):
+    """The code of the one cell of scripts/notebooks/`name` containing `containing`."""
+    import runpy
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    build = runpy.run_path(str(root / "scripts" / "build_notebooks.py"))
+    cells = [body for kind, body, _ in build["parse"]((root / "scripts" / "notebooks" / name).read_text())
+             if kind == "code" and containing in body]
+    assert len(cells) == 1, f"no single cell of {name} contains {containing!r}"
+    return cells[0]
+
+
+def test_the_hand_written_recorder_of_notebook_03_records_the_librarys_maps(tiny_pipe, capsys):
+    from zsharm.teaching.trace import trace_attention
+    image, _ = _demo()
+    config = HarmonizeConfig.paper(steps=3, size=128)
+    source = "astronaut bright warm"
+    trace = trace_attention(tiny_pipe, image, source, config, cross_res=(32, 16), self_res=())
+    before = {name: type(p) for name, p in tiny_pipe.unet.attn_processors.items()}
+    namespace = dict(pipe=tiny_pipe, config=config, trace=trace, source=source)
+    exec(_notebook_code("03_attention_maps.py", "class RecordingProcessor"), namespace)
+    assert "records the library's maps in all" in capsys.readouterr().out
+    assert {name: type(p) for name, p in tiny_pipe.unet.attn_processors.items()} == before  # put back
+
+
+def test_the_hand_written_l_emb_of_notebook_04_equals_the_librarys(tiny_pipe, iteration, capsys):
+    result, config = iteration
+    namespace = dict(pipe=tiny_pipe, config=config, source=result.source, target=result.target, result=result,
+                     refinement=result.refinement, torch=torch)
+    exec(_notebook_code("04_embedding_refinement.py", "term_fg = "), namespace)
+    assert capsys.readouterr().out.count("by hand") == 3
+
+
+def test_the_hand_written_null_text_step_of_notebook_05_equals_the_librarys(tiny_pipe, iteration, pidinet_for_tests,
+                                                                           capsys):
+    result, config = iteration
+    namespace = dict(pipe=tiny_pipe, GAMMAS=[0.0, 0.1], configs={"gamma 0.1": config},
+                     results={"gamma 0.1": result}, pidinet=pidinet_for_tests)
+    exec(_notebook_code("05_structure_edges.py", "m_hat, v_hat"), namespace)
+    assert capsys.readouterr().out.count("by hand") == 4
+
+
+def test_the_hand_written_replacement_of_notebook_06_equals_the_librarys_edit(tiny_pipe, iteration, capsys):
+    result, config = iteration
+    namespace = dict(pipe=tiny_pipe, config=config, kept=result, FRACTIONS=(0.0, 0.5, 1.0))
+    exec(_notebook_code("06_prompt_to_prompt.py", "class ReplacementProcessor"), namespace)
+    assert capsys.readouterr().out.count("the final latents differ from the library's edit by") == 2
+
+
+def test_the_hand_written_rule_of_notebook_07_is_the_librarys(capsys):
+    from zsharm.decide.rule import decide
+    exec(_notebook_code("07_evaluator_decisions.py", "def my_decide("), {"decide": decide})
+    assert "agrees with zsharm.decide.rule.decide" in capsys.readouterr().out

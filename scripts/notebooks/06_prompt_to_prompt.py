@@ -8,7 +8,7 @@
 # branch reuse the source branch's attention maps, so only the description's *meaning* changes the result.
 # We switch the two kinds of replacement on and off and see what each keeps.
 
-# %% cost {"iterations": 1, "unet_images": 1964, "vae_decodes": 9, "memory": "paper"}
+# %% cost {"iterations": 1, "unet_images": 2164, "vae_decodes": 9, "memory": "paper"}
 
 # %% install
 
@@ -129,7 +129,7 @@ for name, key in variants.items():
 import torch
 
 from zsharm.edit.diffusion import Run, ddim_step, unet_noise
-from zsharm.edit.prompt_to_prompt import replacement_steps
+from zsharm.edit.prompt_to_prompt import edit_with_prompt_to_prompt, replacement_steps
 
 
 class ReplacementProcessor:
@@ -151,27 +151,36 @@ class ReplacementProcessor:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-run = Run(pipe=pipe, config=config, progress=False)
-inv, embeddings, nulls = kept.inversion, kept.refinement.embeddings, kept.nulltext.uncond
-clock = {"step": 0}
-saved = pipe.unet.attn_processors
-pipe.unet.set_attn_processor({name: ReplacementProcessor(clock, *replacement_steps(config)) for name in saved})
-try:
-    with torch.no_grad():
-        z = inv.x_t.expand(2, *inv.x_t.shape[1:])                               # both branches start at x_T
-        for index, t in enumerate(inv.timesteps[1:]):
-            context = torch.cat([nulls[index]] * 2 + [embeddings[index]])       # [null, null, source, target]
-            noise = unet_noise(run, "notebook", z, t, context, config.guidance)
-            clock["step"] += 1
-            z = ddim_step(run, noise, t, z)
-finally:
-    pipe.unet.set_attn_processor(saved)
+def edit_by_hand(config):
+    run = Run(pipe=pipe, config=config, progress=False)
+    clock, saved = {"step": 0}, pipe.unet.attn_processors
+    pipe.unet.set_attn_processor({name: ReplacementProcessor(clock, *replacement_steps(config)) for name in saved})
+    try:
+        with torch.no_grad():
+            z = inv.x_t.expand(2, *inv.x_t.shape[1:])                           # both branches start at x_T
+            for index, t in enumerate(inv.timesteps[1:]):
+                context = torch.cat([nulls[index]] * 2 + [embeddings[index]])   # [null, null, source, target]
+                noise = unet_noise(run, "notebook", z, t, context, config.guidance)
+                clock["step"] += 1
+                z = ddim_step(run, noise, t, z)
+    finally:
+        pipe.unet.set_attn_processor(saved)
+    return z
 
-library = kept.edit.latents[-1]
-difference = ((z - library).abs().max() / library.abs().max()).item()
-assert difference <= (1e-5 if run.work_dtype == torch.float32 else 5e-3), difference
-print(f"cross maps replaced for {replacement_steps(config)[0]} steps, self maps for {replacement_steps(config)[1]}; "
-      f"final latents differ from the library's by {difference:.1e} of their largest value")
+
+inv, embeddings, nulls = kept.inversion, kept.refinement.embeddings, kept.nulltext.uncond
+# a grid point where replacement stops part of the way, so the step counting is checked too
+partial = config.replace(cross_replace_steps=FRACTIONS[len(FRACTIONS) // 2],
+                         self_replace_steps=FRACTIONS[len(FRACTIONS) // 2])
+for checked in (config, partial):
+    mine = edit_by_hand(checked)
+    with torch.no_grad():
+        library = edit_with_prompt_to_prompt(Run(pipe=pipe, config=checked, progress=False), inv, embeddings, nulls).latents[-1]
+    difference = ((mine - library).abs().max() / library.abs().max()).item()
+    assert difference <= (1e-5 if library.dtype == torch.float32 else 5e-3), difference
+    cross, self_ = replacement_steps(checked)
+    print(f"cross maps replaced for {cross} steps, self maps for {self_}: the final latents differ from the "
+          f"library's edit by {difference:.1e} of their largest value")
 
 # %% [markdown]
 # ## Explore the grid
