@@ -69,7 +69,8 @@ def lab(tmp_path_factory, pidinet_dir):
     log = open(state / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
                                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-                               "--expose-app-in-browser", "--LabApp.news_url=", "--ServerApp.open_browser=False"],
+                               "--expose-app-in-browser", "--LabApp.news_url=", "--ServerApp.open_browser=False",
+                               "--allow-root"],  # CI containers run as root
                               env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -134,7 +135,8 @@ for (const cell of cells) {
   }
 }
 return {status: kernel ? kernel.status : 'none', cells: cells.length,
-        pending: cells.filter(c => c.model.executionCount === null || c.promptNode.textContent.includes('*')).length,
+        pending: cells.filter(c => c.model.executionCount === null ||
+                                   (c.promptNode && c.promptNode.textContent.includes('*'))).length,
         errors: errors};
 """
 
