@@ -492,3 +492,22 @@ def test_the_pipeline_figure_draws_stage_2_from_the_config_it_depicts():
     assert f"DDIM {HarmonizeConfig().steps} steps" in default
     assert "no edge loss" in _texts(pipeline_figure(HarmonizeConfig(use_edges=False)))
     plt.close("all")
+
+
+def test_a_near_uniform_attention_map_is_drawn_near_uniform():
+    """Maps are divided by their max (one normalisation, named on the colour bar): a min-max stretch would turn
+    a 1% ripple into a full-range blob."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from zsharm.teaching.plots import NORMALISATION, overlay_map, plot_word_maps
+    flat = 0.5 + 0.005 * torch.rand(4, 4, generator=torch.Generator().manual_seed(0))
+    fig, ax = plt.subplots()
+    shown = overlay_map(ax, _image(), flat)
+    drawn = shown.get_array()
+    assert drawn.max() - drawn.min() < 0.02 and drawn.max() <= 1.0
+    cross = flat[..., None].repeat(1, 1, 77)
+    fig = plot_word_maps(_image(), cross, [("cat", [1]), ("bright", [2])])
+    assert fig.axes[-1].get_ylabel() == NORMALISATION  # the colour bar names the normalisation
+    assert all("max 0.5" in ax.get_title() for ax in fig.axes[1:3])  # the absolute scale, in the title
+    plt.close("all")
