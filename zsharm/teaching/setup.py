@@ -239,7 +239,7 @@ def cost_markdown(iterations: float = 0, unet_images: int = 0, unet_images_grad:
     got = ", ".join(SHORT_DOWNLOADS[d] for d in downloads) if downloads else "none"
     if work["unet_images"] or work["vae_decodes"]:
         cost = gpu_cost(**work)
-        time = f"about {_duration(cost['T4'])} on a T4, {_duration(cost['A100'])} on an A100"
+        time = f"about {_duration(cost['T4'])} on a T4, {_duration(cost['A100'])} on an A100 at the course size"
     else:
         time = "no diffusion model runs here"
     return (f"**What it costs:** {time}; {SHORT_MEMORY[memory]}; downloads: {got} "
