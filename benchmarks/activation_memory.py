@@ -16,7 +16,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from zsharm.edit.attention import AttentionStore, controlled_attention
-from zsharm.repro.bench import sd2_configs
+from zsharm.repro.speed import sd2_configs
 
 GiB = 2 ** 30
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 from zsharm.decide.evaluator import (HarmonyClassifier, jpeg_round_trip, load_evaluator, preprocess,  # noqa: E402
                                      read_mask_as_authors)
 from zsharm.errors import ZsharmError  # noqa: E402
-from zsharm.io import work_size  # noqa: E402
+from zsharm.io.pictures import work_size  # noqa: E402
 
 
 def reaimed_random(images, masks):

@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_composite
 from zsharm.config import HarmonizeConfig
-from zsharm.repro.bench import model_counts, schedule_counts
+from zsharm.repro.speed import model_counts, schedule_counts
 from zsharm.edit.diffusion import CallCounter, optimizer_step, Run
 from zsharm.edit.iteration import run_iteration
 from zsharm.models import load_pipeline
@@ -119,8 +119,8 @@ def test_paper_with_fast_arithmetic_keeps_counts_and_lands_near_the_authors(rand
 
 
 def test_harmonize_command_takes_the_arithmetic():
-    from zsharm.cli import build_parser
-    from zsharm.options import config_from_options
+    from zsharm.commands.cli import build_parser
+    from zsharm.commands.options import config_from_options
     args = build_parser().parse_args(["harmonize", "in.png", "--mask", "m.png", "--out", "o.png", "--schedule", "paper",
                                       "--arithmetic", "fast", "--dtype", "fp32"])
     config = config_from_options(args)

@@ -5,10 +5,10 @@ import pytest
 from scipy.ndimage import gaussian_filter
 from skimage.color import rgb2lab
 
-from zsharm.benchmark.baselines import BASELINES, copy_paste, histogram_matching, poisson, reinhard
-from zsharm.benchmark.datasets import load_dataset
+from zsharm.quality.baselines import BASELINES, copy_paste, histogram_matching, poisson, reinhard
+from zsharm.quality.datasets import load_dataset
 from zsharm.errors import ZsharmError
-from zsharm.benchmark.metrics import fmse
+from zsharm.quality.metrics import fmse
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

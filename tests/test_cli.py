@@ -7,7 +7,7 @@ import pytest
 from conftest import make_composite
 from PIL import Image
 
-from zsharm.cli import main
+from zsharm.commands.cli import main
 
 QUICK = ["--model", "tiny", "--steps", "2", "--size", "64", "--no-edges", "--quiet", "--device", "cpu"]
 
@@ -346,12 +346,12 @@ def test_batch_prompts_on_the_command_line_win_over_caption_txt(tmp_path, capsys
 
 
 def test_ctrl_c_during_the_final_save_leaves_no_partial_file(composite, tmp_path, capsys, monkeypatch):
-    import zsharm.io
+    import zsharm.io.saving
 
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(zsharm.io, "_encode", interrupted)
+    monkeypatch.setattr(zsharm.io.saving, "_encode", interrupted)
     comp, mask = composite
     code, err = run_cli(capsys, "harmonize", comp, "--mask", mask, "--out", tmp_path / "out.png", *PROMPTS,
                         *FAST, "--size", "64", "--device", "cpu")
@@ -419,7 +419,7 @@ def test_help_and_version_import_no_command_module():
     import subprocess
     import sys
     code = ("import sys; sys.modules['resource'] = None\n"
-            "from zsharm.cli import main\n"
+            "from zsharm.commands.cli import main\n"
             "for argv in (['--help'], ['--version'], ['harmonize', '--help']):\n"
             "    try: main(argv)\n"
             "    except SystemExit: pass\n"
@@ -435,7 +435,7 @@ def test_help_and_version_import_no_command_module():
 def test_the_command_list_matches_each_modules_own_help():
     import argparse
 
-    from zsharm.cli import COMMANDS, build_parser
+    from zsharm.commands.cli import COMMANDS, build_parser
     parser = build_parser()
     actions = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {choice.dest: choice.help for choice in actions._choices_actions}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsharm.benchmark.datasets import detect_layout, load_dataset, natural_key
+from zsharm.quality.datasets import detect_layout, load_dataset, natural_key
 from zsharm.errors import ZsharmError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,8 +211,8 @@ def test_demo_data_script_is_deterministic_and_matches_the_committed_data(tmp_pa
 
 def test_shipped_captions_use_the_papers_dictionary():
     """Every description in data/ follows the paper's rules (dictionary words, at most one per list,
-    a brightness word in each), as zsharm.describe.describers checks them."""
-    describe = pytest.importorskip("zsharm.describe.describers")
+    a brightness word in each), as zsharm.describe.description checks them."""
+    describe = pytest.importorskip("zsharm.describe.description")
     captions = [c for d in ("demo", "composites", "synthetic") for s in load_dataset(DATA / d) for c in s.captions]
     assert len(captions) >= 26
     for source, target in captions:

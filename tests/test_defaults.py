@@ -6,10 +6,10 @@ import pytest
 
 import zsharm.edit.inversion
 import zsharm.edit.iteration
-import zsharm.pipeline
-from zsharm.cli import build_parser
+import zsharm.harmonizer
+from zsharm.commands.cli import build_parser
 from zsharm.config import DEFAULT_SCHEDULE, HarmonizeConfig
-from zsharm.options import config_from_options
+from zsharm.commands.options import config_from_options
 
 DEFAULT = HarmonizeConfig.named(DEFAULT_SCHEDULE)
 
@@ -51,12 +51,12 @@ def test_every_command_defaults_to_the_same_schedule(argv):
 def test_harmonizer_and_harmonize_default_to_the_same_schedule(monkeypatch, composite):
     import zsharm.models
     monkeypatch.setattr(zsharm.models, "prepare_pipeline", lambda pipe: pipe)
-    harmonizer = zsharm.pipeline.Harmonizer(pipe=object(), evaluator=None)
+    harmonizer = zsharm.harmonizer.Harmonizer(pipe=object(), evaluator=None)
     assert harmonizer.config == DEFAULT
     seen = []
     monkeypatch.setattr(zsharm.edit.iteration, "iterate_at_work_size", recorder(seen))
     with pytest.raises(Seen):
-        zsharm.pipeline.harmonize(*composite, "cat bright", "cat dull", pipe=object(), evaluator=None)
+        zsharm.harmonizer.harmonize(*composite, "cat bright", "cat dull", pipe=object(), evaluator=None)
     assert seen == [DEFAULT]
 
 
@@ -86,7 +86,7 @@ def test_trace_attention_defaults_to_the_same_schedule(monkeypatch, composite):
 
 def test_the_method_comparison_defaults_to_the_same_schedule(monkeypatch, composite):
     import zsharm.models
-    from zsharm.benchmark.compare import zsharm_method
+    from zsharm.quality.compare import zsharm_method
     seen = []
     monkeypatch.setattr(zsharm.models, "load_pipeline", lambda *a, **k: object())
     monkeypatch.setattr(zsharm.models, "prepare_pipeline", lambda pipe: pipe)

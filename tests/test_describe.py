@@ -12,7 +12,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from zsharm.describe.describers import Description, DescriptionExhaustedError, DescriptionFormatError, get_describer, GivenDescriber, INSTRUCTION, instruction, mask_view, model_inputs, parse_caption_line, parse_description, read_caption_file, VLMDescriber
+from zsharm.describe.describers import DescriptionExhaustedError, DescriptionFormatError, GivenDescriber, VLMDescriber
+from zsharm.describe.description import Description, parse_caption_line, parse_description, read_caption_file
+from zsharm.describe.factory import get_describer
+from zsharm.describe.instruction import INSTRUCTION, instruction, mask_view, model_inputs
 from zsharm.errors import ZsharmError
 from zsharm.vocabulary import DICTIONARY, LIST_OF, RANK, WORDS, in_dictionary_order
 
@@ -105,7 +108,7 @@ _object_word = _letters.filter(lambda w: w not in WORDS and w not in {"a", "an",
 def descriptions(draw):
     """A valid description: 1-3 object words, each side a brightness word plus words from other lists."""
     name = " ".join(draw(st.lists(_object_word, min_size=1, max_size=3)))
-    from zsharm.describe.describers import _NOT_OBJECT_WORDS
+    from zsharm.describe.description import _NOT_OBJECT_WORDS
     assume(not set(name.split()) & _NOT_OBJECT_WORDS)
     sides = []
     for _ in range(2):
@@ -465,12 +468,12 @@ class ByWidth:
 
 
 def test_describe_a_folder_writes_the_caption_file_batch_reads(tmp_path, monkeypatch, capsys):
-    import zsharm.describe.describers as describers
+    import zsharm.commands.describe as describe_command
     from zsharm.batch import find_batch_items
-    from zsharm.cli import main
+    from zsharm.commands.cli import main
     _folder_of_composites(tmp_path / "set", ["10", "2", "1"])  # widths 64, 72, 80
     backend = ByWidth({64: [A, B], 72: [C, "not a description", A], 80: [B, C]})
-    monkeypatch.setattr(describers, "describer_from_args", lambda args: VLMDescriber(backend, cache_dir=None))
+    monkeypatch.setattr(describe_command, "describer_from_args", lambda args: VLMDescriber(backend, cache_dir=None))
     assert main(["describe", str(tmp_path / "set"), "--quiet"]) == 0
     lines = (tmp_path / "set" / "caption.txt").read_text().splitlines()
     # line i is the i-th image in natural order (1, 2, 10): two candidates each, `src,tgt;src,tgt`
@@ -487,11 +490,11 @@ def test_describe_a_folder_writes_the_caption_file_batch_reads(tmp_path, monkeyp
 
 
 def test_describe_a_folder_writes_nothing_when_an_image_fails(tmp_path, monkeypatch, capsys):
-    import zsharm.describe.describers as describers
-    from zsharm.cli import main
+    import zsharm.commands.describe as describe_command
+    from zsharm.commands.cli import main
     _folder_of_composites(tmp_path / "set", ["a", "b"])
     backend = Scripted([A, B] + ["prose, not a description"] * 4)
-    monkeypatch.setattr(describers, "describer_from_args", lambda args: VLMDescriber(backend, cache_dir=None))
+    monkeypatch.setattr(describe_command, "describer_from_args", lambda args: VLMDescriber(backend, cache_dir=None))
     assert main(["describe", str(tmp_path / "set"), "--quiet"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("zsharm: error: b.png:") and "\n" not in error

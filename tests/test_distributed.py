@@ -169,7 +169,7 @@ def test_an_item_claimed_elsewhere_is_left_alone_and_merge_reports_it(tmp_path):
 
 
 def test_the_merge_command_writes_one_summary_and_says_what_is_left(tmp_path, capsys):
-    from zsharm.cli import main
+    from zsharm.commands.cli import main
     root = authors_layout(tmp_path / "in", n=5, captions=False)
     out = tmp_path / "out"
     broken = {"003"}

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsharm.benchmark.baselines import reinhard
-from zsharm.cli import main
-from zsharm.benchmark.datasets import load_dataset
-from zsharm.benchmark.compare import evaluate, read_rows, summarize
-from zsharm.benchmark.metrics import measure
+from zsharm.quality.baselines import reinhard
+from zsharm.commands.cli import main
+from zsharm.quality.datasets import load_dataset
+from zsharm.quality.compare import evaluate, read_rows, summarize
+from zsharm.quality.metrics import measure
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

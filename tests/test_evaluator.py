@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from zsharm.cli import main
+from zsharm.commands.cli import main
 from zsharm.errors import ZsharmError
 from zsharm.decide.evaluator import HarmonyClassifier, load_evaluator, preprocess, save_checkpoint
 from zsharm.decide.training import find_iharmony_samples, find_photo_samples, HarmonyDataset, perturb_foreground, roc_auc, split_samples

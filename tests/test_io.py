@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-import zsharm.io as zio
+import zsharm.io.files as io_files
+import zsharm.io.pictures as io_pictures
+import zsharm.io.saving as io_saving
 from zsharm.errors import ZsharmError
-from zsharm.io import Picture, load_image, load_mask, save_picture, work_size
+from zsharm.io.masks import load_mask
+from zsharm.io.pictures import Picture, load_image, work_size
+from zsharm.io.saving import save_picture
 
 H, W = 517, 333  # odd on purpose
 KINDS = [("L", np.uint8), ("LA", np.uint8), ("RGB", np.uint8), ("RGBA", np.uint8),
@@ -21,7 +25,7 @@ KINDS = [("L", np.uint8), ("LA", np.uint8), ("RGB", np.uint8), ("RGBA", np.uint8
 def random_picture(mode, dtype, seed=0, size=(H, W)):
     rng = np.random.default_rng(seed)
     top = np.iinfo(dtype).max
-    pixels = rng.integers(0, top, size=size + (zio.MODES[mode],), endpoint=True).astype(dtype)
+    pixels = rng.integers(0, top, size=size + (io_pictures.MODES[mode],), endpoint=True).astype(dtype)
     return Picture(pixels, mode)
 
 
@@ -354,13 +358,13 @@ def test_save_refuses_what_the_format_cannot_hold(tmp_path):
 def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch, mode, dtype):
     target = tmp_path / "out.png"
     target.write_bytes(b"the previous result")
-    real_encode = zio._encode
+    real_encode = io_saving._encode
 
     def encode_then_fail(file, *args):
         real_encode(file, *args)  # the temp file now holds a whole image
         raise OSError("disk full")
 
-    monkeypatch.setattr(zio, "_encode", encode_then_fail)
+    monkeypatch.setattr(io_saving, "_encode", encode_then_fail)
     with pytest.raises(ZsharmError) as error:
         save_picture(random_picture(mode, dtype, size=(8, 9)), target)
     assert_one_line(error, "out.png", "disk full")
@@ -373,10 +377,10 @@ def test_ctrl_c_during_a_save_leaves_nothing_behind(tmp_path, monkeypatch):
         file.write(b"half an image")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(zio, "_encode", interrupted)
+    monkeypatch.setattr(io_saving, "_encode", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_picture(random_picture("RGB", np.uint8, size=(8, 9)), tmp_path / "out.png")
-    with pytest.raises(KeyboardInterrupt), zio.atomic_path(tmp_path / "table.md") as temp:
+    with pytest.raises(KeyboardInterrupt), io_files.atomic_path(tmp_path / "table.md") as temp:
         temp.write_text("half a table")
         raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
@@ -396,7 +400,7 @@ def test_temporary_files_of_killed_processes_are_swept_on_the_next_write(tmp_pat
 
 
 def test_failed_opencv_encoding_leaves_nothing_behind(tmp_path, monkeypatch):
-    monkeypatch.setattr(zio.cv2, "imencode", lambda *args, **kwargs: (False, None))
+    monkeypatch.setattr(io_saving.cv2, "imencode", lambda *args, **kwargs: (False, None))
     with pytest.raises(ZsharmError) as error:
         save_picture(random_picture("RGBA", np.uint16, size=(8, 9)), tmp_path / "out.png")
     assert_one_line(error, "out.png")

@@ -3,7 +3,7 @@
 import torch
 
 from conftest import make_composite
-from zsharm.cli import main, reset_logging, setup_logging
+from zsharm.commands.cli import main, reset_logging, setup_logging
 from zsharm.distributed import ProcessPlace, process_device
 
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsharm.errors import ZsharmError
-from zsharm.loop import CELL_H, CELL_W, contact_sheet, run_loop, SHEET_COLUMNS
+from zsharm.decide.history import CELL_H, CELL_W, contact_sheet, SHEET_COLUMNS
+from zsharm.decide.loop import run_loop
 from zsharm.decide.rule import decide
+from zsharm.errors import ZsharmError
 
 
 @dataclass(frozen=True)

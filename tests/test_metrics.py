@@ -5,7 +5,7 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from zsharm.errors import ZsharmError
-from zsharm.benchmark.metrics import binary_mask, fmse, fpsnr, measure, mse, psnr, ssim
+from zsharm.quality.metrics import binary_mask, fmse, fpsnr, measure, mse, psnr, ssim
 
 
 def _pair():

@@ -128,7 +128,7 @@ def test_the_attention_notebook_claims_nothing_its_figures_contradict():
 def test_the_hint_of_the_evaluation_notebook_runs(monkeypatch):
     """Exercise 3's hint, as written, builds the method (it once passed a schedule name as the config)."""
     import re
-    from zsharm.benchmark.compare import zsharm_method
+    from zsharm.quality.compare import zsharm_method
     from zsharm.teaching.setup import setup
     text = (REPO / "scripts" / "notebooks" / "09_evaluation.py").read_text()
     hint = re.search(r"<code>(zsharm_method\(.*?\))</code>", text.replace("\n#    ", " ")).group(1)
@@ -380,7 +380,7 @@ def _png(path):
 
 
 def test_figures_command_writes_the_weight_free_figures(tmp_path, capsys):
-    from zsharm.cli import main
+    from zsharm.commands.cli import main
     assert main(["figures", "--out", str(tmp_path), "--only", "pipeline,decision-trace", "--quiet"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decision_trace.png", "pipeline.png"]
     for name in ("pipeline.png", "decision_trace.png"):
@@ -390,7 +390,7 @@ def test_figures_command_writes_the_weight_free_figures(tmp_path, capsys):
 
 
 def test_edge_figure_uses_the_published_pidinet(tmp_path, monkeypatch, pidinet_dir):
-    from zsharm.cli import main
+    from zsharm.commands.cli import main
     monkeypatch.setenv("ZSHARM_PIDINET_WEIGHTS", str(pidinet_dir))
     assert main(["figures", "--out", str(tmp_path), "--only", "edges", "--quiet"]) == 0
     image = _png(tmp_path / "edge_maps.png")
@@ -411,7 +411,7 @@ def test_edge_maps_of_a_step_edge(pidinet_dir):
 
 
 def test_figures_that_run_the_method_need_a_model(tmp_path, capsys):
-    from zsharm.cli import main
+    from zsharm.commands.cli import main
     assert main(["figures", "--out", str(tmp_path), "--only", "ablations"]) == 2
     assert "figure 'ablations' runs the method: give --model" in capsys.readouterr().err
     assert main(["figures", "--out", str(tmp_path), "--only", "nonsense"]) == 2
@@ -421,7 +421,7 @@ def test_figures_that_run_the_method_need_a_model(tmp_path, capsys):
 
 
 def test_backgrounds_figure_on_the_tiny_model(tmp_path, monkeypatch, pidinet_dir):
-    from zsharm.cli import main
+    from zsharm.commands.cli import main
     monkeypatch.setenv("ZSHARM_PIDINET_WEIGHTS", str(pidinet_dir))
     assert main(["figures", "--out", str(tmp_path), "--only", "backgrounds", "--model", "tiny", "--steps", "2",
                  "--size", "64", "--device", "cpu", "--dtype", "fp32", "--quiet"]) == 0

@@ -8,7 +8,7 @@ import pytest
 from conftest import make_composite
 from PIL import Image
 
-from zsharm.cli import main
+from zsharm.commands.cli import main
 from zsharm.config import HarmonizeConfig
 from zsharm.errors import ZsharmError
 
@@ -89,9 +89,10 @@ def read_by_every_entry_point(tmp_path, composite, mask_file, capsys):
     """{entry point: the mask it works with, or the one-line error it stops with}."""
     import shutil
 
-    from zsharm.benchmark.datasets import load_dataset, read_mask
-    from zsharm.io import load_image, load_mask
-    from zsharm.pipeline import Harmonizer
+    from zsharm.quality.datasets import load_dataset, read_mask
+    from zsharm.io.masks import load_mask
+    from zsharm.io.pictures import load_image
+    from zsharm.harmonizer import Harmonizer
     seen = {}
 
     def record(name, fn):
@@ -112,7 +113,7 @@ def read_by_every_entry_point(tmp_path, composite, mask_file, capsys):
     harmonizer = Harmonizer(pipe=object(), config=HarmonizeConfig.fast(size=64), device="cpu", evaluator=None)
     record("Harmonizer", lambda: harmonizer(composite, mask_file, source="cat bright", target="cat dull"))
     picture = load_image(composite)
-    seen["zsharm.io.load_mask"] = _try(lambda: load_mask(mask_file, like=picture))
+    seen["zsharm.io.masks.load_mask"] = _try(lambda: load_mask(mask_file, like=picture))
 
     dataset = tmp_path / "dataset"
     dataset.mkdir(exist_ok=True)
@@ -163,7 +164,7 @@ def _try(fn, rename=None):
 def test_every_entry_point_binarises_a_mask_file_identically(tmp_path, composite, spy, capsys, name):
     truth = tricky_masks(tmp_path)[name]
     seen = read_by_every_entry_point(tmp_path, composite, tmp_path / name, capsys)
-    assert set(seen) == {"harmonize command", "Harmonizer", "zsharm.io.load_mask", "evaluate's dataset",
+    assert set(seen) == {"harmonize command", "Harmonizer", "zsharm.io.masks.load_mask", "evaluate's dataset",
                          "datasets.read_mask", "batch"}
     for entry, mask in seen.items():
         assert isinstance(mask, np.ndarray), (entry, mask)
@@ -183,7 +184,7 @@ def test_every_entry_point_refuses_a_bad_mask_with_the_same_line(tmp_path, compo
 
 
 def test_the_evaluators_training_reader_is_the_same_reader(tmp_path):
-    from zsharm.benchmark.datasets import read_mask
+    from zsharm.quality.datasets import read_mask
     from zsharm.decide.training import _read_mask
     masks = tricky_masks(tmp_path)
     for name, truth in masks.items():
@@ -211,8 +212,8 @@ def _error(fn):
 
 @pytest.mark.parametrize("name", ["empty", "full", "wrong size"])
 def test_the_python_api_refuses_a_bad_mask_array_like_a_bad_file(composite, spy, name):
-    from zsharm.io import check_mask
-    from zsharm.pipeline import Harmonizer, harmonize
+    from zsharm.io.masks import check_mask
+    from zsharm.harmonizer import Harmonizer, harmonize
     mask = bad_arrays()[name]
     expected = _error(lambda: check_mask(mask, (W, H), "<array>"))
     assert expected.startswith("mask <array>")
@@ -224,7 +225,7 @@ def test_the_python_api_refuses_a_bad_mask_array_like_a_bad_file(composite, spy,
 
 def test_run_iteration_refuses_a_bad_mask_array_with_the_same_line(composite):
     from zsharm.edit.iteration import run_iteration
-    from zsharm.io import check_mask
+    from zsharm.io.masks import check_mask
     for mask in bad_arrays().values():
         expected = _error(lambda: check_mask(mask, (W, H), "<array>"))
         assert _error(lambda: run_iteration(object(), composite, mask, "cat bright", "cat dull")) == expected

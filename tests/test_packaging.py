@@ -77,7 +77,8 @@ def test_the_wheel_runs_help_the_tiny_demo_and_figures_without_a_checkout(tmp_pa
     assert "License-Expression: Apache-2.0" in metadata and "License-File: NOTICE" in metadata
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert {"zsharm/assets/clip/bpe_simple_vocab_16e6.txt.gz", "zsharm/assets/demo/composite.png",
-            "zsharm/assets/demo/mask.png", "zsharm/assets/demo/caption.txt"} <= names
+            "zsharm/assets/demo/mask.png", "zsharm/assets/demo/caption.txt",
+            "zsharm/assets/userstudy.html"} <= names
     assert not any(n.startswith(("tests/", "data/", "notebooks/")) for n in names)
 
     # a venv of its own holding only zsharm; the other packages are this environment's (no download)

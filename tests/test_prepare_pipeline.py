@@ -42,7 +42,7 @@ def test_a_users_pndm_pipeline_runs_with_ddim_from_its_own_config_and_gets_no_gr
 
 
 def test_harmonizer_prepares_the_pipeline_it_is_given():
-    from zsharm.pipeline import Harmonizer
+    from zsharm.harmonizer import Harmonizer
     harmonizer = Harmonizer(pipe=users_pipeline(), evaluator=None)
     assert type(harmonizer.pipe.scheduler).__name__ == "DDIMScheduler"
     assert not any(p.requires_grad for p in harmonizer.pipe.unet.parameters())
@@ -69,7 +69,7 @@ def test_sdxl_and_inpainting_pipelines_are_refused_in_one_line():
                                             "unet": UNet2DConditionModel(**{**tiny_configs()["unet"], "in_channels": 9})})
     assert "9 input channels" in one_line_refusal(inpainting)
     with pytest.raises(ZsharmError, match="SD 1.x / 2.x|Stable Diffusion 1.x / 2.x"):
-        from zsharm.pipeline import Harmonizer
+        from zsharm.harmonizer import Harmonizer
         Harmonizer(pipe=sdxl, evaluator=None)
 
 

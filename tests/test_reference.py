@@ -19,7 +19,7 @@ from zsharm.edit.diffusion import CallCounter
 import torch
 from PIL import Image
 
-from zsharm.cli import main
+from zsharm.commands.cli import main
 from zsharm.repro.reference import authors_counts, compare, first_departure, load_intermediates
 
 CASES = {"golden_steps10": "tiny_sd2", "golden_strong_cat10": "tiny_sd2_strong"}

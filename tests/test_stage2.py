@@ -7,9 +7,9 @@ from PIL import Image
 
 from conftest import make_composite
 from zsharm.config import HarmonizeConfig
-from zsharm.pipeline import harmonize
+from zsharm.harmonizer import harmonize
 from zsharm.edit.iteration import run_iteration
-from zsharm.io import load_image
+from zsharm.io.pictures import load_image
 
 QUICK = dict(steps=3, size=128)
 

@@ -7,7 +7,7 @@ import pytest
 from skimage import data
 
 from zsharm.errors import ZsharmError
-from zsharm.io import work_size
+from zsharm.io.pictures import work_size
 from zsharm.edit.transfer import transfer_change
 
 GAIN = np.array([1.1, 0.95, 0.8], np.float32)

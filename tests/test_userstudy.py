@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from zsharm.errors import ZsharmError
-from zsharm.benchmark.userstudy import analyse, bradley_terry, make_study, plan_trials, results_from_folder, wilson_interval
+from zsharm.quality.userstudy import analyse, bradley_terry, make_study, plan_trials, results_from_folder, wilson_interval
 
 TRUE = {"zsharm": 4.0, "poisson": 2.0, "reinhard": 1.0, "copy-paste": 0.5}  # Bradley-Terry strengths
 

@@ -14,8 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from zsharm.cli import main
-from zsharm.describe.describers import DescriptionFormatError, get_describer, INSTRUCTION, parse_description
+from zsharm.commands.cli import main
+from zsharm.describe.captions import DescriptionFormatError
+from zsharm.describe.description import parse_description
+from zsharm.describe.factory import get_describer
+from zsharm.describe.instruction import INSTRUCTION
 from zsharm.errors import ZsharmError
 from zsharm.describe.vlm import build_tiny_vlm, OpenAIChatVLM, TransformersVLM
 

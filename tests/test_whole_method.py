@@ -14,13 +14,13 @@ from PIL import Image
 
 from conftest import make_composite
 from test_evaluator import random_model
-from zsharm.cli import main
+from zsharm.commands.cli import main
 from zsharm.config import HarmonizeConfig
 from zsharm.decide.evaluator import Evaluator, read_mask_as_authors
 from zsharm.decide.rule import CONTINUE, REGENERATE, decide
-from zsharm.describe.describers import Description
+from zsharm.describe.description import Description
 from zsharm.errors import ZsharmError
-from zsharm.loop import DROP, STOP
+from zsharm.decide.loop import DROP, STOP
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,7 +132,7 @@ def soft_mask_files(tmp_path):
 
 
 def test_the_vlm_is_released_before_stage_two_and_again_after_regenerate(fake_stage_two, soft_mask_files):
-    from zsharm.pipeline import Harmonizer
+    from zsharm.harmonizer import Harmonizer
     describer = Describer()
     fake_stage_two["describer"] = describer
     # c0 0.5, c1 0.3 -> keep c0; 0.4, 0.35: fell twice -> regenerate; 0.45, 0.44, 0.43 -> conclude
@@ -151,7 +151,7 @@ def test_the_vlm_is_released_before_stage_two_and_again_after_regenerate(fake_st
 @pytest.mark.parametrize("schedule, method", [("fast", "score"), ("paper", "score_saved")])
 def test_the_evaluator_sees_the_soft_mask_file_and_the_schedules_scoring(fake_stage_two, soft_mask_files,
                                                                          schedule, method):
-    from zsharm.pipeline import Harmonizer
+    from zsharm.harmonizer import Harmonizer
     fake_stage_two["describer"] = describer = Describer()
     scores = Scores([0.5, 0.6, 0.7])
     harmonizer = Harmonizer(pipe=object(), evaluator=scores, describer=describer,
@@ -170,7 +170,7 @@ def test_the_evaluator_sees_the_soft_mask_file_and_the_schedules_scoring(fake_st
 
 
 def test_candidates_asked_for_and_taken(fake_stage_two, soft_mask_files):
-    from zsharm.pipeline import Harmonizer
+    from zsharm.harmonizer import Harmonizer
     fake_stage_two["describer"] = describer = Describer()
     config = HarmonizeConfig.fast(size=64)
     Harmonizer(pipe=object(), evaluator=Scores([0.1] * 4), describer=describer, config=config, progress=False,
@@ -274,8 +274,8 @@ def test_harmonize_with_no_options_runs_all_three_stages(vlm_endpoint, authors_e
 def test_a_mask_the_authors_reader_would_misread_reaches_the_evaluator_as_zsharm_reads_it(fake_stage_two,
                                                                                        soft_mask_files, tmp_path):
     """A 0/1 label map reads as nothing through their `/ 255`; zsharm's boolean reading is scored instead."""
-    from zsharm.io import load_mask
-    from zsharm.pipeline import Harmonizer
+    from zsharm.io.masks import load_mask
+    from zsharm.harmonizer import Harmonizer
     fake_stage_two["describer"] = describer = Describer()
     comp, soft = soft_mask_files
     labels = (np.asarray(Image.open(soft)) > 127).astype(np.uint8)

@@ -13,7 +13,7 @@ from zsharm.errors import ZsharmError
 __version__ = "0.1.0"
 __all__ = ["Harmonizer", "HarmonizeConfig", "ZsharmError", "__version__", "harmonize"]
 
-_LAZY = {"Harmonizer": "zsharm.pipeline", "harmonize": "zsharm.pipeline", "HarmonizeConfig": "zsharm.config"}
+_LAZY = {"Harmonizer": "zsharm.harmonizer", "harmonize": "zsharm.harmonizer", "HarmonizeConfig": "zsharm.config"}
 
 
 def __getattr__(name):

@@ -1,5 +1,5 @@
 import sys
 
-from zsharm.cli import main
+from zsharm.commands.cli import main
 
 sys.exit(main())

@@ -33,14 +33,8 @@ from tqdm.auto import tqdm
 from zsharm.describe.captions import read_caption_pairs
 from zsharm.distributed import claimed
 from zsharm.errors import ZsharmError, one_line
-from zsharm.io import (
-    MASK_SUFFIX,
-    atomic_path,
-    list_images,
-    natural_key,
-    pair_masks,
-    write_json,
-)
+from zsharm.io.files import atomic_path, write_json
+from zsharm.io.folders import MASK_SUFFIX, list_images, natural_key, pair_masks
 
 # What one bad item may raise without stopping the batch: the user's problems and unreadable files
 # (PIL reports damaged files as OSError, SyntaxError, ValueError or struct.error).
@@ -275,7 +269,6 @@ def _process(item: BatchItem, out_dir: Path, process_one: Callable) -> dict:
     return info
 
 
-
 # ---------------------------------------------------------------- merging the shards' summaries
 
 
@@ -330,16 +323,3 @@ def _is_run_summary(path: Path) -> bool:
         return "shard" in json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-
-
-def cli_merge(args) -> int:
-    """`zsharm harmonize --merge --out DIR [--batch IN]`: print and write the merged summary."""
-    items = find_batch_items(args.batch) if args.batch else None
-    merged = merge_summaries(args.out, items)
-    remaining = merged.get("remaining", [])
-    remaining = len(remaining) if isinstance(remaining, list) else remaining
-    print(f"{len(merged['done'])} done, {len(merged['failed'])} failed, {len(merged['running'])} running, "
-          f"{remaining} remaining (summary: {Path(args.out) / 'summary.json'})")
-    for entry in merged["failed"]:
-        print(f"  {entry['name']}: {entry['error']}")
-    return 0 if not merged["failed"] and not remaining and not merged["running"] else 1

@@ -134,3 +134,4 @@ class HarmonizeConfig:
 
 SCHEDULES = {"paper": HarmonizeConfig.paper, "fast": HarmonizeConfig.fast}
 DEFAULT_SCHEDULE = "fast"
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-base"

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from zsharm.cache import cache_dir
+from zsharm.config import DEFAULT_MODEL
 from zsharm.errors import ZsharmError, one_line
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-base"
 TINY_SPECS = {"tiny": 0.1, "tiny-tamed": 1e-3}  # spec -> scale of the UNet output layer
 TINY_VERSION = 1  # bump when the tiny architecture or seeding changes, so caches are rebuilt
 SUPPORTED = "Stable Diffusion 1.x / 2.x text-to-image pipelines (StableDiffusionPipeline)"
@@ -221,7 +221,7 @@ def sweep_stale_folders(path: Path) -> None:
     """Remove `<path>.tmp<pid>` folders that processes killed mid-build (SIGKILL, power loss) left behind."""
     import shutil
 
-    from zsharm.io import process_alive, temp_owner
+    from zsharm.io.files import process_alive, temp_owner
     for temp in path.parent.glob(f"{path.name}.tmp*"):
         pid = temp_owner(temp.name)
         if temp.is_dir() and pid is not None and pid != os.getpid() and not process_alive(pid):

@@ -1,7 +1,7 @@
 """Everything about a harmonization request that can be checked before a model is loaded.
 
-A mistake found after minutes of diffusion costs the user those minutes; so the `harmonize` command calls
-`check_request(args, config)` first, and `Harmonizer` calls `check_inputs` and `check_prompts`: files, mask at
+A mistake found after minutes of diffusion costs the user those minutes; so the `harmonize` command checks its
+command line first (zsharm.commands.harmonize), and `Harmonizer` calls `check_inputs` and `check_prompts`: files, mask at
 work size, output location and format, prompts, numbers and device, each refused in one line that names the
 problem and the way out.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from zsharm.errors import ZsharmError
-from zsharm.io import Picture, check_can_save, check_writable, read_pair, work_size
+from zsharm.io.masks import read_pair
+from zsharm.io.pictures import Picture, work_size
 
 log = logging.getLogger("zsharm")
 
@@ -26,65 +26,6 @@ MAX_PROMPT_WORDS = 75  # CLIP reads 77 tokens, two of them the start and end tok
 MAX_SEED = 2 ** 64 - 1  # what torch.Generator.manual_seed takes
 _WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
 _DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(?::(\d+))?")
-
-
-@dataclass
-class Request:
-    """A checked single-image request: the inputs as read, and the output path."""
-
-    picture: Picture
-    mask: np.ndarray
-    out: Path
-
-
-def check_request(args, config) -> Request | None:
-    """Check a `zsharm harmonize` command line (argparse namespace) and its files; returns the inputs as read
-    (None in batch mode, where each item is checked as it comes)."""
-    check_numbers(args)
-    check_prompts(args.source, args.target)
-    if args.shard and not args.batch:
-        raise ZsharmError(f"--shard {args.shard} splits a folder's items: it needs --batch FOLDER")
-    iterations = args.iterations
-    with_evaluator = not args.no_evaluator and args.evaluator is not None
-    if iterations is None:
-        iterations = 10 if with_evaluator else 1
-    if args.save_intermediates:
-        if iterations != 1:
-            raise ZsharmError(f"--save-intermediates keeps one iteration's arrays, but {iterations} would run: "
-                              f"add --iterations 1" + ("" if not with_evaluator else " (or --no-evaluator)"))
-        if not str(args.save_intermediates).endswith(".npz"):
-            raise ZsharmError(f"--save-intermediates {args.save_intermediates}: name an .npz file")
-        check_writable(args.save_intermediates)
-    if args.history:
-        history = Path(args.history)
-        if history.exists() and not history.is_dir():
-            raise ZsharmError(f"--history {history} is a file; name a folder")
-        check_writable(history / "history.json")
-    if with_evaluator:
-        check_evaluator_spec(args.evaluator)
-    if config.use_edges:
-        check_edge_weights(config)
-    if args.batch:
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise ZsharmError(f"--out {out} is a file; with --batch it names the output folder")
-        check_writable(out / "summary.json")
-        check_device(args.device, args.dtype)
-        return None
-    if not args.composite:
-        raise ZsharmError("name a composite image (or a folder with --batch)")
-    if not args.mask:
-        raise ZsharmError(f"no --mask given for {args.composite}: zsharm needs the foreground mask")
-    out = Path(args.out)
-    for what, given in (("composite", args.composite), ("mask", args.mask)):
-        if _same_file(out, Path(given)):
-            raise ZsharmError(f"--out {out} is the {what} itself: writing it would destroy the original; "
-                              f"name another file")
-    picture, mask = read_pair(args.composite, args.mask)
-    check_can_save(picture, out, lossy=getattr(args, "allow_lossy", False))
-    check_inputs(picture, mask, config)
-    check_device(args.device, args.dtype)
-    return Request(picture, mask, out)
 
 
 def check_batch_items(items, config, shard=None, out_dir=None) -> None:
@@ -167,25 +108,10 @@ def check_prompts(source, target, tokenizer=None) -> None:
             if tokens > tokenizer.model_max_length:
                 raise ZsharmError(f"the {label} prompt is {tokens} tokens long, but the text encoder reads "
                                   f"{tokenizer.model_max_length}; use fewer or commoner words")
-    from zsharm.describe.describers import Description
+    from zsharm.describe.description import Description
     from zsharm.edit.tokens import condition_vocabulary, split_object
     Description.from_prompts(source, target)
     split_object(source, target, condition_vocabulary())
-
-
-def check_numbers(args) -> None:
-    """The counts and the seed of a command line in their ranges."""
-    if args.iterations is not None and args.iterations < 1:
-        raise ZsharmError(f"--iterations {args.iterations}: at least 1")
-    if getattr(args, "candidates", None) is not None and args.candidates < 1:
-        raise ZsharmError(f"--candidates {args.candidates}: at least 1")
-    if args.steps is not None and args.steps < 2:
-        raise ZsharmError(f"--steps {args.steps}: at least 2")
-    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
-        raise ZsharmError(f"--seed {args.seed}: a seed is 0 .. 2^64-1")
-    if args.size is not None and (args.size < 64 or args.size % 64):
-        raise ZsharmError(f"--size {args.size}: a positive multiple of 64 (the model works in 8x8 latent "
-                          f"pixels and halves them three times)")
 
 
 def check_device(device, dtype=None) -> None:
@@ -270,7 +196,7 @@ def _looks_like_checkpoint(path: Path, suffix: str) -> bool:
         return False
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:

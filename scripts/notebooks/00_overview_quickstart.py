@@ -93,8 +93,9 @@ plt.show()
 # as the paper does.
 
 # %%
-from zsharm.describe.describers import mask_view
-from zsharm.io import load_image, load_mask
+from zsharm.describe.instruction import mask_view
+from zsharm.io.masks import load_mask
+from zsharm.io.pictures import load_image
 from zsharm.teaching.plots import show_images
 
 picture = load_image(DATA / "demo" / "composite.png")
@@ -111,7 +112,7 @@ plt.show()
 # authors' caption format (`source,target;source,target`):
 
 # %%
-from zsharm.describe.describers import read_caption_file
+from zsharm.describe.description import read_caption_file
 
 candidates = read_caption_file(DATA / "demo" / "caption.txt")[0]
 for k, description in enumerate(candidates):
@@ -127,7 +128,7 @@ source, target = candidates[0].source, candidates[0].target
 # starting from the previous blend.
 
 # %%
-from zsharm.pipeline import harmonize
+from zsharm.harmonizer import harmonize
 
 pipe, config = course.pipe, course.config()
 result = harmonize(picture, mask, source, target, pipe=pipe, config=config, evaluator=None, iterations=ITERATIONS)

@@ -61,7 +61,7 @@ print(f"\n{sum(len(w) for w in DICTIONARY.values())} words in {len(DICTIONARY)} 
 # colours the model must judge, and a small model lines a silhouette up with the composite poorly.
 
 # %%
-from zsharm.describe.describers import MASK_STYLES, mask_view
+from zsharm.describe.instruction import MASK_STYLES, mask_view
 
 show_images([mask_view(image, mask, style) for style in MASK_STYLES], [f'style "{s}"' for s in MASK_STYLES],
             size=3.6, suptitle="Four ways to show the mask (zsharm sends the cut-out)")
@@ -75,7 +75,7 @@ plt.show()
 # text: text in a picture is part of the picture, never an instruction.
 
 # %%
-from zsharm.describe.describers import INSTRUCTION
+from zsharm.describe.instruction import INSTRUCTION
 
 print(INSTRUCTION)
 
@@ -88,7 +88,8 @@ print(INSTRUCTION)
 # the picture never do. A refused answer is simply asked for again (up to `max_attempts`).
 
 # %%
-from zsharm.describe.describers import DescriptionFormatError, parse_description
+from zsharm.describe.captions import DescriptionFormatError
+from zsharm.describe.description import parse_description
 
 answers = [
     "dog & (foreground) bright summer & (background) winter dull greyscale",
@@ -122,7 +123,7 @@ for answer in answers:
 # %%
 import tempfile
 
-from zsharm.describe.describers import get_describer
+from zsharm.describe.factory import get_describer
 
 if VLM == "tiny":
     from zsharm.describe.vlm import build_tiny_vlm
@@ -146,7 +147,9 @@ except DescriptionFormatError as error:
 # caption format, which `GivenDescriber` hands out in order, exactly as a VLM describer would.
 
 # %%
-from zsharm.describe.describers import DescriptionExhaustedError, GivenDescriber, instruction, read_caption_file
+from zsharm.describe.describers import DescriptionExhaustedError, GivenDescriber
+from zsharm.describe.description import read_caption_file
+from zsharm.describe.instruction import instruction
 
 candidates = read_caption_file(DATA / "demo" / "caption.txt")[0]
 given = GivenDescriber(candidates)

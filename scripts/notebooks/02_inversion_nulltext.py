@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from zsharm.edit.blending import mask_at
-from zsharm.io import work_size
+from zsharm.io.pictures import work_size
 from zsharm.teaching.plots import show_images
 from zsharm.teaching.setup import setup
 

@@ -143,10 +143,10 @@ print(f"stopped: {scripted.stop_reason}; best image from iteration {scripted.bes
 # offline fallback). With `history_dir` it writes every image, `history.json` and a contact sheet.
 
 # %%
-from zsharm.describe.describers import read_caption_file
+from zsharm.describe.description import read_caption_file
 from zsharm.decide.evaluator import course_evaluator
 from zsharm.edit.iteration import run_iteration
-from zsharm.loop import run_loop
+from zsharm.decide.loop import run_loop
 
 pipe, config = course.pipe, course.config()
 evaluator, evaluator_label = course_evaluator(EVALUATOR, device=DEVICE, fallback="random:tiny" if QUICK else "random")

@@ -55,10 +55,11 @@ def keep(fig, name):
 # %%
 import warnings
 
-from zsharm.describe.describers import GivenDescriber, read_caption_file
+from zsharm.describe.describers import GivenDescriber
+from zsharm.describe.description import read_caption_file
 from zsharm.decide.evaluator import course_evaluator
 from zsharm.edit.iteration import run_iteration
-from zsharm.loop import run_loop
+from zsharm.decide.loop import run_loop
 
 image, mask = course.image, course.mask
 describer = GivenDescriber(read_caption_file(DATA / "demo" / "caption.txt")[0])      # stage 1

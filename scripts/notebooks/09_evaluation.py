@@ -40,7 +40,7 @@ LIMIT = course.eval_images   # composites of data/synthetic to evaluate (None: a
 # with a `captions.txt` describing each edit in dictionary words so zsharm runs without a VLM.
 
 # %%
-from zsharm.benchmark.datasets import load_dataset
+from zsharm.quality.datasets import load_dataset
 
 samples = load_dataset(DATA / "synthetic")
 print(f"{len(samples)} composites; first: {samples[0].name}, captions {samples[0].captions}")
@@ -66,10 +66,10 @@ plt.show()
 #
 # and SSIM (Wang et al. 2004) on the whole image. MSE shrinks with the foreground's area (a tiny object
 # barely moves it), which is why DoveNet introduced fMSE: MSE on the foreground alone. We compute them by
-# hand for one composite and compare with `zsharm.benchmark.metrics.measure`.
+# hand for one composite and compare with `zsharm.quality.metrics.measure`.
 
 # %%
-from zsharm.benchmark.metrics import measure
+from zsharm.quality.metrics import measure
 
 composite, mask, real = samples[0].load()
 error = (composite.astype(np.float64) - real.astype(np.float64)) ** 2
@@ -78,7 +78,7 @@ by_hand["psnr"] = 10 * np.log10(255**2 / by_hand["mse"])
 by_hand["fpsnr"] = 10 * np.log10(255**2 / by_hand["fmse"])
 library = measure(composite, real, mask)
 for key in ("mse", "fmse", "psnr", "fpsnr"):
-    print(f"{key:>6}: by hand {by_hand[key]:9.3f}   zsharm.benchmark.metrics {library[key]:9.3f}")
+    print(f"{key:>6}: by hand {by_hand[key]:9.3f}   zsharm.quality.metrics {library[key]:9.3f}")
 print(f"  ssim: {library['ssim']:.4f}   (foreground {mask.mean():.0%} of the image)")
 
 # %% [markdown]
@@ -93,7 +93,7 @@ print(f"  ssim: {library['ssim']:.4f}   (foreground {mask.mean():.0%} of the ima
 # colours resemble the scene's.
 
 # %%
-from zsharm.benchmark.baselines import BASELINES
+from zsharm.quality.baselines import BASELINES
 
 composite, mask, real = picks[2].load()
 outputs = {name: method(composite, mask) for name, method in BASELINES.items()}
@@ -104,12 +104,12 @@ plt.show()
 # %% [markdown]
 # ## A small benchmark
 #
-# `zsharm.benchmark.compare.evaluate` runs every method on every sample and measures it. The `zsharm` method runs
+# `zsharm.quality.compare.evaluate` runs every method on every sample and measures it. The `zsharm` method runs
 # stage 2 with each sample's caption (the first candidate) for `ITERATIONS` iterations. On the full set at
 # 50 steps this takes a GPU a few minutes per image; `LIMIT` keeps it short.
 
 # %%
-from zsharm.benchmark.compare import evaluate, markdown_table, summarize, zsharm_method
+from zsharm.quality.compare import evaluate, markdown_table, summarize, zsharm_method
 from zsharm.config import HarmonizeConfig
 
 methods = dict(BASELINES)
@@ -177,7 +177,7 @@ plt.show()
 #    n, each under its own name in <code>methods</code>; the paired lines then show the trend per image.</details>
 # 4. Ground truth rewards getting back the *original* colours, but harmonization only needs *plausible*
 #    ones. Find an image where a result looks harmonious and still scores badly. What would a user study
-#    (zsharm.benchmark.userstudy) add?
+#    (zsharm.quality.userstudy) add?
 #    <details><summary>Hint</summary>Look for a result whose colours fit the scene but differ from the photo's
 #    (the edit changed the object's own colour). A user study asks which looks real, not which is right.</details>
 # 5. **Graded:** A 100x100 result differs from its ground truth only inside a 20x20 foreground, and its MSE is 4. What is its fMSE? Put your answer in `ANSWER` below; the check cell says whether it is right.

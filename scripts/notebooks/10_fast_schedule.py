@@ -29,7 +29,7 @@ import torch
 
 from zsharm.config import HarmonizeConfig
 from zsharm.models import default_device
-from zsharm.repro.bench import paper_counts, schedule_counts
+from zsharm.repro.speed import paper_counts, schedule_counts
 from zsharm.teaching.setup import setup
 
 course = setup(MODEL, DEVICE, quick=QUICK, full=FULL)
@@ -41,7 +41,7 @@ device = torch.device(DEVICE) if DEVICE else default_device()
 # ## Where the work goes
 #
 # Counting needs no model: each stage's number of UNet calls follows from the schedule ([docs/method.md](../docs/method.md)
-# gives the paper's; `zsharm.repro.bench.schedule_counts` derives any configuration's, and the tests check both against real
+# gives the paper's; `zsharm.repro.speed.schedule_counts` derives any configuration's, and the tests check both against real
 # runs). With $n$ = steps - 1 denoising steps, the paper's iteration makes
 #
 # * inversion: $n$ calls on 2 images (the conditional half is computed though guidance is 0),
@@ -52,7 +52,7 @@ device = torch.device(DEVICE) if DEVICE else default_device()
 
 # %%
 from zsharm.repro.switches import plot_stage_work
-from zsharm.repro.bench import summarise
+from zsharm.repro.speed import summarise
 
 tables = {"paper (50 steps)": paper_counts(50), "fast (20 steps)": schedule_counts(HarmonizeConfig.fast())}
 for name, counts in tables.items():
@@ -149,7 +149,7 @@ for switch in fast_switches():
 del pipe, unet, outputs  # the ablation loads the model in each precision it needs
 if device.type == "cuda":
     torch.cuda.empty_cache()
-from zsharm.io import load_image
+from zsharm.io.pictures import load_image
 
 image, mask, source, target = load_image(DATA / "demo" / "composite.png"), course.mask, course.source, course.target
 rows = ablate(MODEL, image, mask, source, target, size=SIZE, steps=STEPS, device=device, only=ROWS)

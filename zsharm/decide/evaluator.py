@@ -45,7 +45,7 @@ from PIL import Image
 
 from zsharm.cache import cache_dir, fetch, verify
 from zsharm.errors import ZsharmError, one_line
-from zsharm.io import atomic_path
+from zsharm.io.files import atomic_path
 
 SIZE = 256  # the authors' input size
 # name -> (bottleneck blocks per stage, stem width); the final feature size is width * 8 * 4

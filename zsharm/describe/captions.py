@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from zsharm.errors import ZsharmError
-from zsharm.io import write_bytes_atomic
+from zsharm.io.files import write_bytes_atomic
 
 
 class DescriptionFormatError(ZsharmError):

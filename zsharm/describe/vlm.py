@@ -1,7 +1,7 @@
 """Vision-language model backends for stage 1: each turns (pictures + an instruction) into one text answer.
 
 Two backends, one method: `ask(parts, seed) -> str`, where `parts` is the user turn as a list of strings and
-PIL images in reading order. Neither backend checks the answer: `zsharm.describe.describers` parses it strictly and asks
+PIL images in reading order. Neither backend checks the answer: `zsharm.describe.description` parses it strictly and asks
 again when it is malformed.
 
 - `TransformersVLM`: a local open model through transformers (`AutoProcessor` + `AutoModelForImageTextToText`,

@@ -1,7 +1,7 @@
 """What every stage shares: model calls (counted), DDIM steps, VAE encode/decode, prompt embeddings.
 
-Each stage module (inversion, refinement, structure, editing) is written against these few functions, so the
-maths of the paper reads in one place per stage and the bookkeeping lives here.
+Each stage module (inversion, refinement, nulltext, prompt_to_prompt, blending) is written against these few
+functions, so the maths of the paper reads in one place per stage and the bookkeeping lives here.
 """
 
 from collections import Counter

@@ -1,4 +1,4 @@
-"""Stage 2 end to end: one harmonization iteration (zsharm.loop runs several, with stage 3 deciding).
+"""Stage 2 end to end: one harmonization iteration (zsharm.decide.loop runs several, with stage 3 deciding).
 
     result = run_iteration(pipe, image, mask, "cat bright", "cat winter dull")
     result.image            # PIL, the input's size; background pixels untouched
@@ -26,7 +26,7 @@ from zsharm.edit.prompt_to_prompt import Edit, edit_with_prompt_to_prompt
 from zsharm.edit.refinement import Refinement, refine_embeddings
 from zsharm.edit.tokens import condition_vocabulary, description_positions, split_object
 from zsharm.errors import ZsharmError
-from zsharm.io import Picture, work_size
+from zsharm.io.pictures import Picture, work_size
 from zsharm.models import prepare_pipeline
 
 

@@ -164,7 +164,7 @@ def _loop_iterations(answer, budget: int = 3, candidates: int = 2):
 
 def _fmse(answer, mse: float = 4.0, size: int = 100, side: int = 20):
     """fMSE of an image whose only errors are in a side x side foreground of a size x size image."""
-    from zsharm.benchmark.metrics import measure
+    from zsharm.quality.metrics import measure
     real = np.zeros((size, size, 3), np.uint8)
     out = real.copy()
     mask = np.zeros((size, size), bool)

@@ -1,4 +1,4 @@
-"""The paper-style figures, and `zsharm figures`, which writes them into figures/.
+"""The paper-style figures, which `zsharm figures` (zsharm.commands.figures) writes into figures/.
 
     zsharm figures                              # the figures that need no diffusion weights
     zsharm figures --model stabilityai/stable-diffusion-2-base   # ... and those that run the method
@@ -18,7 +18,6 @@ import numpy as np
 from PIL import Image
 
 from zsharm.errors import ZsharmError
-from zsharm.options import add_stage2_options, config_from_options
 
 # colours of the three decisions (and of a dropped iteration-0 candidate, and of the budget's end)
 DECISION_COLOURS = {"continue": "#2a7ab9", "regenerate": "#e08214", "conclude": "#b2182b", "drop": "#999999",
@@ -41,7 +40,7 @@ def _plt():
 def save_figure(fig, path, dpi: int = 100, palette: bool = True) -> Path:
     """Write a figure as PNG atomically (a temp file beside it, then a rename). `palette` stores it with 256
     colours: a third of the size for figures holding photos."""
-    from zsharm.io import atomic_path
+    from zsharm.io.files import atomic_path
     with atomic_path(path) as temp:
         # no software version or date in the file, so a rerun with the same inputs gives the same bytes
         fig.savefig(temp, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
@@ -55,7 +54,8 @@ def save_figure(fig, path, dpi: int = 100, palette: bool = True) -> Path:
 def demo_inputs():
     """The demo composite (PIL RGB), its mask (bool) and its caption candidates [(source, target), ...]."""
     from zsharm.demo import demo_folder
-    from zsharm.io import load_image, load_mask
+    from zsharm.io.masks import load_mask
+    from zsharm.io.pictures import load_image
     folder = demo_folder()
     image = load_image(folder / "composite.png").to_pil_rgb8()
     mask = load_mask(folder / "mask.png", size=image.size)
@@ -231,7 +231,7 @@ def stand_in_step(rates=(0.3, 0.45)):
     """A weight-free stand-in for stage 2 in the scripted trace: each call moves the foreground part of the
     way (`rates[candidate]`) to the Reinhard colour transfer of the current image. The decisions do not
     depend on it; it only gives each iteration a picture."""
-    from zsharm.benchmark.baselines import reinhard
+    from zsharm.quality.baselines import reinhard
 
     def step(image, mask, candidate):
         current = np.asarray(image, dtype=np.float32)
@@ -243,10 +243,10 @@ def stand_in_step(rates=(0.3, 0.45)):
 
 
 def scripted_loop(scores=SCRIPTED_SCORES, iterations: int = 10):
-    """Run `zsharm.loop.run_loop` on the demo composite with the stand-in step and scripted scores.
+    """Run `zsharm.decide.loop.run_loop` on the demo composite with the stand-in step and scripted scores.
     Returns (LoopResult, images in record order, the input image)."""
-    from zsharm.describe.describers import Description
-    from zsharm.loop import run_loop
+    from zsharm.describe.description import Description
+    from zsharm.decide.loop import run_loop
 
     image, mask, captions = demo_inputs()
     candidates = [Description.from_prompts(s, t) for s, t in captions]
@@ -402,7 +402,7 @@ def variants_figure(image, mask, results: dict, title=None, pidinet=None, size: 
 def backgrounds_figure(pipe, config, iterations: int = 1, backgrounds=None, progress=False):
     """One foreground (the demo's astronaut) pasted into several backgrounds and harmonized into each."""
     plt = _plt()
-    from zsharm.pipeline import harmonize
+    from zsharm.harmonizer import harmonize
 
     image, mask, captions = demo_inputs()
     source = captions[0][0]
@@ -490,26 +490,3 @@ def make_figures(out="figures", model=None, only=None, config=None, iterations: 
         if progress:
             print(written[-1])
     return written
-
-
-def register(subparsers):
-    p = subparsers.add_parser("figures", help="draw the paper-style figures into a folder",
-                              description="Draw the paper-style figures. Without --model only those that need no "
-                                          "diffusion weights: " + ", ".join(n for n, (_, m) in FIGURES.items()
-                                                                            if not m) + ".")
-    p.add_argument("--out", default="figures", help="folder to write the PNGs to (default: figures)")
-    p.add_argument("--only", help=f"comma-separated figure names ({', '.join(FIGURES)})")
-    p.add_argument("--iterations", type=int, default=1, help="harmonization iterations per image (default 1)")
-    p.add_argument("--quiet", action="store_true", help="print nothing")
-    add_stage2_options(p, model_default=None, model_help="diffusion model (hub id, folder, file or tiny); adds the "
-                                                         "figures that run the method")
-    p.set_defaults(func=cli_figures)
-
-
-def cli_figures(args) -> int:
-    import matplotlib
-    matplotlib.use("Agg")  # files only: no window, whatever the environment
-    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
-    make_figures(args.out, model=args.model, only=only, config=config_from_options(args), iterations=args.iterations,
-                 device=args.device, dtype=args.dtype, progress=not args.quiet)
-    return 0

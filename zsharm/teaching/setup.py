@@ -138,7 +138,8 @@ def setup(model: str, device=None, quick: bool = False, full: bool = False, step
     import matplotlib.pyplot as plt
     import torch
 
-    from zsharm.io import load_image, load_mask
+    from zsharm.io.masks import load_mask
+    from zsharm.io.pictures import load_image
 
     if is_tiny(model):
         # a tiny model is thousands of small ops: one thread is several times faster than two on busy cores
@@ -195,7 +196,7 @@ def cost_note(unet_images: int, vae_decodes: int, unet_images_grad: int = 0, vae
             f"decodes ({vae_decodes_grad} with gradients) at {size} px -> " + ", ".join(parts))
 
 
-# iterations of the paper's stage 2 at 50 steps (zsharm.repro.bench.paper_counts): 1,270 UNet evaluations
+# iterations of the paper's stage 2 at 50 steps (zsharm.repro.speed.paper_counts): 1,270 UNet evaluations
 # (682 with gradients) and 147 VAE decodes (145 with gradients) each
 PAPER_ITERATION = dict(unet_images=1270, unet_images_grad=682, vae_decodes=147, vae_decodes_grad=145)
 DOWNLOADS = {

@@ -188,7 +188,7 @@ def trace_attention(pipe, image, prompt: str, config: HarmonizeConfig = None, cr
     from zsharm.edit.diffusion import image_to_tensor
     from zsharm.edit.inversion import ddim_invert
     from zsharm.edit.tokens import word_token_spans
-    from zsharm.io import load_image, work_size
+    from zsharm.io.pictures import load_image, work_size
 
     config = config or HarmonizeConfig()
     picture = image if isinstance(image, Image.Image) else load_image(image).to_pil_rgb8()

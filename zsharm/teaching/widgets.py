@@ -518,13 +518,13 @@ def replacement_explorer(views: ReplacementViews) -> Explorer:
 # ----------------------------------------------------------------------------- 07: decisions
 
 def decision_trace(scores, iterations: int = 10, candidates: int = 2):
-    """The decisions the real loop (`zsharm.loop.run_loop`, whose rule is `zsharm.decide.rule.decide`) makes
+    """The decisions the real loop (`zsharm.decide.loop.run_loop`, whose rule is `zsharm.decide.rule.decide`) makes
     on scripted scores, with a one-pixel stand-in for stage 2: the first `candidates` scores are iteration
     0's, one per description. Returns the LoopResult; scores the loop never asked for are left unused."""
     from PIL import Image
 
-    from zsharm.describe.describers import Description
-    from zsharm.loop import run_loop
+    from zsharm.describe.description import Description
+    from zsharm.decide.loop import run_loop
     image = Image.new("RGB", (2, 2))
     mask = np.array([[True, False], [False, False]])
     words = "abcdefghijklmnopqrstuvwxyz"

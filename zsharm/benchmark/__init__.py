@@ -1,2 +1,0 @@
-"""Measuring the method: data sets, metrics, classical baselines, the method comparison and the user study.
-"""

@@ -1,0 +1,52 @@
+"""`zsharm evaluate`: harmonization methods measured on a dataset (zsharm.quality)."""
+
+from zsharm.commands.options import add_stage2_options, config_from_options
+from zsharm.errors import ZsharmError
+from zsharm.quality.baselines import BASELINES
+from zsharm.quality.compare import evaluate, markdown_table, parse_methods, summarize, zsharm_method
+from zsharm.quality.datasets import LAYOUTS, load_dataset
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "evaluate", help="measure harmonization methods on a dataset (MSE, fMSE, PSNR, fPSNR, SSIM)",
+        description="Run harmonization methods over DATASET and write per_image.csv, summary.csv and summary.md "
+                    "to --out. Layouts: iHarmony4, the authors' demo folder, RealHM, or name.png + name_mask.png.")
+    p.add_argument("dataset", metavar="DATASET", help="the dataset folder")
+    p.add_argument("--methods", default="copy-paste,reinhard,histogram,poisson",
+                   help=f"comma-separated, from {', '.join(list(BASELINES) + ['zsharm'])} (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS, help="dataset layout (default: detect)")
+    p.add_argument("--split", default="test", help="iHarmony4 split list to read (default: %(default)s)")
+    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--save-images", action="store_true", help="also write images/<method>/<name>.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    z = p.add_argument_group("the zsharm method")
+    z.add_argument("--iterations", type=int, default=1, help="harmonization iterations per image (default: 1)")
+    z.add_argument("--source", help="one source prompt for every image (else the dataset's captions, else the VLM)")
+    z.add_argument("--target", help="one target prompt for every image")
+    add_stage2_options(p)
+    p.set_defaults(func=cli_evaluate)
+
+
+def cli_evaluate(args) -> int:
+    names = parse_methods(args.methods)
+    if args.limit is not None and args.limit < 1:
+        raise ZsharmError(f"--limit must be at least 1, got {args.limit}")
+    if args.iterations < 1:
+        raise ZsharmError(f"--iterations must be at least 1, got {args.iterations}")
+    samples = load_dataset(args.dataset, layout=args.layout, split=args.split, limit=args.limit)
+    methods = {}
+    for name in names:
+        if name == "zsharm":
+            run = zsharm_method(args.model, config_from_options(args), args.iterations, args.source, args.target,
+                                device=args.device, dtype=args.dtype)
+            run.wants_sample = True
+            methods[name] = run
+        else:
+            methods[name] = BASELINES[name]
+    rows = evaluate(samples, methods, out_dir=args.out, save_images=args.save_images, progress=not args.quiet)
+    if not args.quiet:
+        print(markdown_table(summarize(rows)), end="")
+        print(f"{len(rows)} results in {args.out}/per_image.csv")
+    return 0

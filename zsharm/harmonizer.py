@@ -1,0 +1,198 @@
+"""The whole method: describe (stage 1), edit (stage 2), evaluate and decide (stage 3).
+
+    import zsharm
+    result = zsharm.harmonize("composite.png", "mask.png")     # SD 2 base, the VLM, the authors' evaluator:
+                                                                # 2 VLM descriptions, up to 10 iterations
+    harmonizer = zsharm.Harmonizer()                            # the models loaded once, for many images
+    result = harmonizer("composite.png", "mask.png", source="cat bright", target="cat winter dull")
+    result.picture, result.image, result.loop.history           # history: every score and decision
+    Harmonizer(evaluator=None)                                  # no stage 3: a fixed number of iterations
+
+The decision loop runs at work size; the final, best-scoring image is carried to the input's resolution once.
+The VLM is released as soon as its descriptions are made (and again after a Regenerate), before Stable
+Diffusion needs the memory.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from zsharm.config import DEFAULT_MODEL, HarmonizeConfig
+from zsharm.errors import ZsharmError
+from zsharm.io.pictures import Picture
+
+if TYPE_CHECKING:  # stage 2 imports torch: loaded when work starts, so `zsharm harmonize --help` is instant
+    from zsharm.edit.iteration import WorkIteration
+    from zsharm.decide.loop import LoopResult
+
+
+@dataclass
+class HarmonizeResult:
+    image: Image.Image       # 8-bit RGB view at the input's size
+    picture: Picture         # the input's size, mode and depth; background bit-identical
+    work_image: Image.Image  # the kept (best-scoring, or last) image at work size
+    loop: "LoopResult"        # per-iteration descriptions, scores, decisions
+    iterations: list         # every stage-2 iteration run (WorkIteration), in order
+
+    @property
+    def last_iteration(self) -> "WorkIteration | None":
+        return self.iterations[-1] if self.iterations else None
+
+
+class Harmonizer:
+    """All three stages with their models loaded once; call it on (image, mask).
+
+    evaluator: "authors" (the default: their bestModel.pth, fetched once), a checkpoint path, an Evaluator, or
+    None for no stage 3 (a fixed number of iterations with the first description). n_candidates: descriptions
+    asked of stage 1 (default 2, as the authors; 1 without an evaluator, which would use only the first), and
+    the most taken from a caption line. Scoring follows the schedule: `paper` scores each blend as the authors
+    do, saved as a quality-75 JPEG and re-read, with the soft mask of the mask file; `fast` scores the image in
+    memory.
+    """
+
+    def __init__(self, model=DEFAULT_MODEL, config: HarmonizeConfig = None,
+                 evaluator="authors", describer=None, device=None, dtype=None, pipe=None, pidinet=None,
+                 progress: bool = True, n_candidates: int = None):
+        from zsharm.models import load_pipeline, prepare_pipeline
+        from zsharm.validate import check_device
+        self.config = config or HarmonizeConfig()
+        if pipe is None:
+            check_device(device, self.config.dtype if self.config.dtype != "auto" else None)
+        if n_candidates is not None and n_candidates < 1:
+            raise ZsharmError(f"the number of candidate descriptions must be at least 1, got {n_candidates}")
+        if n_candidates is not None and n_candidates > 1 and evaluator is None:
+            raise ZsharmError(f"{n_candidates} candidate descriptions need the evaluator to choose among them "
+                              f"(without it only the first is used)")
+        if isinstance(evaluator, (str, os.PathLike)):  # first: a small download that may fail, before SD's
+            from zsharm.decide.evaluator import load_evaluator
+            evaluator = load_evaluator(evaluator, device=device)
+        if dtype is None:
+            dtype = self.config.torch_dtype(device)
+        self.pipe = (prepare_pipeline(pipe) if pipe is not None else
+                     load_pipeline(model, device=device, dtype=dtype, progress=progress))
+        self.evaluator, self.describer, self.pidinet, self.progress = evaluator, describer, pidinet, progress
+        self.n_candidates = n_candidates
+
+    def __call__(self, image, mask, source: str = None, target: str = None, candidates=None,
+                 iterations: int = None, history_dir=None, name: str = None) -> HarmonizeResult:
+        """mask: a path (its soft values, read as the authors read them, are what the evaluator sees), or an
+        array (bool, or soft values in [0, 1] / uint8) at the image's size."""
+        from zsharm.edit.iteration import at_work_size, finish, iterate_at_work_size
+        from zsharm.decide.loop import run_loop
+        from zsharm.validate import check_inputs, check_prompts
+        check_prompts(source, target, getattr(self.pipe, "tokenizer", None))
+        mask_given = mask
+        picture, mask = check_inputs(image, mask, self.config)
+        cfg = self.config
+        if iterations is None:
+            iterations = 10 if self.evaluator is not None else 1
+        start, mask_work = at_work_size(picture, mask, cfg)
+        from_vlm = source is None and not candidates
+        candidates = self._candidates(picture, mask, source, target, candidates, name)
+        runs = []
+
+        def step(current, src, tgt):
+            runs.append(iterate_at_work_size(self.pipe, current, mask_work, src, tgt, cfg, progress=self.progress,
+                                             pidinet=self.pidinet))
+            return runs[-1].work_image
+
+        score = reload = None
+        about = {"schedule": cfg.schedule, "evaluator": None}
+        if self.evaluator is not None:
+            paper = cfg.schedule == "paper"
+            scorer = self.evaluator.score_saved if paper else self.evaluator.score
+            score_mask = _score_mask(mask_given, mask)
+
+            def score(image, _mask_work):
+                return scorer(image, score_mask)
+            if paper:  # the authors go on from the re-opened JPEG after iteration 0 and on Regenerate
+                from zsharm.decide.evaluator import jpeg_round_trip
+
+                def reload(image):
+                    return Image.fromarray(jpeg_round_trip(image))
+            about.update(evaluator=getattr(self.evaluator, "name", type(self.evaluator).__name__),
+                         scoring="each blend saved as a quality-75 JPEG and re-read (the authors')" if paper
+                         else "the blend in memory")
+        regenerate = self._regenerator(picture, mask, name) if from_vlm else None
+        loop = run_loop(start, mask_work, candidates, step, score=score, regenerate=regenerate,
+                        iterations=iterations, history_dir=history_dir, progress=self.progress, reload=reload,
+                        about=about)
+        final = finish(picture, mask, start, loop.image, cfg)
+        return HarmonizeResult(image=final.to_pil_rgb8(), picture=final, work_image=loop.image, loop=loop,
+                               iterations=runs)
+
+    def _regenerator(self, picture, mask, name):
+        """Stage 1 asked again for a description unlike those tried (None when it has no new one); the VLM is
+        released again before stage 2 goes on."""
+        from zsharm.describe.describers import DescriptionExhaustedError
+
+        def regenerate(tried):
+            try:
+                return self.describer.regenerate(picture.to_pil_rgb8(), mask, tried, name=name)
+            except DescriptionExhaustedError:
+                return None
+            finally:
+                _release(self.describer)
+        return regenerate
+
+    def _candidates(self, picture, mask, source, target, candidates, name):
+        from zsharm.describe.description import Description
+        wanted = self.n_candidates or (2 if self.evaluator is not None else 1)
+        if candidates:
+            given = [c if hasattr(c, "source") else Description.from_prompts(*c) for c in candidates]
+            return given[:wanted] if self.n_candidates else given
+        if (source is None) != (target is None):
+            raise ZsharmError("give both source and target descriptions, or neither (then the VLM describes)")
+        if source is not None:
+            if self.n_candidates and self.n_candidates > 1:
+                raise ZsharmError(f"{self.n_candidates} candidates asked for, but source and target give one")
+            return [Description.from_prompts(source, target)]
+        if self.describer is None:
+            from zsharm.describe.factory import get_describer
+            self.describer = get_describer()
+        try:
+            return self.describer.describe(picture.to_pil_rgb8(), mask, n=wanted, name=name)
+        finally:
+            _release(self.describer)  # before Stable Diffusion needs the memory
+
+
+def _release(describer) -> None:
+    release = getattr(describer, "release", None)  # a describer of the user's own may hold nothing
+    if callable(release):
+        release()
+
+
+def _score_mask(given, mask: np.ndarray) -> np.ndarray:
+    """What the evaluator sees of the mask: for a file, the authors' soft reading of it (first channel / 255);
+    for an array, its own values; `mask` (zsharm's boolean reading) where the authors' reading would show another
+    mask (a cut-out whose alpha is the mask, a 0/1 label map: their reader sees colours or nothing there)."""
+    from zsharm.decide.evaluator import read_mask_as_authors, soft_mask
+    if isinstance(given, (str, os.PathLike)):
+        soft = read_mask_as_authors(given)
+    elif isinstance(given, np.ndarray) and given.ndim == 2:
+        soft = soft_mask(given)
+    else:
+        return mask
+    if soft.shape != mask.shape or np.mean((soft > MASK_AGREEMENT_THRESHOLD) != mask) > MASK_AGREEMENT:
+        return mask
+    return soft
+
+
+MASK_AGREEMENT_THRESHOLD = 100 / 255  # the binarisation both readings share
+MASK_AGREEMENT = 0.01  # the soft reading is used when it disagrees with the boolean one on at most 1 % of pixels
+
+
+def harmonize(image, mask, source: str = None, target: str = None, *, model: str = DEFAULT_MODEL, pipe=None,
+              config: HarmonizeConfig = None, evaluator="authors", describer=None, iterations: int = None,
+              history_dir=None, progress: bool = True, pidinet=None, device=None) -> HarmonizeResult:
+    """Harmonize `image`'s masked foreground in one call: `Harmonizer(...)(image, mask, ...)`, the same defaults.
+
+    Give `pipe` to reuse a loaded pipeline. With `evaluator=None` it runs `iterations` fixed iterations (default
+    1), each from the last one's blend; `history_dir` keeps every iteration's image, history.json and a contact
+    sheet (zsharm.decide.loop)."""
+    harmonizer = Harmonizer(model=model, pipe=pipe, config=config, evaluator=evaluator, describer=describer,
+                            pidinet=pidinet, progress=progress, device=device)
+    return harmonizer(image, mask, source=source, target=target, iterations=iterations, history_dir=history_dir)

@@ -1,0 +1,68 @@
+"""Masks: read through the one picture reader, binarised at the paper's 100/255, checked against their image."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from zsharm.errors import ZsharmError
+from zsharm.io.pictures import Picture, load_image, load_picture, source_name
+
+
+MASK_THRESHOLD = 100 / 255  # the paper binarises masks at > 100/255
+
+
+def load_mask(src, size: tuple[int, int] | None = None, like: Picture | None = None) -> np.ndarray:
+    """Read a foreground mask as a boolean H x W array (True = foreground), EXIF orientation applied.
+
+    The one mask reader: every entry point (harmonize, Harmonizer, batch, evaluate, the evaluator's training
+    sets) binarises a mask file through it, so one file gives one mask everywhere. Which values count: if the
+    image has an alpha channel that is not constant, the alpha channel (a cut-out or a painted layer is a mask
+    by its opacity); otherwise the brightest colour channel (a mask painted green or red is still a mask).
+    Foreground is > 100/255 of full scale (the paper's binarisation; 16-bit scaled), except that an integer
+    image holding only 0 and 1 is read as a label map (1 = foreground). Boolean arrays pass through the same
+    checks. `size` (W, H), or the size of `like` (the Picture the mask belongs to), must match. Empty and
+    full masks are refused: there would be nothing to harmonize, or nothing to harmonize it with.
+    """
+    picture = load_picture(src, "mask")
+    mask = binarise_mask(picture)
+    if like is not None:
+        size = like.size
+    check_mask(mask, size, source_name(src), like)
+    return mask
+
+
+def binarise_mask(picture: Picture) -> np.ndarray:
+    """The foreground of a mask picture (see `load_mask`), without the checks."""
+    pixels = picture.pixels
+    alpha = pixels[..., -1] if picture.has_alpha else None
+    if alpha is not None and alpha.min() != alpha.max():
+        values = alpha
+    else:
+        values = pixels[..., :-1] if picture.has_alpha else pixels
+        values = values.max(axis=2)
+    if values.max() == 1:
+        return values == 1
+    return values > MASK_THRESHOLD * picture.max_value
+
+
+def check_mask(mask: np.ndarray, size: tuple[int, int] | None = None, name: str = "<array>",
+               like: Picture | None = None) -> None:
+    """Refuse a mask of the wrong size (W, H), or one with no foreground or no background, in one line."""
+    height, width = mask.shape[:2]
+    if size is not None and tuple(size) != (width, height):
+        hint = ""
+        if like is not None and like.orientation in (5, 6, 7, 8) and tuple(size) == (height, width):
+            hint = (f": the image's EXIF orientation ({like.orientation}) turns it from {height}x{width} as stored "
+                    f"to {size[0]}x{size[1]} as shown, and the mask matches the stored pixels; turn the mask "
+                    f"the same way (or save the image without EXIF orientation)")
+        raise ZsharmError(f"mask {name} is {width}x{height} but the image is {size[0]}x{size[1]}{hint}")
+    if not mask.any():
+        raise ZsharmError(f"mask {name} ({width}x{height}) has no foreground: no pixel above 100/255 in any channel")
+    if mask.all():
+        raise ZsharmError(f"mask {name} ({width}x{height}) has no background: every pixel is foreground")
+
+
+def read_pair(image, mask) -> tuple[Picture, np.ndarray]:
+    """An image and its mask, read and checked together (sizes, EXIF, empty and full masks)."""
+    picture = image if isinstance(image, Picture) else load_image(image)
+    return picture, load_mask(mask, like=picture)
