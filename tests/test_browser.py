@@ -66,6 +66,10 @@ def lab(tmp_path_factory, pidinet_dir):
                JUPYTERLAB_WORKSPACES_DIR=str(state / "workspaces"), MPLBACKEND="module://matplotlib_inline.backend_inline")
     env.pop("ZSHARM_EVALUATOR", None)
     env.pop("ZSHARM_VLM", None)
+    # every cell in the page: Lab's windowing would leave cells out of view out of the DOM
+    settings = state / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     log = open(state / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
                                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
@@ -169,9 +173,13 @@ def _move_every_control(driver, explorer, name):
     picture = explorer.find_element(By.CSS_SELECTOR, "img.widget-image")
     moves = []
     for select in explorer.find_elements(By.CSS_SELECTOR, "select"):
+        if len(Select(select).options) < 2:
+            continue  # one choice (e.g. a single self-attention layer): nothing to move
         moves.append(("dropdown", lambda s=select: Select(s).select_by_index(
             (Select(s).options.index(Select(s).first_selected_option) + 1) % len(Select(s).options))))
     for handle in explorer.find_elements(By.CSS_SELECTOR, ".noUi-handle"):
+        if handle.get_attribute("aria-valuemin") == handle.get_attribute("aria-valuemax"):
+            continue
         def slide(h=handle):
             driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].focus();", h)
             at_end = h.get_attribute("aria-valuenow") == h.get_attribute("aria-valuemax")
