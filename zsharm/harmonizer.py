@@ -45,7 +45,8 @@ class HarmonizeResult:
 class Harmonizer:
     """All three stages with their models loaded once; call it on (image, mask).
 
-    evaluator: "authors" (the default: their bestModel.pth, fetched once), a checkpoint path, an Evaluator, or
+    evaluator: "auto" (the default: the model's own evaluator where it ships one, as the toy prior does, else
+    "authors"), "authors" (their bestModel.pth, fetched once), a checkpoint path, an Evaluator, or
     None for no stage 3 (a fixed number of iterations with the first description). n_candidates: descriptions
     asked of stage 1 (default 2, as the authors; 1 without an evaluator, which would use only the first), and
     the most taken from a caption line. Scoring follows the schedule: `paper` scores each blend as the authors
@@ -54,11 +55,18 @@ class Harmonizer:
     """
 
     def __init__(self, model=DEFAULT_MODEL, config: HarmonizeConfig = None,
-                 evaluator="authors", describer=None, device=None, dtype=None, pipe=None, pidinet=None,
+                 evaluator="auto", describer=None, device=None, dtype=None, pipe=None, pidinet=None,
                  progress: bool = True, n_candidates: int = None):
-        from zsharm.models import load_pipeline, prepare_pipeline
+        from zsharm.models import load_pipeline, model_companions, prepare_pipeline
         from zsharm.validate import check_device
-        self.config = config or HarmonizeConfig()
+        companions = model_companions(model if pipe is None else getattr(pipe, "name_or_path", None))
+        # the values the model was made for (the toy prior's 128 px), unless the caller gave a config
+        self.config = config or HarmonizeConfig(**companions.get("config", {}))
+        if evaluator == "auto":
+            evaluator = str(companions.get("evaluator") or "authors")
+        if describer is None and "describer" in companions:
+            from zsharm.toy.describer import ToyDescriber
+            describer = ToyDescriber.from_file(companions["describer"])
         if pipe is None:
             check_device(device, self.config.dtype if self.config.dtype != "auto" else None)
         if n_candidates is not None and n_candidates < 1:
@@ -84,6 +92,8 @@ class Harmonizer:
         from zsharm.decide.loop import run_loop
         from zsharm.validate import check_inputs, check_prompts
         check_prompts(source, target, getattr(self.pipe, "tokenizer", None))
+        for candidate in candidates or ():  # a caption file's prompts pass the same check as typed ones
+            check_prompts(*_prompts_of(candidate), getattr(self.pipe, "tokenizer", None))
         mask_given = mask
         picture, mask = check_inputs(image, mask, self.config)
         cfg = self.config
@@ -159,6 +169,10 @@ class Harmonizer:
             _release(self.describer)  # before Stable Diffusion needs the memory
 
 
+def _prompts_of(candidate) -> tuple:
+    return (candidate.source, candidate.target) if hasattr(candidate, "source") else tuple(candidate)
+
+
 def _release(describer) -> None:
     release = getattr(describer, "release", None)  # a describer of the user's own may hold nothing
     if callable(release):
@@ -186,13 +200,16 @@ MASK_AGREEMENT = 0.01  # the soft reading is used when it disagrees with the boo
 
 
 def harmonize(image, mask, source: str = None, target: str = None, *, model: str = DEFAULT_MODEL, pipe=None,
-              config: HarmonizeConfig = None, evaluator="authors", describer=None, iterations: int = None,
+              config: HarmonizeConfig = None, evaluator="auto", describer=None, iterations: int = None,
               history_dir=None, progress: bool = True, pidinet=None, device=None) -> HarmonizeResult:
     """Harmonize `image`'s masked foreground in one call: `Harmonizer(...)(image, mask, ...)`, the same defaults.
 
     Give `pipe` to reuse a loaded pipeline. With `evaluator=None` it runs `iterations` fixed iterations (default
     1), each from the last one's blend; `history_dir` keeps every iteration's image, history.json and a contact
-    sheet (zsharm.decide.loop)."""
+    sheet (zsharm.decide.loop). The image, mask and prompts are checked before any model is loaded."""
+    from zsharm.validate import check_inputs, check_prompts
+    check_prompts(source, target)
+    check_inputs(image, mask, config or HarmonizeConfig())
     harmonizer = Harmonizer(model=model, pipe=pipe, config=config, evaluator=evaluator, describer=describer,
                             pidinet=pidinet, progress=progress, device=device)
     return harmonizer(image, mask, source=source, target=target, iterations=iterations, history_dir=history_dir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from zsharm.errors import ZsharmError
@@ -63,6 +65,19 @@ def check_mask(mask: np.ndarray, size: tuple[int, int] | None = None, name: str 
 
 
 def read_pair(image, mask) -> tuple[Picture, np.ndarray]:
-    """An image and its mask, read and checked together (sizes, EXIF, empty and full masks)."""
+    """An image and its mask, read and checked together (sizes, EXIF, empty and full masks, the mask not the
+    image itself: every bright pixel of it would count as foreground)."""
+    if _same_file(image, mask):
+        raise ZsharmError(f"the mask {source_name(mask)} is the composite itself: give the foreground mask "
+                          f"(white = foreground)")
     picture = image if isinstance(image, Picture) else load_image(image)
     return picture, load_mask(mask, like=picture)
+
+
+def _same_file(a, b) -> bool:
+    if not isinstance(a, (str, os.PathLike)) or not isinstance(b, (str, os.PathLike)):
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
