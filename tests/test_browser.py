@@ -153,6 +153,8 @@ def _open_and_run(driver, lab, name):
 
     def finished():
         state = driver.execute_script(NOTEBOOK_STATE)
+        if state is None:  # the notebook's panel is between two renders (JupyterLab swaps it while it starts)
+            return False
         assert not state["errors"], f"{name} raised in the browser: {state['errors']}"
         return state["pending"] == 0 and state["status"] == "idle"
 
@@ -211,8 +213,12 @@ def test_every_explorer_redraws_in_a_real_browser_and_survives_a_reopen(path, la
         _move_every_control(browser, explorer, path.name)
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "Error displaying widget" not in body
+    # the Colab badge's picture cannot load offline; JupyterLab restores the notebook reopened before this one,
+    # whose kernel is gone: its widgets are "not found" (its still pictures stand in), and its tab's unload is
+    # blocked. Neither is this notebook's: its own widgets are checked by the page text above.
+    expected = ("colab", "widget model not found", "beforeunload")
     errors = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"
-              and "colab" not in entry["message"]]  # the Colab badge's picture cannot load offline
+              and not any(text in entry["message"] for text in expected)]
     assert not errors, f"{path.name}: console errors: {json.dumps(errors, indent=1)[:2000]}"
     live_pictures = _visible_pictures(browser)  # the stills are hidden while their explorers live
 
