@@ -45,7 +45,8 @@ class HarmonizeResult:
 class Harmonizer:
     """All three stages with their models loaded once; call it on (image, mask).
 
-    evaluator: "authors" (the default: their bestModel.pth, fetched once), a checkpoint path, an Evaluator, or
+    evaluator: "auto" (the default: the model's own evaluator where it ships one, as the toy prior does, else
+    "authors"), "authors" (their bestModel.pth, fetched once), a checkpoint path, an Evaluator, or
     None for no stage 3 (a fixed number of iterations with the first description). n_candidates: descriptions
     asked of stage 1 (default 2, as the authors; 1 without an evaluator, which would use only the first), and
     the most taken from a caption line. Scoring follows the schedule: `paper` scores each blend as the authors
@@ -54,11 +55,18 @@ class Harmonizer:
     """
 
     def __init__(self, model=DEFAULT_MODEL, config: HarmonizeConfig = None,
-                 evaluator="authors", describer=None, device=None, dtype=None, pipe=None, pidinet=None,
+                 evaluator="auto", describer=None, device=None, dtype=None, pipe=None, pidinet=None,
                  progress: bool = True, n_candidates: int = None):
-        from zsharm.models import load_pipeline, prepare_pipeline
+        from zsharm.models import load_pipeline, model_companions, prepare_pipeline
         from zsharm.validate import check_device
-        self.config = config or HarmonizeConfig()
+        companions = model_companions(model if pipe is None else getattr(pipe, "name_or_path", None))
+        # the values the model was made for (the toy prior's 128 px), unless the caller gave a config
+        self.config = config or HarmonizeConfig(**companions.get("config", {}))
+        if evaluator == "auto":
+            evaluator = str(companions.get("evaluator") or "authors")
+        if describer is None and "describer" in companions:
+            from zsharm.toy.describer import ToyDescriber
+            describer = ToyDescriber.from_file(companions["describer"])
         if pipe is None:
             check_device(device, self.config.dtype if self.config.dtype != "auto" else None)
         if n_candidates is not None and n_candidates < 1:
@@ -192,7 +200,7 @@ MASK_AGREEMENT = 0.01  # the soft reading is used when it disagrees with the boo
 
 
 def harmonize(image, mask, source: str = None, target: str = None, *, model: str = DEFAULT_MODEL, pipe=None,
-              config: HarmonizeConfig = None, evaluator="authors", describer=None, iterations: int = None,
+              config: HarmonizeConfig = None, evaluator="auto", describer=None, iterations: int = None,
               history_dir=None, progress: bool = True, pidinet=None, device=None) -> HarmonizeResult:
     """Harmonize `image`'s masked foreground in one call: `Harmonizer(...)(image, mask, ...)`, the same defaults.
 

@@ -159,6 +159,8 @@ def check_edge_weights(config) -> None:
     """The PiDiNet weights of the edge loss are at hand (fetched now if they can be): stage 2 needs them
     after minutes of work, so a missing file and no connection are found first."""
     from zsharm.edit.pidinet import resolve_weights
+    if config.edge_pidinet_weight == 0:
+        return
     try:
         resolve_weights(None, config.pidinet_variant)
     except ZsharmError as error:
@@ -169,7 +171,7 @@ def check_edge_weights(config) -> None:
 def check_evaluator_spec(spec) -> None:
     """An evaluator given as a file exists and has a checkpoint's extension (its contents are read later)."""
     spec = str(spec)
-    if spec in ("authors", "random") or spec.startswith("random:"):
+    if spec in ("auto", "authors", "random") or spec.startswith("random:"):
         return
     path = Path(spec).expanduser()
     if not path.exists():

@@ -34,6 +34,7 @@ COMMANDS = {
     "ablate": ("zsharm.commands.ablate",
                "each fast-schedule switch alone: model work, time and distance from paper's output"),
     "figures": ("zsharm.commands.figures", "draw the paper-style figures into a folder"),
+    "toy": ("zsharm.commands.toy", "the toy world: train its prior, evaluator and describer, or write data"),
 }
 
 

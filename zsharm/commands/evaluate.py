@@ -8,7 +8,7 @@ from zsharm.commands.options import add_stage2_options, config_from_options
 from zsharm.errors import ZsharmError
 from zsharm.io.files import check_writable
 from zsharm.quality.baselines import BASELINES
-from zsharm.quality.compare import evaluate, markdown_table, parse_methods, summarize, zsharm_method
+from zsharm.quality.compare import ZSHARM_VARIANTS, evaluate, markdown_table, parse_methods, summarize, zsharm_method
 from zsharm.quality.datasets import LAYOUTS, load_dataset
 
 
@@ -19,7 +19,9 @@ def register(subparsers):
                     "to --out. Layouts: iHarmony4, the authors' demo folder, RealHM, or name.png + name_mask.png.")
     p.add_argument("dataset", metavar="DATASET", help="the dataset folder")
     p.add_argument("--methods", default="copy-paste,reinhard,histogram,poisson",
-                   help=f"comma-separated, from {', '.join(list(BASELINES) + ['zsharm'])} (default: %(default)s)")
+                   help=f"comma-separated, from {', '.join(list(BASELINES) + list(ZSHARM_VARIANTS))}; "
+                        f"zsharm-paper is the paper schedule, the others zsharm without one part "
+                        f"(default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS, help="dataset layout (default: detect)")
     p.add_argument("--split", default="test", help="iHarmony4 split list to read (default: %(default)s)")
@@ -48,8 +50,15 @@ def cli_evaluate(args) -> int:
         _check_zsharm_prompts(samples, args)
     methods = {}
     for name in names:
-        if name == "zsharm":
-            run = zsharm_method(args.model, config_from_options(args), args.iterations, args.source, args.target,
+        if name in ZSHARM_VARIANTS:
+            config = config_from_options(args)
+            changes = dict(ZSHARM_VARIANTS[name])
+            if changes.pop("schedule", None) == "paper":
+                from zsharm.config import HarmonizeConfig
+                from zsharm.models import model_config
+                config = HarmonizeConfig.paper(**model_config(args.model))
+            config = config.replace(**changes)
+            run = zsharm_method(args.model, config, args.iterations, args.source, args.target,
                                 device=args.device, dtype=args.dtype, progress=not args.quiet)
             run.wants_sample = True
             methods[name] = run

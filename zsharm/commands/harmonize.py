@@ -47,9 +47,10 @@ def register(subparsers):
     p.add_argument("--candidates", type=int, metavar="N",
                    help="descriptions asked of the VLM (default 2, as the authors), or the most taken from a "
                         "caption line; iteration 0 tries each and the evaluator keeps the best")
-    p.add_argument("--evaluator", default=os.environ.get("ZSHARM_EVALUATOR") or "authors",
+    p.add_argument("--evaluator", default=os.environ.get("ZSHARM_EVALUATOR") or "auto",
                    help="'authors' (their bestModel.pth, fetched once, ~94 MB), a checkpoint in their layout "
-                        "(.pth/.safetensors) or 'random' (default: $ZSHARM_EVALUATOR, else authors)")
+                        "(.pth/.safetensors), 'random', or 'auto': the model's own (--model toy ships one), else "
+                        "authors (default: $ZSHARM_EVALUATOR, else auto)")
     p.add_argument("--no-evaluator", action="store_true",
                    help="skip stage 3: a fixed number of iterations (--iterations, default 1), no scores")
     p.add_argument("--iterations", type=int, help="iteration budget (10 with an evaluator, else 1)")
@@ -99,13 +100,20 @@ def cli_harmonize(args) -> int:
 def _harmonizer(args, config, needs_describer=True) -> Harmonizer:
     evaluator = None if args.no_evaluator else args.evaluator
     describer = None
-    if args.source is None:
+    if args.source is None and not _model_describes(args):
         from zsharm.describe.factory import check_describer_ready
         describer = describer_from_args(args)
         if needs_describer:
             check_describer_ready(describer)
     return Harmonizer(model=args.model, config=config, evaluator=evaluator, describer=describer,
                       device=args.device, dtype=args.dtype, progress=not args.quiet, n_candidates=args.candidates)
+
+
+def _model_describes(args) -> bool:
+    """The model ships its own describer (--model toy) and no VLM option asks for another."""
+    from zsharm.models import model_companions
+    asked = args.vlm or args.base_url or args.vlm_model
+    return not asked and "describer" in model_companions(args.model)
 
 
 def _cli_batch(args, config) -> int:

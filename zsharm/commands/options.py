@@ -25,14 +25,16 @@ if TYPE_CHECKING:  # stage 1 loads PIL and the VLM backends: imported when a com
 def add_stage2_options(parser, model_default: str | None = DEFAULT_MODEL, model_help: str | None = None) -> None:
     group = parser.add_argument_group("the diffusion edit (stage 2)")
     group.add_argument("--model", default=model_default,
-                       help=model_help or "hub id, diffusers folder, .safetensors/.ckpt file of SD 1.x/2.x, or tiny "
-                                          "(default: %(default)s)")
+                       help=model_help or "hub id, diffusers folder, .safetensors/.ckpt file of SD 1.x/2.x, toy (the "
+                                          "trained toy prior, offline, with its own describer and evaluator) or tiny "
+                                          "(random weights) (default: %(default)s)")
     group.add_argument("--schedule", default=DEFAULT_SCHEDULE, choices=sorted(SCHEDULES),
                        help=f"paper: the authors' pipeline number for number; fast: the same method, faster "
                             f"(default: {DEFAULT_SCHEDULE})")
     group.add_argument("--steps", type=int, help="DDIM steps (default: the schedule's, paper 50, fast 20)")
     group.add_argument("--seed", type=int, help="seed of the VAE posterior sample (default: 8888)")
-    group.add_argument("--size", type=int, help="long side of the work resolution, a multiple of 64 (default: 512)")
+    group.add_argument("--size", type=int, help="long side of the work resolution, a multiple of 64 (default: 512; "
+                                                "the toy prior's 128)")
     group.add_argument("--no-edges", action="store_true", help="drop the edge loss from null-text optimisation")
     group.add_argument("--transfer", choices=["guided", "resize"], help="how the change reaches full resolution")
     group.add_argument("--device", help="cuda, cpu, mps (default: the best available)")
@@ -48,8 +50,10 @@ def config_from_options(args) -> HarmonizeConfig:
                                          dtype=args.dtype, arithmetic=args.arithmetic).items() if v is not None}
     if args.no_edges:
         overrides["use_edges"] = False
+    from zsharm.models import model_config
+    values = {**model_config(getattr(args, "model", None)), **overrides}  # what the model asks, then the options
     try:
-        return HarmonizeConfig.named(args.schedule, **overrides)
+        return HarmonizeConfig.named(args.schedule, **values)
     except ValueError as error:  # HarmonizeConfig's own checks: name the option when they name its field
         text = str(error)
         field = text.split(" ", 1)[0]

@@ -118,7 +118,9 @@ def iterate_at_work_size(pipe, work_input: Image.Image, mask_work: np.ndarray, s
         embeddings = [fixed] * (len(inversion.timesteps) - 1)
     edge_loss = None
     if config.use_edges:
-        detector = pidinet if pidinet is not None else _pidinet(config.pidinet_variant, str(run.device))
+        detector = pidinet
+        if detector is None and config.edge_pidinet_weight > 0:  # gamma 0: Sobel alone, no PiDiNet to load
+            detector = _pidinet(config.pidinet_variant, str(run.device))
         edge_loss = EdgeLoss(run, work_input, mask_work, detector)
     nulltext = timed("nulltext", optimize_null_text, run, inversion, embeddings, edge_loss)
     edit = timed("editing", edit_with_prompt_to_prompt, run, inversion, embeddings, nulltext.uncond, keep_maps)
