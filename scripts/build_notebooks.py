@@ -1,14 +1,14 @@
 """Build notebooks/*.ipynb from their sources, scripts/notebooks/*.py, with no outputs.
 
     python scripts/build_notebooks.py            # rewrite notebooks/NN_*.ipynb
-    python scripts/build_notebooks.py --check    # exit 1 if a committed notebook differs from its source
+    python scripts/build_notebooks.py --check    # exit 1 if a committed notebook (or docs/costs.md) differs
 
-A source is a Python file in the "percent" format (as jupytext writes it, so editors and jupytext read it):
-`# %%` starts a code cell, `# %% [markdown]` a markdown cell (its lines start with "# "), and
-`# %% tags=["parameters"]` the papermill parameters cell; in code, `# %magic` lines become IPython magics.
-The line `# %% install` stands for the cell every notebook shares: on Colab, fetch zsharm (code and data)
-and `%pip install` it; elsewhere, nothing. `# %% cost {json}` becomes the notebook's cost paragraph
-(zsharm.teaching.setup.cost_markdown with those arguments). Every notebook's first cell gets a Colab badge
+A source is a Python file in jupytext's "percent" format, read by jupytext (so editors, jupytext's pairing and
+this builder see the same cells): `# %%` starts a code cell, `# %% [markdown]` a markdown cell (its lines start
+with "# "), and `# %% tags=["parameters"]` the papermill parameters cell; in code, `# %magic` lines are IPython
+magics. What jupytext alone cannot give is added here: the cell titled `# %% install` stands for the cell every
+notebook shares (on Colab, fetch zsharm, code and data, and `%pip install` it; elsewhere, nothing). `# %% cost {json}` becomes the notebook's one-line cost
+(zsharm.teaching.setup.cost_markdown with those arguments), and its arithmetic a section of docs/costs.md. Every notebook's first cell gets a Colab badge
 after its title.
 
 REPOSITORY below is the one place naming the project's public home: a fork changes it and rebuilds.
@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's zsharm (the cost paragraphs), whatever is installed
 SOURCES = REPO / "scripts" / "notebooks"
 OUT = REPO / "notebooks"
+COSTS = REPO / "docs" / "costs.md"
 # The one place naming the repository (Colab badges, the install cell). A fork changes these two lines and
 # runs `python scripts/build_notebooks.py`.
 REPOSITORY = "https://github.com/zsharm/zsharm"
@@ -51,41 +52,33 @@ def colab_badge(name: str) -> str:
 
 
 def parse(text: str) -> list:
-    """[(kind, source, tags)] of a percent-format file; kind is "code" or "markdown"."""
-    cells, kind, tags, lines = [], None, [], []
-
-    def close():
-        if kind is None:
-            return
-        body = "\n".join(lines).strip("\n")
-        if kind == "markdown":
-            body = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in body.split("\n"))
-        cells.append((kind, body, tags))
-
-    for line in text.split("\n"):
-        if line.startswith("# %%"):
-            close()
-            marker = line[4:].strip()
-            lines, tags = [], []
-            if marker == "[markdown]":
-                kind = "markdown"
-            elif marker == "install":
-                kind, lines = "code", INSTALL_CELL.split("\n")
-            elif marker.startswith("cost "):
-                from zsharm.teaching.setup import cost_markdown
-                kind, lines = "markdown", ["# " + line for line in cost_markdown(**json.loads(marker[5:])).split("\n")]
-            elif marker.startswith("tags="):
-                kind, tags = "code", json.loads(marker[5:])
-            elif marker == "":
-                kind = "code"
-            else:
-                raise ValueError(f"unknown cell marker {line!r}")
-        elif kind == "code" and line.startswith("# %"):
-            lines.append(line[2:])  # a commented IPython magic, as jupytext writes it: "# %matplotlib inline"
-        elif kind is not None:
-            lines.append(line)
-    close()
+    """[(kind, source, tags)] of a percent-format file, read by jupytext; kind is "code" or "markdown". The two
+    cells titled `install` and `cost` become the shared install cell and the one-line cost."""
+    import jupytext
+    cells = []
+    for cell in jupytext.reads(text, fmt="py:percent").cells:
+        # jupytext's own layout keys (blank lines kept for a round trip) are not ours
+        meta = {k: v for k, v in cell.metadata.items() if not k.startswith("lines_to_")}
+        title = meta.pop("title", None)
+        if title == "install":
+            cells.append(("code", INSTALL_CELL, []))
+        elif title == "cost":
+            from zsharm.teaching.setup import cost_markdown
+            cells.append(("markdown", cost_markdown(**meta), []))
+        elif title is not None or set(meta) - {"tags"}:
+            raise ValueError(f"unknown cell marker: title {title!r}, metadata {meta}")
+        else:
+            cells.append((cell.cell_type, cell.source, meta.get("tags", [])))
     return cells
+
+
+def cost_arguments(text: str) -> dict:
+    """The `# %% cost {json}` cell's arguments (cost_markdown's), as jupytext reads them."""
+    import jupytext
+    for cell in jupytext.reads(text, fmt="py:percent").cells:
+        if cell.metadata.get("title") == "cost":
+            return {k: v for k, v in cell.metadata.items() if k != "title" and not k.startswith("lines_to_")}
+    raise ValueError("no '# %% cost' cell")
 
 
 def build(source: Path) -> str:
@@ -106,14 +99,22 @@ def build(source: Path) -> str:
     return nbformat.writes(nb) + "\n"
 
 
+def cost_section(source: Path) -> str:
+    """The source's section of docs/costs.md, from its `# %% cost {json}` cell."""
+    from zsharm.teaching.setup import cost_details
+    return cost_details(source.stem, **cost_arguments(source.read_text()))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare with notebooks/ instead of writing")
     args = parser.parse_args(argv)
+    from zsharm.teaching.setup import costs_document
     stale = []
-    for source in sorted(SOURCES.glob("[0-9][0-9]_*.py")):
-        target = OUT / (source.stem + ".ipynb")
-        text = build(source)
+    sources = sorted(SOURCES.glob("[0-9][0-9]_*.py"))
+    outputs = [(OUT / (source.stem + ".ipynb"), build(source)) for source in sources]
+    outputs.append((COSTS, costs_document([cost_section(source) for source in sources])))
+    for target, text in outputs:
         if args.check:
             if not target.is_file() or target.read_text() != text:
                 stale.append(target.name)

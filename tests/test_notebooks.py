@@ -57,14 +57,27 @@ def test_committed_notebook_is_clean(path):
     assert first["cell_type"] == "markdown" and _source(first).startswith(f"# {path.name[:2]} ·")
     assert "What this notebook teaches" in _source(first)
     assert f"colab.research.google.com/github/zsharm/zsharm/blob/main/notebooks/{path.name})" in _source(first)
+    # the cost is one line; its arithmetic is in docs/costs.md
     cost = _source(nb["cells"][1])
-    assert cost.startswith("**What it costs") and "Peak memory:" in cost and "Downloads:" in cost
-    if "No diffusion" not in cost:
-        assert "On a T4 about" in cost and "on an A100" in cost and "UNet evaluations" in cost
-    exercises = [c for c in nb["cells"][-2:] if c["cell_type"] == "markdown" and "## Exercises" in _source(c)]
-    assert exercises
-    numbered = [line for line in _source(exercises[0]).split("\n") if line[:3] in ("1. ", "2. ", "3. ", "4. ", "5. ")]
-    assert numbered and _source(exercises[0]).count("<details><summary>Hint</summary>") == len(numbered)
+    assert cost.startswith("**What it costs:**") and "\n" not in cost and "(../docs/costs.md)" in cost
+    assert "TFLOP" not in cost and "UNet evaluations" not in cost
+    if "no diffusion model runs" not in cost:
+        assert "on a T4" in cost and "on an A100" in cost
+    # exercises, each hinted, then a graded one: its check cell, then its collapsed solution
+    exercises, check, solution = nb["cells"][-3:]
+    assert exercises["cell_type"] == "markdown" and "## Exercises" in _source(exercises)
+    numbered = [line for line in _source(exercises).split("\n") if line[:3] in ("1. ", "2. ", "3. ", "4. ", "5. ")]
+    assert numbered and _source(exercises).count("<details><summary>Hint</summary>") == len(numbered)
+    assert "**Graded:**" in numbered[-1]
+    assert check["cell_type"] == "code" and f'right = check("{path.name[:2]}", ANSWER)' in _source(check)
+    assert "ANSWER = None" in _source(check)
+    assert solution["cell_type"] == "markdown" and _source(solution).startswith("<details><summary>Solution</summary>")
+    assert "ANSWER = " in _source(solution)
+    # no markdown swallowed by a code cell: a heading there is a missing "# %% [markdown]" in the source
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert not [line for line in _source(cell).split("\n") if line.startswith("# #")], \
+                f"{path.name}: a markdown heading ended up as a comment in a code cell"
     # the papermill parameters cell follows the environment and has the FULL switch
     params = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1
@@ -87,6 +100,41 @@ def test_the_repository_is_named_in_one_place():
     holders += [p for p in (REPO / "zsharm").rglob("*.py") if url in p.read_text()]
     assert holders == [REPO / "scripts" / "build_notebooks.py"]
     assert (REPO / "scripts" / "build_notebooks.py").read_text().count(url) == 1
+
+
+def test_the_overview_lists_every_notebook_of_the_series():
+    overview = "".join(_source(c) for c in _nb(NOTEBOOKS[0])["cells"] if c["cell_type"] == "markdown")
+    rows = [line.split("|")[1].strip() for line in overview.split("\n") if line.startswith("| ") and line[2:4].isdigit()]
+    assert rows == [p.name[:2] for p in NOTEBOOKS]
+
+
+def test_a_graded_solution_is_right_and_the_unanswered_check_says_so(capsys):
+    from zsharm.teaching.exercises import check
+    for path in NOTEBOOKS:
+        solution = _source(_nb(path)["cells"][-1])
+        code = solution.split("```python\n", 1)[1].split("```", 1)[0]
+        namespace = {}
+        exec(code, namespace)
+        assert check(path.name[:2], namespace["ANSWER"]), f"{path.name}: its solution is refused"
+        assert check(path.name[:2], None) is False
+
+
+def test_the_attention_notebook_claims_nothing_its_figures_contradict():
+    text = (REPO / "scripts" / "notebooks" / "03_attention_maps.py").read_text()
+    assert "takes most of the attention" not in text and "(map - min)" not in text
+    assert "NORMALISATION" in text  # the colour bars say how the maps are scaled
+
+
+def test_the_hint_of_the_evaluation_notebook_runs(monkeypatch):
+    """Exercise 3's hint, as written, builds the method (it once passed a schedule name as the config)."""
+    import re
+    from zsharm.quality.compare import zsharm_method
+    from zsharm.teaching.setup import setup
+    text = (REPO / "scripts" / "notebooks" / "09_evaluation.py").read_text()
+    hint = re.search(r"<code>(zsharm_method\(.*?\))</code>", text.replace("\n#    ", " ")).group(1)
+    course = setup("tiny", "cpu", quick=True)
+    method = eval(hint, {"zsharm_method": zsharm_method, "MODEL": "tiny", "course": course, "n": 1, "DEVICE": "cpu"})
+    assert callable(method)
 
 
 def test_committed_notebooks_match_their_sources(capsys):
@@ -159,8 +207,13 @@ def test_notebook_runs_on_the_tiny_model(path, tmp_path, monkeypatch, pidinet_di
     assert not [o for o in outputs if o["output_type"] == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert images, f"{path.name} drew no figure"
-    explorers = [o for o in images if "application/vnd.jupyter.widget-view+json" in o["data"]]
+    explorers = [k for k, o in enumerate(outputs) if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert len(explorers) == EXPLORERS.get(path.name[:2], 0), f"{path.name}: explorers shown {len(explorers)}"
+    for k in explorers:  # each followed by its still picture, for pages without the live widget
+        assert "image/png" in outputs[k + 1].get("data", {})
+    # no progress bar is saved (a frozen "0%|" line, or a widget no reopened notebook can show)
+    saved = json.dumps(outputs)
+    assert "it/s]" not in saved and "%|" not in saved, f"{path.name} saved a progress bar"
     text = "".join("".join(o.get("text", "")) for o in outputs if o["output_type"] == "stream")
     assert "The tiny model is random" in text  # the notebook says what to look at on a random model
     assert "Traceback" not in text and "Warning" not in text, f"{path.name} printed a warning or traceback"
@@ -419,3 +472,42 @@ def test_save_figure_is_atomic_and_can_keep_colours(tmp_path):
     assert _png(tmp_path / "a.png").mode == "P" and _png(tmp_path / "b.png").mode == "RGBA"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]  # no temp left behind
     plt.close(fig)
+
+
+def _texts(fig):
+    return "\n".join(t.get_text() for ax in fig.axes for t in ax.texts) + "\n".join(t.get_text() for t in fig.texts)
+
+
+def test_the_pipeline_figure_draws_stage_2_from_the_config_it_depicts():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from zsharm.teaching.figures import pipeline_figure
+    paper = _texts(pipeline_figure(HarmonizeConfig.paper()))
+    assert "paper schedule, DDIM 50 steps" in paper and "$0.1\\cdot$PiDiNet" in paper
+    changed = _texts(pipeline_figure(HarmonizeConfig.fast(steps=12, edge_pidinet_weight=0.5, refine_iters=3)))
+    assert "fast schedule, DDIM 12 steps" in changed and "$0.5\\cdot$PiDiNet" in changed
+    assert "3 AdamW steps/step" in changed and "DDIM 50" not in changed
+    default = _texts(pipeline_figure())  # the committed figure: the default configuration
+    assert f"DDIM {HarmonizeConfig().steps} steps" in default
+    assert "no edge loss" in _texts(pipeline_figure(HarmonizeConfig(use_edges=False)))
+    plt.close("all")
+
+
+def test_a_near_uniform_attention_map_is_drawn_near_uniform():
+    """Maps are divided by their max (one normalisation, named on the colour bar): a min-max stretch would turn
+    a 1% ripple into a full-range blob."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from zsharm.teaching.plots import NORMALISATION, overlay_map, plot_word_maps
+    flat = 0.5 + 0.005 * torch.rand(4, 4, generator=torch.Generator().manual_seed(0))
+    fig, ax = plt.subplots()
+    shown = overlay_map(ax, _image(), flat)
+    drawn = shown.get_array()
+    assert drawn.max() - drawn.min() < 0.02 and drawn.max() <= 1.0
+    cross = flat[..., None].repeat(1, 1, 77)
+    fig = plot_word_maps(_image(), cross, [("cat", [1]), ("bright", [2])])
+    assert fig.axes[-1].get_ylabel() == NORMALISATION  # the colour bar names the normalisation
+    assert all("max 0.5" in ax.get_title() for ax in fig.axes[1:3])  # the absolute scale, in the title
+    plt.close("all")

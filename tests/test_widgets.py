@@ -68,7 +68,7 @@ def _shows_widget_and_png(explorer):
     bundle = explorer._repr_mimebundle_()
     data = bundle[0] if isinstance(bundle, tuple) else bundle
     assert "application/vnd.jupyter.widget-view+json" in data
-    assert Image.open(io.BytesIO(__import__("base64").b64decode(data["image/png"]))).width > 100
+    assert Image.open(io.BytesIO(__import__("base64").b64decode(explorer.still()["image/png"]))).width > 100
 
 
 # ----------------------------------------------------------------------------- the explorer itself
@@ -355,3 +355,125 @@ def test_an_authors_figure_is_fetched_once_and_a_non_picture_is_not_kept(tmp_pat
     assert setup_module.authors_figure("visualizations2.png") is None
     assert "could not fetch the authors' figure visualizations2.png" in capsys.readouterr().out
     assert not list((tmp_path / "authors_figures").rglob("visualizations2.png*"))
+
+
+# ----------------------------------------------------------------------------- layout and display
+
+def _overlap(a, b) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(w, 0) * max(h, 0)
+
+
+def test_the_edge_sweep_explorer_keeps_its_title_and_colour_bars_clear_of_the_panels():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from zsharm.teaching.widgets import EdgeViews, edge_sweep_explorer
+    rng = np.random.default_rng(0)
+    h, w = 96, 144
+    names = ["no edge loss", "gamma 0", "gamma 0.1", "gamma 10"]
+    mask = np.zeros((h, w), bool)
+    mask[20:70, 40:100] = True
+    views = EdgeViews(work_input=np.zeros((h, w, 3), np.uint8), mask_work=mask,
+                      outputs={n: (rng.random((h, w, 3)) * 255).astype(np.uint8) for n in names},
+                      sobel={n: rng.random((h, w)) for n in names + ["input"]},
+                      pidinet={n: rng.random((h, w)) for n in names + ["input"]},
+                      scores={n: (1e-3, 2e-3, 3.0) for n in names})
+    fig = edge_sweep_explorer(views).figure
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    page = fig.bbox
+    boxes = [ax.get_window_extent(renderer) for ax in fig.axes]
+    texts = [fig._suptitle] + [ax.title for ax in fig.axes if ax.get_title()]
+    for text in texts:
+        extent = text.get_window_extent(renderer)
+        assert page.x0 - 1 <= extent.x0 and extent.x1 <= page.x1 + 1, f"{text.get_text()!r} is cut off"
+        assert page.y0 - 1 <= extent.y0 and extent.y1 <= page.y1 + 1, f"{text.get_text()!r} is cut off"
+        assert all(_overlap(extent, box) < 1 for box in boxes), f"{text.get_text()!r} runs into a panel"
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert _overlap(a, b) < 1, "a colour bar overlaps a panel"
+
+
+def test_an_explorer_shows_its_picture_at_its_own_size_and_a_still_for_pages_without_widgets():
+    import ipywidgets
+    from IPython.core.interactiveshell import InteractiveShell
+    from zsharm.teaching.widgets import LIVE_CLASS, Explorer
+
+    explorer = Explorer(lambda fig, k: fig.add_subplot(1, 1, 1).plot([0, k]),
+                        {"k": ipywidgets.IntSlider(value=1, min=1, max=3)}, figsize=(4, 3))
+    # the column's stretch would blow the picture up to the output's width
+    assert explorer.image.layout.align_self == "flex-start" and explorer.image.layout.max_width == "100%"
+    box = explorer.widget()
+    assert LIVE_CLASS in box._dom_classes and "display: none" in box.children[-1].value
+    # displayed: the widget (no picture in its bundle, so static pages don't show two), then the still picture
+    shell = InteractiveShell.instance()
+    published = []
+    shell.display_pub.publish = lambda data, metadata=None, **kwargs: published.append(data)
+    try:
+        from IPython.display import display
+        display(explorer)
+    finally:
+        InteractiveShell.clear_instance()
+    assert len(published) == 2
+    widget, still = published
+    assert "application/vnd.jupyter.widget-view+json" in widget and "image/png" not in widget
+    assert set(still) == {"image/png", "text/plain"}
+    assert Image.open(io.BytesIO(__import__("base64").b64decode(still["image/png"]))).size[0] > 100
+
+
+# ----------------------------------------------------------------------------- the hand-written mechanisms
+
+def _notebook_code(name, containing):
+    """The code of the one cell of scripts/notebooks/`name` containing `containing`."""
+    import runpy
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    build = runpy.run_path(str(root / "scripts" / "build_notebooks.py"))
+    cells = [body for kind, body, _ in build["parse"]((root / "scripts" / "notebooks" / name).read_text())
+             if kind == "code" and containing in body]
+    assert len(cells) == 1, f"no single cell of {name} contains {containing!r}"
+    return cells[0]
+
+
+def test_the_hand_written_recorder_of_notebook_03_records_the_librarys_maps(tiny_pipe, capsys):
+    from zsharm.teaching.trace import trace_attention
+    image, _ = _demo()
+    config = HarmonizeConfig.paper(steps=3, size=128)
+    source = "astronaut bright warm"
+    trace = trace_attention(tiny_pipe, image, source, config, cross_res=(32, 16), self_res=())
+    before = {name: type(p) for name, p in tiny_pipe.unet.attn_processors.items()}
+    namespace = dict(pipe=tiny_pipe, config=config, trace=trace, source=source)
+    exec(_notebook_code("03_attention_maps.py", "class RecordingProcessor"), namespace)
+    assert "records the library's maps in all" in capsys.readouterr().out
+    assert {name: type(p) for name, p in tiny_pipe.unet.attn_processors.items()} == before  # put back
+
+
+def test_the_hand_written_l_emb_of_notebook_04_equals_the_librarys(tiny_pipe, iteration, capsys):
+    result, config = iteration
+    namespace = dict(pipe=tiny_pipe, config=config, source=result.source, target=result.target, result=result,
+                     refinement=result.refinement, torch=torch)
+    exec(_notebook_code("04_embedding_refinement.py", "term_fg = "), namespace)
+    assert capsys.readouterr().out.count("by hand") == 3
+
+
+def test_the_hand_written_null_text_step_of_notebook_05_equals_the_librarys(tiny_pipe, iteration, pidinet_for_tests,
+                                                                           capsys):
+    result, config = iteration
+    namespace = dict(pipe=tiny_pipe, GAMMAS=[0.0, 0.1], configs={"gamma 0.1": config},
+                     results={"gamma 0.1": result}, pidinet=pidinet_for_tests)
+    exec(_notebook_code("05_structure_edges.py", "m_hat, v_hat"), namespace)
+    assert capsys.readouterr().out.count("by hand") == 4
+
+
+def test_the_hand_written_replacement_of_notebook_06_equals_the_librarys_edit(tiny_pipe, iteration, capsys):
+    result, config = iteration
+    namespace = dict(pipe=tiny_pipe, config=config, kept=result, FRACTIONS=(0.0, 0.5, 1.0))
+    exec(_notebook_code("06_prompt_to_prompt.py", "class ReplacementProcessor"), namespace)
+    assert capsys.readouterr().out.count("the final latents differ from the library's edit by") == 2
+
+
+def test_the_hand_written_rule_of_notebook_07_is_the_librarys(capsys):
+    from zsharm.decide.rule import decide
+    exec(_notebook_code("07_evaluator_decisions.py", "def my_decide("), {"decide": decide})
+    assert "agrees with zsharm.decide.rule.decide" in capsys.readouterr().out

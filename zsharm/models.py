@@ -37,6 +37,16 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if torch.device(device).type in ("cuda", "mps") else torch.float32
 
 
+def hide_loading_bars():
+    """Hide diffusers', transformers' and the hub's loading and download bars from now on, in this process."""
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+    for library in (diffusers_logging, transformers_logging):  # "Loading pipeline components", "Loading weights"
+        library.disable_progress_bar()
+    disable_progress_bars()
+
+
 def load_pipeline(spec: str = DEFAULT_MODEL, device=None, dtype=None, revision: str = None, variant: str = None,
                   token=None, progress: bool = True):
     """A diffusers StableDiffusionPipeline prepared for zsharm (`prepare_pipeline`), on `device` in `dtype`.
@@ -50,12 +60,7 @@ def load_pipeline(spec: str = DEFAULT_MODEL, device=None, dtype=None, revision: 
     """
     from diffusers import StableDiffusionPipeline
     if not progress:
-        from diffusers.utils import logging as diffusers_logging
-        from huggingface_hub.utils import disable_progress_bars
-        from transformers.utils import logging as transformers_logging
-        for library in (diffusers_logging, transformers_logging):  # "Loading pipeline components", "Loading weights"
-            library.disable_progress_bar()
-        disable_progress_bars()
+        hide_loading_bars()
 
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype if dtype is not None else default_dtype(device)

@@ -26,6 +26,7 @@
 # | 07 | the evaluator and its Continue / Regenerate / Conclude decisions |
 # | 08 | the full pipeline and the paper's figures |
 # | 09 | evaluation: metrics and baselines against ground truth |
+# | 10 | the fast schedule: what each speed-up costs in faithfulness |
 
 # %% cost {"iterations": 3, "memory": "paper", "downloads": ["sd2", "pidinet", "figures"]}
 
@@ -80,7 +81,7 @@ DATA = course.data
 # %%
 from zsharm.teaching.figures import pipeline_figure
 
-pipeline_figure()
+pipeline_figure(course.config())  # stage 2's numbers: the configuration this notebook runs
 plt.show()
 
 # %% [markdown]
@@ -207,3 +208,21 @@ for i, it in enumerate(result.iterations):
 #    captions in `data/composites/caption.txt`. What should the result look like?
 #    <details><summary>Hint</summary>Read the captions with <code>read_caption_file</code>; the target says
 #    greyscale, so the cup should lose its colour and keep its shape.</details>
+# 5. **Graded:** Which condition words does the demo's target description bring that its source lacks? Put your answer in `ANSWER` below; the check cell says whether it is right.
+#    <details><summary>Hint</summary>Split both descriptions into words; the object's words (the leading ones) are the same.</details>
+
+# %%
+from zsharm.teaching.exercises import check
+
+ANSWER = None  # your answer to exercise 5
+right = check("00", ANSWER)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# ANSWER = ["dim", "blue", "twilight"]
+# ```
+#
+# The object word (astronaut) stays; the source's conditions bright, warm, indoor give way to the target's dim, blue, twilight.
+# </details>

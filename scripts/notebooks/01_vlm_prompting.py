@@ -202,3 +202,24 @@ print("\ndictionary words CLIP splits into several tokens:", ", ".join(split))
 #    Keep this question in mind for notebook 04.
 #    <details><summary>Hint</summary>Brightness and colour words change what harmonization should change;
 #    environment words ("city", "forest") describe content, and an edit towards them may add content.</details>
+# 5. **Graded:** Which of bright, sunny, twilight, gloomy, warm, neon, overcast are in the closed dictionary? Put your answer in `ANSWER` below; the check cell says whether it is right.
+#    <details><summary>Hint</summary><code>condition_vocabulary()</code> in <code>zsharm.edit.tokens</code> is the dictionary as a set.</details>
+
+# %%
+from zsharm.teaching.exercises import check
+
+ANSWER = None  # your answer to exercise 5
+right = check("01", ANSWER)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# from zsharm.edit.tokens import condition_vocabulary
+# from zsharm.teaching.exercises import PROBE_WORDS
+#
+# ANSWER = [w for w in PROBE_WORDS if w in condition_vocabulary()]
+# ```
+#
+# Words outside the dictionary are dropped by the parser; the dictionary (zsharm/vocabulary.py) is the one the paper's prompt lists.
+# </details>

@@ -270,3 +270,21 @@ print(f"UNet calls made in this notebook so far: {unet_calls}")
 # 4. Invert with the *target* prompt instead of the source. Does the reconstruction care?
 #    <details><summary>Hint</summary>Inversion runs at guidance 0: only the unconditional prediction is used,
 #    so the prompt changes nothing in the latents. Check with <code>ddim_by_hand</code>: it never sees the prompt.</details>
+# 5. **Graded:** How many null-text inner steps (AdamW steps) does the paper schedule take at 50 steps, with no early stop? Put your answer in `ANSWER` below; the check cell says whether it is right.
+#    <details><summary>Hint</summary>At timestep index i (0 .. 48) the paper takes min(i // 10 + 1, 5) inner steps.</details>
+
+# %%
+from zsharm.teaching.exercises import check
+
+ANSWER = None  # your answer to exercise 5
+right = check("02", ANSWER)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# ANSWER = sum(min(i // 10 + 1, 5) for i in range(49))  # 145
+# ```
+#
+# 10 timesteps with 1 step, 10 with 2, 10 with 3, 10 with 4 and 9 with 5: 145, one VAE decode with gradients each.
+# </details>

@@ -7,7 +7,7 @@
 # (notebook 06) copies both kinds from one branch to the other. Here we record every map of a denoising run
 # and look at them per word, per layer and per timestep, with explorers at the end that need no model call.
 
-# %% cost {"unet_images": 196, "vae_decodes": 1, "memory": "inference", "downloads": ["sd2"]}
+# %% cost {"unet_images": 200, "vae_decodes": 1, "memory": "inference", "downloads": ["sd2"]}
 
 # %% install
 
@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from zsharm.edit.blending import mask_at
-from zsharm.teaching.plots import overlay_map
+from zsharm.teaching.plots import NORMALISATION, overlay_map
 from zsharm.teaching.setup import setup
 
 # at 256 px the smallest maps are 8x8: enough to see something on the quick run
@@ -68,12 +68,72 @@ for kind in (True, False):
           ", ".join(f"{name} {recorder.shape_of(name, kind)}" for name in layers))
 
 # %% [markdown]
+# ## The recorder, written out
+#
+# A diffusers attention processor is a function the UNet calls at each attention layer with the layer's
+# projections (`attn.to_q`, `attn.to_k`, `attn.to_v`, `attn.to_out`) and its inputs. Here is one that
+# computes $A = \mathrm{softmax}(QK^\top/\sqrt d)$, keeps the conditional rows' map (mean over heads), and
+# returns $AV$ as the layer would. We install it on every layer, run one UNet call, and check that it
+# records exactly what the library's `AttentionRecorder` records and that the UNet's output is unchanged.
+
+# %%
+import torch
+
+from zsharm.edit.diffusion import Run, text_embeddings
+from zsharm.teaching.trace import AttentionRecorder, layer_name, recording_attention
+
+
+class RecordingProcessor:
+    def __init__(self, name, maps):
+        self.name, self.maps = name, maps
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        b, n, _ = hidden_states.shape
+        q, k, v = (f(x).view(b, x.shape[1], attn.heads, -1).transpose(1, 2)
+                   for f, x in ((attn.to_q, hidden_states), (attn.to_k, context), (attn.to_v, context)))
+        probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)          # A = softmax(Q K^T / sqrt(d))
+        if encoder_hidden_states is not None:                              # cross-attention: keep its map
+            self.maps[self.name] = probs[b // 2:].mean(1)                  # conditional rows, mean over heads
+        out = (probs @ v).transpose(1, 2).reshape(b, n, -1)                # A V, heads side by side
+        return attn.to_out[1](attn.to_out[0](out))                         # output projection, dropout
+
+
+run = Run(pipe=pipe, config=config, progress=False)
+W, H = trace.image.size
+with torch.no_grad():
+    latents = torch.randn(2, 4, H // 8, W // 8, generator=torch.Generator().manual_seed(0)).to(pipe.device, pipe.unet.dtype)
+    context = text_embeddings(run, "notebook", ["", source])             # [unconditional, conditional]
+    t = trace.timesteps[0]
+    hand_maps, saved = {}, pipe.unet.attn_processors
+    pipe.unet.set_attn_processor({name: RecordingProcessor(name, hand_maps) for name in saved})
+    try:
+        hand_out = pipe.unet(latents, t, encoder_hidden_states=context).sample
+    finally:
+        pipe.unet.set_attn_processor(saved)
+    library = AttentionRecorder((H, W), cross_res=(32, 16), self_res=(), cond_only=True)
+    with recording_attention(pipe.unet, library):
+        library_out = pipe.unet(latents, t, encoder_hidden_states=context).sample
+
+checked = 0
+for name, hand in hand_maps.items():
+    if (0, layer_name(name), True) in library.maps:
+        kept = library.map(0, layer_name(name))
+        assert torch.allclose(hand[0].float().cpu().reshape(kept.shape), kept, atol=1e-6), name
+        checked += 1
+assert checked == len(library.layers(True)) > 0
+assert torch.allclose(hand_out.float(), library_out.float(), atol=1e-5)
+print(f"the hand-written processor records the library's maps in all {checked} recorded layers, "
+      "and the UNet's output is the same")
+
+# %% [markdown]
 # ## Per word, averaged as $\mathcal{L}_{Emb}$ averages them
 #
 # The mean over steps and layers of the image/32 maps, one panel per word (a word split into several tokens
-# sums its tokens). Each panel is stretched from its own minimum (dark) to its maximum (bright), one colour
-# bar for all, so the panels show *where* each word acts, not how much. The start token takes most of the attention in absolute terms:
-# it carries little meaning and serves as a sink.
+# sums its tokens). Every map in this notebook is divided by its own maximum (the colour bar says so): zero
+# stays dark, so a map that is nearly the same everywhere looks nearly the same everywhere, and each panel's
+# title gives its maximum, so words compare in absolute terms too. Below the figure: each word's share of the
+# attention (the mean of its map; the 77 shares of a pixel sum to 1), for whichever model is loaded.
 
 # %%
 from zsharm.teaching.plots import plot_word_maps
@@ -81,6 +141,9 @@ from zsharm.teaching.plots import plot_word_maps
 plot_word_maps(trace.image, recorder.mean(), trace.spans, mask=mask_work, include_start=True,
                title=course.caption(f'"{source}": mean image/32 cross-attention per word'))
 plt.show()
+mean_map = recorder.mean()
+for word, positions in [("<start>", [0])] + trace.spans:
+    print(f"{word:>10}: {float(mean_map[..., positions].sum(-1).mean()):.1%} of the attention")
 
 # %% [markdown]
 # With a trained model, the object word concentrates on the object. The condition words ("warm",
@@ -103,7 +166,7 @@ for ax, k in zip(axes[0], chosen):
                         mask=mask_work)
 fig.suptitle(course.caption(f'"{word}" over the denoising steps (image/32 maps)'))
 plt.tight_layout()
-fig.colorbar(shown, ax=list(axes.flat), fraction=0.02, pad=0.01, label="(map - min) / (max - min)")
+fig.colorbar(shown, ax=list(axes.flat), fraction=0.02, pad=0.01, label=NORMALISATION)
 plt.show()
 
 # %% [markdown]
@@ -122,7 +185,7 @@ for ax, layer in zip(axes[0], layers):
     shown = overlay_map(ax, trace.image, heat, title=f"{layer} {tuple(heat.shape)}", mask=mask_work)
 fig.suptitle(course.caption(f'"{word}" in each cross-attention layer at step {middle}'))
 plt.tight_layout()
-fig.colorbar(shown, ax=list(axes.flat), fraction=0.02, pad=0.01, label="(map - min) / (max - min)")
+fig.colorbar(shown, ax=list(axes.flat), fraction=0.02, pad=0.01, label=NORMALISATION)
 plt.show()
 
 # %% [markdown]
@@ -146,7 +209,7 @@ for ax, (name, (qy, qx)) in zip(axes, queries.items()):
     ax.plot([(qx + 0.5) * W / w], [(qy + 0.5) * H / h], "w+", markersize=16, markeredgewidth=3)
 fig.suptitle(course.caption("Self-attention of one query pixel (mean over steps and image/32 layers)"))
 plt.tight_layout()
-fig.colorbar(shown, ax=list(axes.flat), fraction=0.03, pad=0.01, label="(map - min) / (max - min)")
+fig.colorbar(shown, ax=list(axes.flat), fraction=0.03, pad=0.01, label=NORMALISATION)
 plt.show()
 
 # %% [markdown]
@@ -174,8 +237,8 @@ self_attention_explorer(trace, mask_work, start=queries["foreground pixel"])
 # With Stable Diffusion 2 base (`MODEL = "stabilityai/stable-diffusion-2-base"`, 50 steps at 512 px), look
 # for: "astronaut" concentrating on the figure from the first steps on (the layout is decided early); the
 # condition words ("bright", "warm", "indoor") spread over the whole picture, foreground and background
-# alike, which is exactly the problem refinement (notebook 04) fixes; the start token's maximum far above every
-# word's (it is the attention sink, so maps are compared after dividing by their max); image/16 maps sharper
+# alike, which is exactly the problem refinement (notebook 04) fixes; the start token's printed share well above
+# every word's (an attention sink: it carries little meaning); image/16 maps sharper
 # than image/32 ones but noisier; and the self-attention of a foreground pixel staying on the object, that of
 # a background pixel on the background. On the tiny model none of this holds: its weights are random.
 
@@ -200,3 +263,21 @@ self_attention_explorer(trace, mask_work, start=queries["foreground pixel"])
 #    layout is decided?
 #    <details><summary>Hint</summary>Move the step slider of the first explorer with the word fixed; or compute
 #    the correlation between consecutive steps' maps with <code>recorder.mean(steps=[s])</code>.</details>
+# 5. **Graded:** How many bytes does one head-averaged image/8 cross-attention map of one layer at one step take at 512 px in float32? Put your answer in `ANSWER` below; the check cell says whether it is right.
+#    <details><summary>Hint</summary>image/8 of 512 px is a 64x64 grid; one float per pixel and token.</details>
+
+# %%
+from zsharm.teaching.exercises import check
+
+ANSWER = None  # your answer to exercise 5
+right = check("03", ANSWER)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# ANSWER = (512 // 8) ** 2 * 77 * 4  # 1,261,568 bytes
+# ```
+#
+# About 1.2 MB per layer and step; times layers and 49 steps it is gigabytes, and the loss needs them with gradients: image/32 maps are 16 times smaller.
+# </details>

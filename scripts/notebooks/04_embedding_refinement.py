@@ -45,7 +45,7 @@ image, mask, source, target = course.image, course.mask, course.source, course.t
 # $$ \mathcal{L}_{Emb} = \Big\lVert M - \frac{A_S}{\max A_S} \Big\rVert^2 . $$
 #
 # **Why divide by the max.** A cross-attention row is a softmax over 77 tokens, and the start token takes
-# most of it (it is the attention sink: notebook 03 prints its maximum far above every word's). A word's map
+# most of it with trained weights (the attention sink: notebook 03 prints each token's share). A word's map
 # therefore lives on a tiny scale, say 0 to 0.05, and comparing it with a 0/1 mask directly would only ask
 # for *more* attention everywhere. Divided by its maximum, the map runs from 0 to 1 and the loss compares its
 # *shape* with the mask's: the brightest place must be the object, and the background must be dark relative
@@ -78,6 +78,58 @@ result = run_iteration(pipe, image, mask, source, target, config)
 refinement = result.refinement
 print(f"{len(refinement.losses)} AdamW steps over {len(refinement.embeddings)} timesteps; "
       f"first: {refinement.losses[0]}")
+
+# %% [markdown]
+# ## L_Emb by hand
+#
+# The same loss, written out from recorded maps. At the first timestep the refinement runs the UNet once on
+# the inverted latent $x_T$ with the two descriptions as they start (the background weights $\lambda_k$ all
+# $1/|T|$), keeps every image/32 cross-attention map of the down and up blocks (an `AttentionStore`, the
+# recorder of notebook 03), and computes the loss. We do the same, term by term, and check that we get the
+# numbers the library recorded for its first AdamW step.
+
+# %%
+import torch.nn.functional as F
+
+from zsharm.edit.attention import AttentionStore, controlled_attention
+from zsharm.edit.blending import latent_mask
+from zsharm.edit.diffusion import Run, text_embeddings, tokenize
+from zsharm.edit.refinement import attention_mask_small
+from zsharm.edit.tokens import condition_vocabulary, description_positions, split_object
+
+run = Run(pipe=pipe, config=config, progress=False)
+n_object = split_object(source, target, condition_vocabulary())
+S = description_positions(pipe.tokenizer, source, n_object)   # token positions of the source's condition words
+T = description_positions(pipe.tokenizer, target, n_object)   # ... and of the target's
+W, H = result.work_input.size
+shape = (H // 32, W // 32)                                      # the image/32 grid
+M = attention_mask_small(latent_mask(result.mask_work, (W // 8, H // 8), config.mask_threshold), shape,
+                         config.mask_threshold).to(run.device, run.work_dtype)
+
+with torch.no_grad():
+    text = pipe.text_encoder(tokenize(run, [source, target]))[0].to(run.work_dtype)
+    context = torch.cat([text_embeddings(run, "notebook", ["", ""]), text])      # [uncond x 2, source, target]
+    x_T = result.inversion.x_t.expand(2, *result.inversion.x_t.shape[1:])
+    store = AttentionStore(num_pixels=(shape[0] * shape[1],), places=("down", "up"))
+    with controlled_attention(pipe.unet, store):
+        pipe.unet(torch.cat([x_T, x_T]).to(run.dtype), result.inversion.timesteps[1],
+                  encoder_hidden_states=context.to(run.dtype))
+
+# every stored map: 2 rows (source, target) x heads x pixels x 77 tokens; mean over all layers' heads
+layers = store.maps[("up", True)] + store.maps[("down", True)]
+A = torch.cat([m.reshape(2, m.shape[1], *shape, 77) for m in layers], dim=1).mean(1).to(run.work_dtype)
+A_fg = A[0][..., S].sum(-1)                                     # the source words' maps, summed
+lam = torch.full((len(T),), 1 / len(T), dtype=A.dtype, device=A.device)
+A_bg = (A[1][..., T] * lam).sum(-1)                             # the target words', weighted
+term_fg = ((M - A_fg / A_fg.max()) ** 2).mean()
+term_bg = (((1 - M) - A_bg / A_bg.max()) ** 2).mean()
+L_emb = term_fg + term_bg
+
+first = refinement.losses[0]
+tolerance = 1e-6 if run.work_dtype == torch.float32 else 2e-3
+for name, mine in (("attn_fg", term_fg), ("attn_bg", term_bg), ("loss_emb", L_emb)):
+    assert abs(mine.item() - first[name]) <= tolerance, (name, mine.item(), first[name])
+    print(f"{name}: by hand {mine.item():.7f}, library {first[name]:.7f}")
 
 # %% [markdown]
 # ## The loss curves
@@ -214,3 +266,24 @@ print(f"refinement took {result.seconds['refinement']:.1f} s of the iteration's 
 #    since guidance 0 ignores the rest. Check that the losses match the paper schedule's on the first step.
 #    <details><summary>Hint</summary><code>course.config(refine_cond_only=True)</code>; compare
 #    <code>refinement.losses[0]</code> of both runs (they agree to float rounding).</details>
+# 5. **Graded:** Write the foreground term of L_Emb as a function term(M, A) of the mask and the summed map. Put your answer in `ANSWER` below; the check cell says whether it is right.
+#    <details><summary>Hint</summary>Mean, not sum, of the squared difference; divide A by its maximum only (no minimum subtracted).</details>
+
+# %%
+from zsharm.teaching.exercises import check
+
+ANSWER = None  # your answer to exercise 5
+right = check("04", ANSWER)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# def term(M, A):
+#     return ((M - A / A.max()) ** 2).mean()
+#
+# ANSWER = term
+# ```
+#
+# Dividing by the maximum keeps zero at zero, so a map spread evenly cannot look like the mask.
+# </details>

@@ -164,6 +164,62 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ## One null-text step, by hand
+#
+# What the sweep ran at every timestep, written out for the first one: the guided prediction with the
+# empty-prompt embedding $\varnothing$, one DDIM step, the latent loss against the inverted latent, the decoded
+# prediction's edges against the input's inside the mask, and one AdamW step on $\varnothing$. Adam's first
+# step is simple: its moments are the gradient and its square, so each coordinate moves by about the
+# learning rate, against the sign of its gradient, after the weight decay shrinks it. We check the loss and
+# the new $\varnothing$ against the library's run at $\gamma = 0.1$.
+
+# %%
+import torch
+import torch.nn.functional as F
+
+from zsharm.edit.diffusion import Run, ddim_step, decode_latents, image_to_tensor, text_embeddings, unet_noise
+from zsharm.edit.edges import pidinet_edges, sobel
+
+name = f"gamma {GAMMAS[1]:g}"
+cfg, r = configs[name], results[name]
+run = Run(pipe=pipe, config=cfg, progress=False)
+inv = r.inversion
+m = torch.from_numpy(r.mask_work.astype("float32"))[None, None].to(run.device, run.work_dtype)
+input01 = (image_to_tensor(r.work_input).to(run.device, run.work_dtype) + 1) / 2
+with torch.no_grad():   # the input's edge maps (the paper takes its Sobel on [-1, 1] pixels)
+    ref_sobel = sobel(input01 * 2 - 1 if cfg.sobel_input_signed else input01)
+    ref_pidinet = pidinet_edges(pidinet, input01)
+    empty = text_embeddings(run, "notebook", [""])
+
+null = empty.clone().requires_grad_(True)                        # the embedding being optimised
+context = torch.cat([null, r.refinement.embeddings[0][:1]])     # [unconditional, the source's]
+with run.arithmetic("nulltext"):
+    noise = unet_noise(run, "notebook", inv.x_t, inv.timesteps[1], context, cfg.guidance)
+z = ddim_step(run, noise, inv.timesteps[1], inv.x_t)            # z_{t-1}
+latent_mse = F.mse_loss(z, inv.target_for_step(0))               # against the inverted latent z*_{t-1}
+predicted = decode_latents(run, "notebook", z)                   # I', in [0, 1]
+sobel_mse = F.mse_loss(sobel(predicted) * m, ref_sobel * m)
+with torch.set_grad_enabled(cfg.pidinet_grad):                  # the paper: a value, no gradient
+    pidinet_mse = F.mse_loss(pidinet_edges(pidinet, predicted) * m, ref_pidinet * m)
+loss = cfg.nulltext_latent_weight * latent_mse + cfg.edge_sobel_weight * sobel_mse + cfg.edge_pidinet_weight * pidinet_mse
+loss.backward()
+
+g, lr, (b1, b2), eps, decay = null.grad, cfg.nulltext_lr, (0.9, 0.999), 1e-8, 0.01   # torch's AdamW defaults
+m_hat, v_hat = (1 - b1) * g / (1 - b1), (1 - b2) * g ** 2 / (1 - b2)                 # bias-corrected moments
+stepped = null.detach() * (1 - lr * decay) - lr * m_hat / (v_hat.sqrt() + eps)
+
+record = r.nulltext.losses[0]
+tolerance = 1e-6 if run.work_dtype == torch.float32 else 2e-3
+for key, mine in (("null_text_mse", latent_mse), ("sobel_mse", sobel_mse), ("pidinet_edge_mse", pidinet_mse),
+                  ("total", loss)):
+    assert abs(mine.item() - record[key]) <= tolerance * max(1.0, abs(record[key])), (key, mine.item(), record[key])
+    print(f"{key}: by hand {mine.item():.7f}, library {record[key]:.7f}")
+moved = (stepped - r.nulltext.uncond[0].to(stepped.device)).abs().max().item()
+assert moved <= tolerance * 10, moved   # ten times: Adam divides each gradient by its own size
+print(f"the new empty-prompt embedding: largest difference from the library's {moved:.1e} "
+      f"(each coordinate moved by about lr = {lr})")
+
+# %% [markdown]
 # ## Explore the sweep, and your own pictures
 #
 # The explorer walks the sweep (computed once above; no model call when the slider moves): each output with
@@ -210,3 +266,21 @@ live_edges_explorer(pidinet, image)
 # 4. `load_pidinet(variant="full")` is the larger PiDiNet. Does it change the edge maps of the demo much?
 #    <details><summary>Hint</summary>Give it to <code>live_edges_explorer</code> and compare with the tiny
 #    one's maps.</details>
+# 5. **Graded:** Under the paper schedule, does gamma (the PiDiNet weight) change the gradient of the null-text loss? True or False. Put your answer in `ANSWER` below; the check cell says whether it is right.
+#    <details><summary>Hint</summary>Under <code>torch.no_grad()</code> a term is a number to autograd, not a function of the embedding.</details>
+
+# %%
+from zsharm.teaching.exercises import check
+
+ANSWER = None  # your answer to exercise 5
+right = check("05", ANSWER)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# ANSWER = False
+# ```
+#
+# The paper runs PiDiNet under no_grad (pidinet_grad False): its term adds to the loss value only, so gamma changes the printed loss, not the step. zsharm's default schedule sets pidinet_grad True.
+# </details>

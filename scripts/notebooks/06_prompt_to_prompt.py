@@ -8,7 +8,7 @@
 # branch reuse the source branch's attention maps, so only the description's *meaning* changes the result.
 # We switch the two kinds of replacement on and off and see what each keeps.
 
-# %% cost {"iterations": 1, "unet_images": 1764, "vae_decodes": 9, "memory": "paper"}
+# %% cost {"iterations": 1, "unet_images": 2164, "vae_decodes": 9, "memory": "paper"}
 
 # %% install
 
@@ -117,6 +117,72 @@ for name, key in variants.items():
           f"{colour_shift(grid.work_input, out, grid.mask_work):>11.2f}")
 
 # %% [markdown]
+# ## The replacement, as a processor you can run
+#
+# Prompt-to-Prompt is one line inside attention: after the softmax, the target's conditional map becomes the
+# source's. Below is a complete attention processor doing that for the first `cross_steps` steps of the
+# cross-attention layers and the first `self_steps` of the self-attention ones, and the denoising loop that
+# runs both branches with it. We run it on the iteration above (its inversion, refined embeddings and
+# optimised null text) and check that it gives the library's edit.
+
+# %%
+import torch
+
+from zsharm.edit.diffusion import Run, ddim_step, unet_noise
+from zsharm.edit.prompt_to_prompt import edit_with_prompt_to_prompt, replacement_steps
+
+
+class ReplacementProcessor:
+    def __init__(self, clock, cross_steps, self_steps):
+        self.clock, self.cross_steps, self.self_steps = clock, cross_steps, self_steps
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        is_cross = encoder_hidden_states is not None
+        context = encoder_hidden_states if is_cross else hidden_states
+        b, n, _ = hidden_states.shape
+        q, k, v = (f(x).view(b, x.shape[1], attn.heads, -1).transpose(1, 2)
+                   for f, x in ((attn.to_q, hidden_states), (attn.to_k, context), (attn.to_v, context)))
+        probs = (q @ k.transpose(-1, -2) * attn.scale).softmax(-1)
+        if self.clock["step"] < (self.cross_steps if is_cross else self.self_steps):
+            # rows: [uncond source, uncond target, cond source, cond target]; only the conditional target changes
+            probs = probs.clone()
+            probs[b // 2 + 1:] = probs[b // 2]
+        out = (probs @ v).transpose(1, 2).reshape(b, n, -1)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def edit_by_hand(config):
+    run = Run(pipe=pipe, config=config, progress=False)
+    clock, saved = {"step": 0}, pipe.unet.attn_processors
+    pipe.unet.set_attn_processor({name: ReplacementProcessor(clock, *replacement_steps(config)) for name in saved})
+    try:
+        with torch.no_grad():
+            z = inv.x_t.expand(2, *inv.x_t.shape[1:])                           # both branches start at x_T
+            for index, t in enumerate(inv.timesteps[1:]):
+                context = torch.cat([nulls[index]] * 2 + [embeddings[index]])   # [null, null, source, target]
+                noise = unet_noise(run, "notebook", z, t, context, config.guidance)
+                clock["step"] += 1
+                z = ddim_step(run, noise, t, z)
+    finally:
+        pipe.unet.set_attn_processor(saved)
+    return z
+
+
+inv, embeddings, nulls = kept.inversion, kept.refinement.embeddings, kept.nulltext.uncond
+# a grid point where replacement stops part of the way, so the step counting is checked too
+partial = config.replace(cross_replace_steps=FRACTIONS[len(FRACTIONS) // 2],
+                         self_replace_steps=FRACTIONS[len(FRACTIONS) // 2])
+for checked in (config, partial):
+    mine = edit_by_hand(checked)
+    with torch.no_grad():
+        library = edit_with_prompt_to_prompt(Run(pipe=pipe, config=checked, progress=False), inv, embeddings, nulls).latents[-1]
+    difference = ((mine - library).abs().max() / library.abs().max()).item()
+    assert difference <= (1e-5 if library.dtype == torch.float32 else 5e-3), difference
+    cross, self_ = replacement_steps(checked)
+    print(f"cross maps replaced for {cross} steps, self maps for {self_}: the final latents differ from the "
+          f"library's edit by {difference:.1e} of their largest value")
+
+# %% [markdown]
 # ## Explore the grid
 #
 # Both fractions over the grid (computed once; no model call when a control moves): the target branch, its
@@ -174,3 +240,21 @@ for row, prompt in enumerate([source, target]):
 #    unconditional rows of the target branch also copied the source's maps?
 #    <details><summary>Hint</summary>Guidance is uncond + w (cond - uncond). The unconditional rows of the two
 #    branches see the same empty prompt; the question is what makes the target's cond row differ.</details>
+# 5. **Graded:** With cross_replace_steps=0.8, self_replace_steps=0.4 and 50 steps, for how many steps are the cross- and the self-attention maps replaced? (cross, self) Put your answer in `ANSWER` below; the check cell says whether it is right.
+#    <details><summary>Hint</summary><code>zsharm.edit.prompt_to_prompt.replacement_steps</code> holds the authors' rounding.</details>
+
+# %%
+from zsharm.teaching.exercises import check
+
+ANSWER = None  # your answer to exercise 5
+right = check("06", ANSWER)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# ANSWER = (int(0.8 * 51), int(0.4 * 50))  # (40, 20)
+# ```
+#
+# Cross maps count steps + 1, self maps steps, as the authors' code does.
+# </details>

@@ -74,6 +74,26 @@ for scores, regenerated in [([0.4, 0.5, 0.6], False), ([0.6, 0.5, 0.55], False),
     print(f"scores {scores}, regenerated before: {regenerated!s:<5} -> {decide(scores, regenerated)}")
 
 # %% [markdown]
+# The rule is four lines. Here it is by hand, checked against the library's `decide` on every score history
+# of up to five scores drawn from four values (ties included), with and without an earlier Regenerate:
+
+# %%
+from itertools import product
+
+
+def my_decide(scores, regenerated):
+    fell_twice = len(scores) >= 3 and scores[-1] < scores[-2] < scores[-3]
+    if not fell_twice:
+        return "continue"
+    return "conclude" if regenerated else "regenerate"
+
+
+histories = [list(h) for n in range(6) for h in product((0.2, 0.4, 0.6, 0.8), repeat=n)]
+for history, regenerated in product(histories, (False, True)):
+    assert my_decide(history, regenerated) == decide(history, regenerated), (history, regenerated)
+print(f"my_decide agrees with zsharm.decide.rule.decide on all {2 * len(histories):,} histories")
+
+# %% [markdown]
 # Note the strict inequalities (equal scores never count as a fall) and that a fresh run needs three scores
 # of its own before it can end.
 #
@@ -90,7 +110,8 @@ from zsharm.teaching.figures import SCRIPTED_SCORES
 from zsharm.teaching.widgets import decision_explorer
 
 decision_explorer(SCRIPTED_SCORES, iterations=10)
-#
+
+# %% [markdown]
 # ## A scripted history: the paper's evaluation figure
 #
 # To see every decision at once we script the scores and use a stand-in for stage 2 that moves the
@@ -194,3 +215,21 @@ print(sorted(os.listdir(history)))
 #    and rerun the real loop with it. Do its decisions look sensible?
 #    <details><summary>Hint</summary>Set <code>EVALUATOR = "ev.safetensors"</code> in the parameters cell;
 #    a tiny evaluator trained on 20 images will overfit, so check its scores on held-out composites.</details>
+# 5. **Graded:** Give scores (iteration 0's two candidates first) for which the loop Regenerates after iteration 2. Put your answer in `ANSWER` below; the check cell says whether it is right.
+#    <details><summary>Hint</summary>The first run's scores are the kept iteration-0 score, then iteration 1's and 2's: make them fall.</details>
+
+# %%
+from zsharm.teaching.exercises import check
+
+ANSWER = None  # your answer to exercise 5
+right = check("07", ANSWER)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# ANSWER = [0.3, 0.8, 0.6, 0.4]
+# ```
+#
+# Iteration 0 keeps the better candidate (0.8); iterations 1 and 2 score 0.6 and 0.4: two falls in a row, the earliest Regenerate.
+# </details>

@@ -168,3 +168,21 @@ for name in ("visualizations2.png", "visualizations3.png", "visualizations4.png"
 #    output's detail next to the work-size result?
 #    <details><summary>Hint</summary><code>run_iteration</code> returns both <code>image</code> (input size)
 #    and <code>work_image</code>; crop the same region of each (scaled) and show them side by side.</details>
+# 5. **Graded:** With two candidate descriptions and a budget of 3, how many times at most does the loop run stage 2? Put your answer in `ANSWER` below; the check cell says whether it is right.
+#    <details><summary>Hint</summary>Iteration 0 runs stage 2 once per candidate; the budget counts iteration 0 once.</details>
+
+# %%
+from zsharm.teaching.exercises import check
+
+ANSWER = None  # your answer to exercise 5
+right = check("08", ANSWER)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# ANSWER = 4
+# ```
+#
+# Two runs at iteration 0 (one per candidate), then iterations 1 and 2: a budget of 3 counts iteration 0 once.
+# </details>

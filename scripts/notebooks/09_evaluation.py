@@ -173,10 +173,28 @@ plt.show()
 #    <details><summary>Hint</summary><code>r["name"][-1]</code> is the kind; average <code>r["fmse"]</code> per
 #    (method, kind).</details>
 # 3. Run zsharm with 1, 2 and 3 iterations on the same images. Does fMSE keep falling?
-#    <details><summary>Hint</summary>One <code>zsharm_method(MODEL, "paper", n, ...)</code> per n, each under its
-#    own name in <code>methods</code>; the paired lines then show the trend per image.</details>
+#    <details><summary>Hint</summary>One <code>zsharm_method(MODEL, course.config(), n, device=DEVICE)</code> per
+#    n, each under its own name in <code>methods</code>; the paired lines then show the trend per image.</details>
 # 4. Ground truth rewards getting back the *original* colours, but harmonization only needs *plausible*
 #    ones. Find an image where a result looks harmonious and still scores badly. What would a user study
 #    (zsharm.quality.userstudy) add?
 #    <details><summary>Hint</summary>Look for a result whose colours fit the scene but differ from the photo's
 #    (the edit changed the object's own colour). A user study asks which looks real, not which is right.</details>
+# 5. **Graded:** A 100x100 result differs from its ground truth only inside a 20x20 foreground, and its MSE is 4. What is its fMSE? Put your answer in `ANSWER` below; the check cell says whether it is right.
+#    <details><summary>Hint</summary>The squared errors sum to the same total; MSE divides it by HW, fMSE by |M|.</details>
+
+# %%
+from zsharm.teaching.exercises import check
+
+ANSWER = None  # your answer to exercise 5
+right = check("09", ANSWER)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# ANSWER = 4 * 100 * 100 / (20 * 20)  # 100
+# ```
+#
+# fMSE = MSE x HW / |M|: the foreground is a 25th of the image, so its error is 25 times the MSE.
+# </details>

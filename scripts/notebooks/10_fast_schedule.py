@@ -212,3 +212,21 @@ plt.show()
 #    everywhere else in that call?
 #    <details><summary>Hint</summary>Fused attention never materialises the softmax map, and the loss needs
 #    the image/32 maps with their gradients; no other layer's map is read.</details>
+# 5. **Graded:** How many null-text inner steps does the fast schedule take at 50 steps at most? Put your answer in `ANSWER` below; the check cell says whether it is right.
+#    <details><summary>Hint</summary><code>HarmonizeConfig.fast().nulltext_max_inner</code> caps the inner steps per timestep.</details>
+
+# %%
+from zsharm.teaching.exercises import check
+
+ANSWER = None  # your answer to exercise 5
+right = check("10", ANSWER)
+
+# %% [markdown]
+# <details><summary>Solution</summary>
+#
+# ```python
+# ANSWER = 49
+# ```
+#
+# The fast schedule caps inner steps at one per timestep (nulltext_max_inner=1): 49 at 50 steps.
+# </details>

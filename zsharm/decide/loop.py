@@ -18,7 +18,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
+
+from zsharm import bars
 
 from zsharm.decide.history import History, format_score, thumbnail
 from zsharm.decide.rule import CONCLUDE, CONTINUE, REGENERATE, decide
@@ -100,7 +101,7 @@ def run_loop(image: Image.Image, mask: np.ndarray, candidates: Sequence, step: C
     records: list[IterationRecord] = []
     thumbs: list[Image.Image] = []
     best = {"index": None, "score": -math.inf, "image": None}
-    bar = tqdm(total=iterations, desc="harmonize loop", disable=not progress, leave=False)
+    bar = bars.bar(total=iterations, desc="harmonize loop", disable=not progress, leave=False)
 
     def run(iteration, candidate, current):
         description = descriptions[candidate]

@@ -269,8 +269,8 @@ def timesteps(run: Run):
 
 
 def progress(run: Run, iterable, desc: str):
-    from tqdm.auto import tqdm
-    return tqdm(iterable, desc=desc, disable=not run.progress, leave=False)
+    from zsharm.bars import bar
+    return bar(iterable, desc=desc, disable=not run.progress, leave=False)
 
 
 def image_to_tensor(image_pil) -> torch.Tensor:

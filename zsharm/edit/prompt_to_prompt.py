@@ -29,18 +29,22 @@ class Edit:
     maps: AttentionStore = None  # cross-attention maps of both branches, averaged over steps (if asked)
 
 
+def replacement_steps(config) -> tuple:
+    """(cross, self): for how many denoising steps the target takes the source's maps. The authors' schedule:
+    cross maps for int(f * (steps + 1)) steps, self maps for int(f * steps)."""
+    return (int(config.cross_replace_steps * (config.steps + 1)), int(config.steps * config.self_replace_steps))
+
+
 @torch.no_grad()
 def edit_with_prompt_to_prompt(run: Run, inversion, embeddings, uncond, keep_maps: bool = False) -> Edit:
     cfg = run.config
-    steps = cfg.steps
     store = None
     if keep_maps:
         h, w = inversion.x_t.shape[-2:]
         small = (h * 8 // cfg.attention_res_divisor) * (w * 8 // cfg.attention_res_divisor)
         store = AttentionStore(num_pixels=(small,), places=("down", "up"), self_attn=True)
-    # the authors' schedule: cross maps replaced for int(f * (steps + 1)) steps, self maps for int(f * steps)
-    controller = AttentionReplace(cross_steps=int(cfg.cross_replace_steps * (steps + 1)),
-                                  self_steps=int(steps * cfg.self_replace_steps), store=store)
+    cross_steps, self_steps = replacement_steps(cfg)
+    controller = AttentionReplace(cross_steps=cross_steps, self_steps=self_steps, store=store)
     latents = inversion.x_t.expand(2, *inversion.x_t.shape[1:])
     trajectory = []
     with controlled_attention(run.unet, controller, fused=run.fused):

@@ -92,11 +92,11 @@ def evaluate(samples, methods: dict, out_dir=None, save_images: bool = False, pr
     sample)` (marked by an attribute `wants_sample`). With `out_dir`, writes per_image.csv, summary.csv and
     summary.md there (and images/<method>/<name>.png when `save_images`).
     """
-    from tqdm.auto import tqdm
+    from zsharm import bars
 
     rows = []
     out_dir = Path(out_dir) if out_dir is not None else None
-    bar = tqdm(total=len(samples) * len(methods), desc="evaluate", disable=not progress)
+    bar = bars.bar(total=len(samples) * len(methods), desc="evaluate", disable=not progress)
     for sample in samples:
         composite, mask, real = sample.load()
         if not mask.any():

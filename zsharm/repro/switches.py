@@ -113,7 +113,7 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
 
     model: a spec for `zsharm.models.load_pipeline`; each precision a row asks for is loaded once (on a GPU with
     a short untimed warm-up). Seconds are single runs: `zsharm bench` gives medians."""
-    from tqdm.auto import tqdm
+    from zsharm.bars import bar
 
     from zsharm.quality.metrics import fpsnr
     from zsharm.edit.iteration import (
@@ -136,7 +136,7 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
         from zsharm.edit.pidinet import load_pidinet
         pidinet = load_pidinet(variant="tiny", device=device)
     pipes, results, reference = {}, [], None
-    for name, config, changes in tqdm(rows, desc="Ablation", disable=not progress):
+    for name, config, changes in bar(rows, desc="Ablation", disable=not progress):
         dtype = config.torch_dtype(device) or default_dtype(device)
         if dtype not in pipes:
             pipes[dtype] = load_pipeline(model, device=device, dtype=dtype)

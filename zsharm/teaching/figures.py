@@ -75,8 +75,11 @@ def sample_photo(name: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the pipeline diagram
 
-def pipeline_figure():
-    """The method at a glance: stage 1 describes, stage 2 harmonizes (five steps), stage 3 decides."""
+def pipeline_figure(config=None):
+    """The method at a glance: stage 1 describes, stage 2 harmonizes (five steps), stage 3 decides. Stage 2's
+    numbers (steps, loss weights, replacement fractions) are `config`'s (default: `HarmonizeConfig()`)."""
+    from zsharm.config import HarmonizeConfig
+    config = config or HarmonizeConfig()
     plt = _plt()
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
@@ -117,19 +120,24 @@ def pipeline_figure():
     # stage 2: five steps inside one frame
     ax.add_patch(FancyBboxPatch((5.35, 0.3), 6.55, 5.0, boxstyle="round,pad=0.04,rounding_size=0.15",
                                 linewidth=1.4, edgecolor="#2166ac", facecolor="none", linestyle="--"))
-    ax.text(8.62, 5.2, "Stage 2: harmonize (one iteration; Stable Diffusion 2 base, DDIM 50 steps)",
+    ax.text(8.62, 5.2, f"Stage 2: harmonize (one iteration; {config.schedule} schedule, DDIM {config.steps} steps)",
             ha="center", va="top", fontsize=10.5, weight="bold", color="#2166ac")
     blue = "#2166ac"
     box(5.55, 3.45, 3.0, 1.35, "2.1 DDIM inversion",
         "image $\\to x_0, x_1, \\ldots, x_{N-1}$\nunder the source prompt, guidance 0", blue)
     box(8.75, 3.45, 3.0, 1.35, "2.2 Text-embedding refinement",
         "$\\mathcal{L}_{Emb} = \\|M - Att / \\max Att\\|^2$\n(background words vs $1 - M$)\n"
-        "$+ 1000\\,\\mathrm{MSE}(Emb, Emb_0)$", blue, size=8.8)
+        f"$+ {config.refine_reg_weight:g}\\,\\mathrm{{MSE}}(Emb, Emb_0)$, "
+        f"{config.refine_iters} AdamW step{'s' if config.refine_iters > 1 else ''}/step"
+        if config.refine else "off in this configuration", blue, size=8.8)
     box(8.75, 1.75, 3.0, 1.4, "2.3 Null-text + edge loss",
-        "per-step null embedding:\n$10\\,\\mathrm{MSE}(z_t, z^*_t) + \\mathcal{L}_{Edge}$\n"
-        "$\\mathcal{L}_{Edge}$ = Sobel + $0.1\\cdot$PiDiNet", blue, size=8.8)
+        f"per-step null embedding:\n${config.nulltext_latent_weight:g}\\,\\mathrm{{MSE}}(z_t, z^*_t)"
+        + (f" + \\mathcal{{L}}_{{Edge}}$\n$\\mathcal{{L}}_{{Edge}}$ = ${config.edge_sobel_weight:g}\\cdot$Sobel + "
+           f"${config.edge_pidinet_weight:g}\\cdot$PiDiNet" if config.use_edges else "$\n(no edge loss)"),
+        blue, size=8.8)
     box(5.55, 1.75, 3.0, 1.4, "2.4 Prompt-to-Prompt edit",
-        "source and target branches;\nthe target takes the source's\ncross- and self-attention maps", blue,
+        "source and target branches;\nthe target takes the source's maps:\n"
+        f"cross for {config.cross_replace_steps:.0%}, self for {config.self_replace_steps:.0%} of steps", blue,
         size=8.8)
     box(7.15, 0.45, 3.0, 0.85, "2.5 Blend", "$M \\cdot$ edited $+ (1 - M) \\cdot$ input", blue)
     arrow((4.95, 4.05), (5.55, 4.05))
@@ -472,7 +480,7 @@ def make_figures(out="figures", model=None, only=None, config=None, iterations: 
     for name in names:
         palette = True
         if name == "pipeline":
-            fig, palette = pipeline_figure(), False  # flat colours: keep them exact
+            fig, palette = pipeline_figure(config), False  # flat colours: keep them exact
         elif name == "edges":
             fig = edges_figure(pidinet)
         elif name == "decision-trace":

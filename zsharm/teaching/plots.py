@@ -111,17 +111,20 @@ def draw_mask_outline(ax, mask, color="white", linewidth=1.2):
     ax.contour(mask, levels=[0.5], colors=[color], linewidths=linewidth)
 
 
+NORMALISATION = "map / its max"  # the colour-bar label of every normalised map
+
+
 def overlay_map(ax, image, heat, title=None, alpha: float = 0.55, cmap: str = "magma", mask=None, normalize=True,
                 vmax: float = None, fontsize: int = 11):
-    """A small map (h x w) upsampled over an image, optionally with the mask's outline. `normalize` stretches
-    the map from its minimum (dark) to its maximum (bright, a perceptual colormap), so its shape shows whatever
-    its range; without it the map is drawn on a fixed scale [0, vmax], so several maps compare. Returns the map's
-    image, for a colour bar."""
+    """A small map (h x w) upsampled over an image, optionally with the mask's outline. `normalize` divides the
+    map by its maximum (the course's one normalisation, `NORMALISATION`): zero stays dark, so a near-uniform map
+    looks near-uniform instead of being stretched into a blob; without it the map is drawn on a fixed scale
+    [0, vmax], so several maps compare. Returns the map's image, for a colour bar."""
     base = as_array(image)
     heat = np.asarray(heat.detach().float().cpu() if torch.is_tensor(heat) else heat, dtype=np.float32)
     big = upsample(heat, base.shape[:2])
     if normalize:
-        big = (big - big.min()) / (big.max() - big.min() + 1e-8)
+        big = big / (big.max() + 1e-12)
     ax.imshow(base)
     shown = ax.imshow(big, cmap=cmap, alpha=alpha, vmin=0, vmax=1 if normalize else vmax)
     if mask is not None:
@@ -133,8 +136,8 @@ def overlay_map(ax, image, heat, title=None, alpha: float = 0.55, cmap: str = "m
 
 
 def plot_word_maps(image, cross_map, spans, mask=None, title=None, size: float = 2.7, include_start=False):
-    """One panel per word of a prompt: the word's cross-attention map over the image, each stretched from its
-    own minimum to its maximum (one colour bar: that shared 0-1 scale)."""
+    """One panel per word of a prompt: the word's cross-attention map over the image, each divided by its own
+    maximum (one colour bar: that shared 0-1 scale), the maximum in the panel's title so words compare."""
     plt = _plt()
     maps = word_maps(cross_map, spans)
     if include_start:
@@ -148,11 +151,12 @@ def plot_word_maps(image, cross_map, spans, mask=None, title=None, size: float =
     axes[0, 0].set_title("image (mask outlined)" if mask is not None else "image", fontsize=11)
     axes[0, 0].axis("off")
     for ax, (word, heat) in zip(axes[0, 1:], maps.items()):
-        shown = overlay_map(ax, base, heat, title=f'"{word}"', mask=mask)
+        top = float(heat.max())
+        shown = overlay_map(ax, base, heat, title=f'"{word}"\nmax {top:.3g}', mask=mask)
     if title:
         fig.suptitle(title, fontsize=13)
     fig.tight_layout()
-    fig.colorbar(shown, ax=list(axes[0, 1:]), fraction=0.02, pad=0.01, label="(map - min) / (max - min)")
+    fig.colorbar(shown, ax=list(axes[0, 1:]), fraction=0.02, pad=0.01, label=NORMALISATION)
     return fig
 
 

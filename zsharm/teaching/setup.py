@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zsharm.errors import ZsharmError, one_line
-from zsharm.models import TINY_SPECS, tiny_pipeline_dir
+from zsharm.models import TINY_SPECS, hide_loading_bars, tiny_pipeline_dir
 from zsharm.quiet import quiet_libraries
 
 DEMO_SOURCE = "astronaut bright warm indoor"
@@ -184,6 +184,8 @@ def setup(model: str, device=None, quick: bool = False, full: bool = False, step
           dpi: int = 90) -> Course:
     """Everything a notebook needs first (see the module docstring). `steps` and `size` override the settings'."""
     quiet_libraries()
+    # the libraries' loading bars would stay in a saved notebook as frozen "0%" lines (zsharm.bars: ours vanish)
+    hide_loading_bars()
     enable_colab_widgets()
     import matplotlib.pyplot as plt
     import torch
@@ -288,38 +290,82 @@ MEMORY = {
 }
 
 
-def cost_markdown(iterations: float = 0, unet_images: int = 0, unet_images_grad: int = 0, vae_decodes: int = 0,
-                  vae_decodes_grad: int = 0, memory: str = "paper", downloads=("sd2", "pidinet"), note: str = "") -> str:
-    """The cost paragraph at the top of a notebook (scripts/build_notebooks.py writes it from the source's
-    `# %% cost {...}` line): its counted work at the course size, what that takes on a T4 and an A100 by
-    `gpu_cost`'s assumption, the arithmetic, peak memory and downloads."""
+SHORT_DOWNLOADS = {"sd2": "Stable Diffusion 2 base (5.2 GB, once)", "pidinet": "PiDiNet (0.4 MB)",
+                   "vlm": "SmolVLM (4.5 GB, once)", "figures": "the authors' figures (a few MB, optional)"}
+SHORT_MEMORY = {"none": "no GPU", "inference": "about 4 GB of GPU memory", "paper": "about 12 GB of GPU memory"}
+
+
+def _work(iterations: float = 0, unet_images: int = 0, unet_images_grad: int = 0, vae_decodes: int = 0,
+          vae_decodes_grad: int = 0) -> dict:
     work = {k: round(iterations * v) for k, v in PAPER_ITERATION.items()}
     for key, extra in (("unet_images", unet_images), ("unet_images_grad", unet_images_grad),
                        ("vae_decodes", vae_decodes), ("vae_decodes_grad", vae_decodes_grad)):
         work[key] += extra
-    cost = gpu_cost(**work)
-    t4, a100 = (f"{cost[g] / 60:.0f} min" if cost[g] >= 90 else f"{cost[g]:.0f} s" for g in ("T4", "A100"))
-    lines = [f"**What it costs (estimates, course size: 50 steps at 512 px).** On a T4 about {t4}, on an A100 "
-             f"about {a100}." if work["unet_images"] or work["vae_decodes"] else
-             "**What it costs.** No diffusion model runs here."]
+    return work
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def cost_markdown(iterations: float = 0, unet_images: int = 0, unet_images_grad: int = 0, vae_decodes: int = 0,
+                  vae_decodes_grad: int = 0, memory: str = "paper", downloads=("sd2", "pidinet"), note: str = "") -> str:
+    """The one-line cost at the top of a notebook (scripts/build_notebooks.py writes it from the source's
+    `# %% cost {...}` line): time on a T4 and an A100 by `gpu_cost`'s assumption, peak memory, downloads. The
+    arithmetic and `note` go to docs/costs.md (`cost_details`): a student needs the answer, not the sum."""
+    work = _work(iterations, unet_images, unet_images_grad, vae_decodes, vae_decodes_grad)
+    got = ", ".join(SHORT_DOWNLOADS[d] for d in downloads) if downloads else "none"
     if work["unet_images"] or work["vae_decodes"]:
+        cost = gpu_cost(**work)
+        time = f"about {_duration(cost['T4'])} on a T4, {_duration(cost['A100'])} on an A100 at the course size"
+    else:
+        time = "no diffusion model runs here"
+    return (f"**What it costs:** {time}; {SHORT_MEMORY[memory]}; downloads: {got} "
+            f"([how this is estimated](../docs/costs.md)).")
+
+
+def cost_details(name: str, iterations: float = 0, unet_images: int = 0, unet_images_grad: int = 0,
+                 vae_decodes: int = 0, vae_decodes_grad: int = 0, memory: str = "paper", downloads=("sd2", "pidinet"),
+                 note: str = "") -> str:
+    """One notebook's section of docs/costs.md: its counted work, the sum behind its one-line cost, its note."""
+    work = _work(iterations, unet_images, unet_images_grad, vae_decodes, vae_decodes_grad)
+    lines = [f"## {name}", ""]
+    if work["unet_images"] or work["vae_decodes"]:
+        cost = gpu_cost(**work)
         parts = f"{iterations:g} paper iteration(s) x (1,270 UNet evaluations, 682 with gradients; 147 VAE decodes, " \
                 f"145 with gradients)" if iterations else ""
         extra = f" + {unet_images} UNet evaluations and {vae_decodes} VAE decodes for the explorers and " \
                 f"comparisons" if unet_images or vae_decodes else ""
-        lines.append(f"Counted work: {parts}{extra} = {work['unet_images']:,} UNet evaluations "
+        lines.append(f"Counted work: {parts}{extra if parts else extra[3:]} = {work['unet_images']:,} UNet evaluations "
                      f"({work['unet_images_grad']:,} with gradients) and {work['vae_decodes']:,} VAE decodes "
-                     f"({work['vae_decodes_grad']:,} with gradients). Arithmetic (`zsharm.teaching.setup.gpu_cost`): "
-                     f"one UNet evaluation at 512 px is about {UNET_TFLOP_512} TFLOP and a VAE decode about "
-                     f"{VAE_DECODE_TFLOP_512} TFLOP, a backward pass twice its forward, and a GPU sustains "
-                     f"{SUSTAINED_FRACTION:.0%} of its fp16 peak (T4 {GPU_FP16_TFLOPS['T4']:g}, A100 "
-                     f"{GPU_FP16_TFLOPS['A100']:g} TFLOPS): {seconds_per('unet', 'T4'):.3f} s and "
-                     f"{seconds_per('unet', 'A100'):.3f} s per UNet evaluation. Measure yours with `zsharm bench`.")
+                     f"({work['vae_decodes_grad']:,} with gradients): about {_duration(cost['T4'])} on a T4 and "
+                     f"{_duration(cost['A100'])} on an A100.")
+    else:
+        lines.append("No diffusion model runs.")
     lines.append(f"Peak memory: {MEMORY[memory]}. Downloads: "
                  + ("; ".join(DOWNLOADS[d] for d in downloads) if downloads else "none") + ".")
     if note:
         lines.append(note)
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
+
+
+def costs_document(sections: list) -> str:
+    """docs/costs.md: the assumption, the per-evaluation arithmetic, then one section per notebook."""
+    head = f"""# What the notebooks cost
+
+Written by `scripts/build_notebooks.py` from each notebook's `# %% cost` line; do not edit by hand.
+
+Every notebook opens with one line: its time on a T4 and an A100 at the course size (50 steps at 512 px).
+Those times are estimates from one assumption (`zsharm.teaching.setup.gpu_cost`), not measurements: one UNet
+evaluation of one image at 512 px is about {UNET_TFLOP_512} TFLOP and a VAE decode about
+{VAE_DECODE_TFLOP_512} TFLOP, a backward pass costs {BACKWARD_FACTOR:g} times its forward, and a GPU sustains
+{SUSTAINED_FRACTION:.0%} of its fp16 peak (T4 {GPU_FP16_TFLOPS['T4']:g}, A100 {GPU_FP16_TFLOPS['A100']:g}
+TFLOPS): {seconds_per('unet', 'T4'):.3f} s and {seconds_per('unet', 'A100'):.3f} s per UNet evaluation. One
+iteration of the paper's stage 2 at 50 steps counts 1,270 UNet evaluations (682 with gradients) and 147 VAE
+decodes (145 with gradients). Measure your own machine with `zsharm bench`.
+
+"""
+    return head + "\n".join(sections)
 
 
 # ----------------------------------------------------------------------------- the authors' published results

@@ -9,8 +9,13 @@ keyboard and mouse work in JupyterLab and Colab). It uses no `interact` and no `
 (papermill, nbconvert) mimics an Output widget by sending comm messages on the kernel's shell socket while it
 waits on that socket for the cell's reply, and under load the reply's wake-up is lost, so the cell hangs
 until the execution timeout (nteract/papermill#723, jupyter/nbclient#312). An Image widget's value is set by
-the kernel only; nothing flows back. Displayed, an Explorer gives the widget and a PNG of its first state,
-so a static page (GitHub, a headless run) still shows one picture.
+the kernel only; nothing flows back.
+
+Displayed, an Explorer gives two outputs: the widget, then a plain PNG of its first state. A page with no live
+widget (GitHub, nbconvert, a saved notebook reopened before its kernel runs, where the widget itself can only
+say "Error displaying widget: model not found") shows that PNG. In JupyterLab a live explorer hides it: the
+widget carries a style rule hiding the output right after an explorer's, so the picture is not shown twice.
+The picture keeps its own size (a flex column would otherwise stretch it to the output's full width).
 
     explorer = inversion_explorer(views)
     explorer                         # the last line of a cell displays it
@@ -25,6 +30,7 @@ import numpy as np
 import torch
 
 from zsharm.teaching.plots import (
+    NORMALISATION,
     as_array,
     draw_mask_outline,
     latent_preview,
@@ -47,7 +53,9 @@ class Explorer:
         self.controls = dict(controls)
         # a bare Figure, not pyplot's: the inline backend must not display every redraw on its own
         self.figure = Figure(figsize=figsize, dpi=dpi)
-        self.image = ipywidgets.Image(format="png", layout=ipywidgets.Layout(max_width="100%"))
+        # flex-start: the column would stretch the picture to the output's width; its own size, at most that
+        self.image = ipywidgets.Image(format="png", layout=ipywidgets.Layout(align_self="flex-start",
+                                                                             max_width="100%", height="auto"))
         self.png = b""
         self.draws = 0
         self._holding = False
@@ -98,14 +106,35 @@ class Explorer:
 
     def widget(self):
         import ipywidgets
-        return ipywidgets.VBox([ipywidgets.HBox(list(self.controls.values()),
-                                                layout=ipywidgets.Layout(flex_flow="row wrap")), self.image])
+        box = ipywidgets.VBox([ipywidgets.HBox(list(self.controls.values()),
+                                               layout=ipywidgets.Layout(flex_flow="row wrap")), self.image,
+                               ipywidgets.HTML(HIDE_STILL)])
+        box.add_class(LIVE_CLASS)
+        return box
 
     def _repr_mimebundle_(self, **kwargs):
+        """The widget's bundle, with a line of text where no widget can be shown."""
         bundle = self.widget()._repr_mimebundle_(**kwargs)
         data = bundle[0] if isinstance(bundle, tuple) else bundle
-        data["image/png"] = base64.b64encode(self.png).decode("ascii")  # the static pages' picture
+        data["text/plain"] = STILL_NOTE
         return bundle
+
+    def still(self) -> dict:
+        """The first state's picture as a plain output bundle (what a page without the live widget shows)."""
+        return {"image/png": base64.b64encode(self.png).decode("ascii"), "text/plain": STILL_NOTE}
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        bundle = self._repr_mimebundle_()
+        display(bundle[0] if isinstance(bundle, tuple) else bundle, raw=True)
+        display(self.still(), raw=True)
+
+
+LIVE_CLASS = "zsharm-explorer"
+# JupyterLab's output DOM: each output is a .jp-OutputArea-child; a live explorer hides the still after it
+HIDE_STILL = (f"<style>.jp-OutputArea-child:has(.{LIVE_CLASS}) + .jp-OutputArea-child "
+              "{ display: none; }</style>")
+STILL_NOTE = "(an interactive explorer: run the notebook to move its controls)"
 
 
 def _slider(options, value=None, description=""):
@@ -233,7 +262,7 @@ def cross_attention_explorer(trace, mask_work) -> Explorer:
         shown = _heat(ax, trace.image, heat / (heat.max() + 1e-12), mask=mask_work,
                       title=f'"{word}", {layer}, step {step} (t={trace.timesteps[steps.index(step)]}); '
                             f"max {float(heat.max()):.3f}")
-        fig.colorbar(shown, ax=ax, fraction=0.046, label="attention / its max")
+        fig.colorbar(shown, ax=ax, fraction=0.046, label=NORMALISATION)
 
     return Explorer(draw, {"word": _dropdown(words, words[-2], "word"),
                            "layer": _dropdown([MEAN_LAYERS] + recorder.layers(True), description="layer"),
@@ -257,7 +286,7 @@ def self_attention_explorer(trace, mask_work, start=(0, 0)) -> Explorer:
                       title=f"self-attention of pixel ({row}, {column}), {layer}, step {step}")
         W, H = trace.image.size
         ax.plot([(column + 0.5) * W / ww], [(row + 0.5) * H / hh], "w+", markersize=16, markeredgewidth=3)
-        fig.colorbar(shown, ax=ax, fraction=0.046, label="attention / its max")
+        fig.colorbar(shown, ax=ax, fraction=0.046, label=NORMALISATION)
 
     return Explorer(draw, {"layer": _dropdown(layers, description="layer"),
                            "step": _slider(steps, description="step"),
@@ -345,6 +374,8 @@ def edge_sweep_explorer(views: EdgeViews) -> Explorer:
     names = list(views.outputs)
 
     def draw(fig, variant):
+        # constrained layout makes room for the title and gives each colour bar its own space
+        fig.set_layout_engine("constrained")
         axes = fig.subplots(2, 3)
         _show(axes[0, 0], views.outputs[variant], f"output: {variant}", views.mask_work)
         axes[0, 1].imshow(views.sobel[variant], cmap="gray", vmin=0, vmax=1)
