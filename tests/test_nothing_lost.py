@@ -115,11 +115,15 @@ def _pairing(root):
     return [(i.composite.name, i.mask.name, i.captions) for i in find_batch_items(root)]
 
 
-def test_images_whose_natural_names_tie_get_the_same_caption_line_whatever_order_they_were_made_in(tmp_path):
+def test_images_whose_natural_names_tie_get_the_same_caption_line_whatever_order_they_were_made_in(
+        tmp_path, monkeypatch):
     names = ["x1", "x01", "x001"]
     _authors_layout_in_order(tmp_path / "one", names, [0, 1, 2])
     _authors_layout_in_order(tmp_path / "two", names, [2, 1, 0])
-    assert _pairing(tmp_path / "one") == _pairing(tmp_path / "two")
+    first = _pairing(tmp_path / "one")
+    original = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: iter(list(original(self))[::-1]))  # the other listing order
+    assert _pairing(tmp_path / "two") == first
 
 
 TIED_NAMES = ["x1", "x01", "x001", "X1", "a", "A", "b2", "B02", "c10", "c9"]
@@ -311,10 +315,21 @@ def test_the_first_error_is_reported_when_the_atomic_writers_clean_up_fails_too(
             raise PermissionError("the first error")
 
 
-def test_figures_into_a_place_that_cannot_hold_them_is_one_line(tmp_path, capsys):
-    (tmp_path / "file").write_text("")
-    err = refused(capsys, ["figures", "--out", str(tmp_path / "file" / "figs"), "--only", "pipeline"])
-    assert "is a file, not a folder" in err and not list(tmp_path.glob("**/*.png"))
+def test_a_figure_that_cannot_be_saved_in_a_read_only_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    import matplotlib.figure
+    original = Path.unlink
+
+    def refuse_save(self, *args, **kwargs):  # what a read-only folder does (root is not refused by a chmod)
+        raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(args[0]))
+
+    def refuse_unlink(self, missing_ok=False):
+        if ".tmp" in self.name:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return original(self, missing_ok=missing_ok)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", refuse_save)
+    monkeypatch.setattr(Path, "unlink", refuse_unlink)
+    err = refused(capsys, ["figures", "--out", str(tmp_path / "figs"), "--only", "pipeline"])
+    assert "read-only file system" in err.lower() and not list(tmp_path.glob("**/*.png"))
 
 
 # ---------------------------------------------------------------- 10. a missing VLM offline
@@ -370,10 +385,10 @@ def test_a_new_history_leaves_nothing_of_the_earlier_run_beside_it(tmp_path):
 # ---------------------------------------------------------------- 13. evaluate without ground truth
 
 
-def test_evaluate_on_a_dataset_without_ground_truth_says_so_instead_of_empty_metrics(tmp_path, capsys):
+def test_evaluate_on_a_dataset_without_ground_truth_says_so_beside_the_empty_metrics(tmp_path, capsys):
     data = plain_pairs(tmp_path / "data", ["a"])
-    err = refused(capsys, ["evaluate", str(data), "--methods", "copy-paste", "--out", str(tmp_path / "out")])
-    assert "no ground truth" in err and not (tmp_path / "out").exists()
+    assert main(["evaluate", str(data), "--methods", "copy-paste", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "the dataset has no ground truth" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- 14. describe FOLDER --out new.txt
@@ -466,3 +481,29 @@ def test_a_read_only_file_system_is_called_so_not_a_missing_permission(tmp_path,
     monkeypatch.setattr(files.os, "statvfs", lambda path: ReadOnly())
     with pytest.raises(ZsharmError, match="read-only file system"):
         files.check_writable(tmp_path / "x.png")
+
+
+def test_training_warns_when_its_best_checkpoint_is_no_better_than_chance(tmp_path, monkeypatch, caplog):
+    import zsharm.decide.training as training
+    for stem in ("a0001_1_1", "a0002_1_1", "a0003_1_1"):
+        for folder, name in (("composite_images", stem + ".jpg"), ("masks", stem[:-2] + ".png"),
+                             ("real_images", stem[:-4] + ".jpg")):
+            image = Image.new("RGB", (8, 8))
+            if folder == "masks":
+                image.paste((255, 255, 255), (2, 2, 6, 6))
+            (tmp_path / "HAdobe5k" / folder).mkdir(parents=True, exist_ok=True)
+            image.save(tmp_path / "HAdobe5k" / folder / name)
+    monkeypatch.setattr(training, "evaluate_classifier",
+                        lambda *args: {"val_loss": 0.7, "val_accuracy": 0.5, "val_auc": 0.0})
+    with caplog.at_level("WARNING", logger="zsharm"):
+        training.train_evaluator(tmp_path, tmp_path / "e.safetensors", epochs=1, batch_size=4, size=32, arch="tiny",
+                                 device="cpu", val_fraction=0.34, progress=False)
+    assert "ROC-AUC is 0.000, no better than chance" in caplog.text
+
+
+def test_evaluate_checks_the_prompts_it_will_use_before_loading_the_pipeline(tmp_path, capsys, no_models):
+    data = plain_pairs(tmp_path / "data", ["a"])
+    write_image(data / "a_real.png")
+    err = refused(capsys, ["evaluate", str(data), "--methods", "zsharm", "--out", str(tmp_path / "out"), "--model",
+                           "tiny", "--source", "astronaut bright!", "--target", "astronaut dim"])
+    assert "'bright!'" in err

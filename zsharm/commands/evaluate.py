@@ -44,9 +44,10 @@ def cli_evaluate(args) -> int:
         raise ZsharmError(f"--iterations must be at least 1, got {args.iterations}")
     check_writable(Path(args.out) / "per_image.csv")  # before minutes of harmonizing
     samples = load_dataset(args.dataset, layout=args.layout, split=args.split, limit=args.limit)
-    _check_ground_truth(samples, args)
+    _check_ground_truth(samples)
     if "zsharm" in names:
         check_cache()
+        _check_zsharm_prompts(samples, args)
     methods = {}
     for name in names:
         if name in ZSHARM_VARIANTS:
@@ -70,13 +71,26 @@ def cli_evaluate(args) -> int:
     return 0
 
 
-def _check_ground_truth(samples, args) -> None:
-    """Every metric compares with the ground truth: refuse a dataset with none (unless only the images are
-    wanted), and say how many images have none."""
+def _check_ground_truth(samples) -> None:
+    """Every metric compares with the ground truth: say so when images have none (their rows keep only the
+    times), rather than leave empty columns unexplained."""
     missing = sum(sample.real_path is None for sample in samples)
-    if missing == len(samples) and not args.save_images:
-        raise ZsharmError(f"{args.dataset} holds no ground truth (real_images/, name_real.png or name_gt.png), so "
-                          f"no metric can be measured; add it, or keep only the results with --save-images")
     if missing:
-        print(f"zsharm: warning: {missing} of {len(samples)} images have no ground truth: their metrics are empty",
-              file=sys.stderr)
+        whole = "the dataset has" if missing == len(samples) else f"{missing} of {len(samples)} images have"
+        print(f"zsharm: warning: {whole} no ground truth (real_images/, name_real.png or name_gt.png): no metric "
+              f"can be measured there, only the time taken", file=sys.stderr)
+
+
+def _check_zsharm_prompts(samples, args) -> None:
+    """The prompts the zsharm method will use, typed or from the dataset's captions, pass `check_prompts` before
+    the pipeline loads."""
+    from zsharm.validate import check_prompts
+    check_prompts(args.source, args.target)
+    if args.source is not None:
+        return
+    for sample in samples:
+        if sample.captions:
+            try:
+                check_prompts(*sample.captions[0])
+            except ZsharmError as error:
+                raise ZsharmError(f"{sample.name}'s caption: {error}") from None
