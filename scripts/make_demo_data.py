@@ -1,6 +1,6 @@
 """Build zsharm's demo data in data/ from photos that installed packages ship.
 
-    python scripts/make_demo_data.py            # writes data/demo, data/composites, data/synthetic
+    python scripts/make_demo_data.py            # writes data/demo, data/composites, data/synthetic, data/toy
     python scripts/make_demo_data.py --check    # rebuilds into a temp folder and compares with data/ byte for byte
 
 Every photo comes from scikit-image's or matplotlib's bundled sample data (no download); every object
@@ -290,6 +290,14 @@ def build(out: Path):
     build_demo(objects, out)
     build_composites(objects, out)
     build_synthetic(objects, out)
+    build_toy(out)
+
+
+def build_toy(out: Path, count: int = 32):
+    """data/toy: held-out composites of the toy world with their ground truth (what `zsharm toy data` writes)."""
+    from zsharm.toy import world
+    from zsharm.toy.train import write_composites
+    write_composites(out / "toy", [world.HELD_OUT_SEEDS[i] for i in range(count)], "test", desc="toy composites")
 
 
 def compare(a: Path, b: Path):
