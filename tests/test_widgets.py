@@ -443,7 +443,9 @@ def test_the_hand_written_recorder_of_notebook_03_records_the_librarys_maps(tiny
     source = "astronaut bright warm"
     trace = trace_attention(tiny_pipe, image, source, config, cross_res=(32, 16), self_res=())
     before = {name: type(p) for name, p in tiny_pipe.unet.attn_processors.items()}
-    namespace = dict(pipe=tiny_pipe, config=config, trace=trace, source=source)
+    from types import SimpleNamespace
+    course = SimpleNamespace(attention_divisors=(32, 16), attention_divisor=32)  # the notebook's set-up's
+    namespace = dict(pipe=tiny_pipe, config=config, trace=trace, source=source, course=course)
     exec(_notebook_code("03_attention_maps.py", "class RecordingProcessor"), namespace)
     assert "records the library's maps in all" in capsys.readouterr().out
     assert {name: type(p) for name, p in tiny_pipe.unet.attn_processors.items()} == before  # put back

@@ -17,7 +17,7 @@
 # %% tags=["parameters"]
 import os
 
-MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")  # for its tokenizer
+MODEL = os.environ.get("ZSHARM_MODEL", "auto")   # for its tokenizer; auto: SD 2 base where it can run, else the toy
 QUICK = os.environ.get("ZSHARM_QUICK") == "1"   # the tests' run: tiny models
 FULL = False                                     # True: the paper's settings everywhere (nothing changes here)
 # The VLM to ask: "tiny" builds a random-weight model of the default family (offline, seconds);

@@ -14,7 +14,7 @@
 # %% tags=["parameters"]
 import os
 
-MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")
+MODEL = os.environ.get("ZSHARM_MODEL", "auto")   # auto: SD 2 base where it can run (a GPU), else the toy prior
 QUICK = os.environ.get("ZSHARM_QUICK") == "1"   # the tests' run: a tiny model, 4 steps at 128 px
 FULL = False                                     # True: the paper's settings everywhere (zsharm.teaching.setup)
 DEVICE = None                                    # None: CUDA if there is one, else Apple MPS, else CPU

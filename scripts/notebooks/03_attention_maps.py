@@ -14,7 +14,7 @@
 # %% tags=["parameters"]
 import os
 
-MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")
+MODEL = os.environ.get("ZSHARM_MODEL", "auto")   # auto: SD 2 base where it can run (a GPU), else the toy prior
 QUICK = os.environ.get("ZSHARM_QUICK") == "1"   # the tests' run: a tiny model, 4 steps
 FULL = False                                     # True: the paper's settings everywhere (zsharm.teaching.setup)
 DEVICE = None                                    # None: CUDA if there is one, else Apple MPS, else CPU
@@ -56,7 +56,7 @@ image, mask, source = course.image, course.mask, course.source
 # %%
 from zsharm.teaching.trace import trace_attention
 
-trace = trace_attention(pipe, image, source, config, cross_res=(32, 16), self_res=(32,))
+trace = trace_attention(pipe, image, source, config, cross_res=course.attention_divisors, self_res=(course.attention_divisor,))
 recorder = trace.recorder
 mask_work = mask_at(mask, trace.image.size, config.mask_threshold)
 print("tokens:", trace.tokens)
@@ -111,7 +111,7 @@ with torch.no_grad():
         hand_out = pipe.unet(latents, t, encoder_hidden_states=context).sample
     finally:
         pipe.unet.set_attn_processor(saved)
-    library = AttentionRecorder((H, W), cross_res=(32, 16), self_res=(), cond_only=True)
+    library = AttentionRecorder((H, W), cross_res=course.attention_divisors, self_res=(), cond_only=True)
     with recording_attention(pipe.unet, library):
         library_out = pipe.unet(latents, t, encoder_hidden_states=context).sample
 

@@ -16,7 +16,7 @@
 # %% tags=["parameters"]
 import os
 
-MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")
+MODEL = os.environ.get("ZSHARM_MODEL", "auto")   # auto: SD 2 base where it can run (a GPU), else the toy prior
 QUICK = os.environ.get("ZSHARM_QUICK") == "1"   # the tests' run: a tiny model, 4 steps at 256 px
 FULL = False                                     # True: the paper's settings everywhere (zsharm.teaching.setup)
 DEVICE = None                                    # None: CUDA if there is one, else Apple MPS, else CPU
@@ -102,7 +102,7 @@ n_object = split_object(source, target, condition_vocabulary())
 S = description_positions(pipe.tokenizer, source, n_object)   # token positions of the source's condition words
 T = description_positions(pipe.tokenizer, target, n_object)   # ... and of the target's
 W, H = result.work_input.size
-shape = (H // 32, W // 32)                                      # the image/32 grid
+shape = (H // config.attention_res_divisor, W // config.attention_res_divisor)  # the grid L_Emb reads
 M = attention_mask_small(latent_mask(result.mask_work, (W // 8, H // 8), config.mask_threshold), shape,
                          config.mask_threshold).to(run.device, run.work_dtype)
 

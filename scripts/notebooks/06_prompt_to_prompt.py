@@ -15,7 +15,7 @@
 # %% tags=["parameters"]
 import os
 
-MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")
+MODEL = os.environ.get("ZSHARM_MODEL", "auto")   # auto: SD 2 base where it can run (a GPU), else the toy prior
 QUICK = os.environ.get("ZSHARM_QUICK") == "1"   # the tests' run: a tiny model, 4 steps at 128 px
 FULL = False                                     # True: the paper's settings everywhere (zsharm.teaching.setup)
 DEVICE = None                                    # None: CUDA if there is one, else Apple MPS, else CPU
@@ -204,7 +204,7 @@ replacement_explorer(grid)
 from zsharm.edit.tokens import word_token_spans
 from zsharm.teaching.plots import plot_word_maps
 
-h, w = kept.edit.latents[-1].shape[-2] * 8 // 32, kept.edit.latents[-1].shape[-1] * 8 // 32
+h, w = kept.edit.latents[-1].shape[-2] * 8 // config.attention_res_divisor, kept.edit.latents[-1].shape[-1] * 8 // config.attention_res_divisor
 for row, prompt in enumerate([source, target]):
     plot_word_maps(kept.work_input, kept.edit.maps.aggregate((h, w), row=row), word_token_spans(pipe.tokenizer, prompt),
                    mask=kept.mask_work, title=course.caption(f'{"source" if row == 0 else "target"} branch: "{prompt}"'))

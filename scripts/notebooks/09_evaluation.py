@@ -13,7 +13,7 @@
 # %% tags=["parameters"]
 import os
 
-MODEL = os.environ.get("ZSHARM_MODEL", "stabilityai/stable-diffusion-2-base")
+MODEL = os.environ.get("ZSHARM_MODEL", "auto")   # auto: SD 2 base where it can run (a GPU), else the toy prior
 QUICK = os.environ.get("ZSHARM_QUICK") == "1"   # the tests' run: a tiny model, 4 steps at 128 px
 FULL = False                                     # True: the paper's settings (all 20 composites)
 ITERATIONS = 1 if QUICK else 2

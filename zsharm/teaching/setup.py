@@ -78,9 +78,13 @@ def course_model(model: str = "auto") -> str:
 
 
 def load_tokenizer(model: str):
-    """The CLIP tokenizer of a model spec (hub id, diffusers folder or tiny) without loading its weights."""
+    """The CLIP tokenizer of a model spec (hub id, diffusers folder, toy, tiny or auto) without loading weights."""
     from transformers import CLIPTokenizer
-    source = str(tiny_pipeline_dir(model)) if model in TINY_SPECS else str(model)
+
+    from zsharm.models import model_folder
+    model = course_model(model)
+    folder = model_folder(model)
+    source = str(tiny_pipeline_dir(model)) if model in TINY_SPECS else str(folder or model)
     try:
         return CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
     except OSError as exc:
