@@ -42,7 +42,13 @@ def binarise_mask(picture: Picture) -> np.ndarray:
         values = values.max(axis=2)
     if values.max() == 1:
         return values == 1
-    return values > MASK_THRESHOLD * picture.max_value
+    return binarise_values(values, picture.max_value)
+
+
+def binarise_values(values, full_scale: float = 1.0) -> np.ndarray:
+    """Foreground where a value is above the paper's 100/255 of `full_scale`: the one binarisation of mask values
+    (files, arrays, soft masks, the evaluator's reading, metrics, describers)."""
+    return np.asarray(values) > MASK_THRESHOLD * full_scale
 
 
 def check_mask(mask: np.ndarray, size: tuple[int, int] | None = None, name: str = "<array>",
