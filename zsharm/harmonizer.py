@@ -21,7 +21,7 @@ from PIL import Image
 
 from zsharm.config import DEFAULT_MODEL, HarmonizeConfig
 from zsharm.errors import ZsharmError
-from zsharm.io.pictures import Picture
+from zsharm.io.pictures import Picture, load_image
 
 if TYPE_CHECKING:  # stage 2 imports torch: loaded when work starts, so `zsharm harmonize --help` is instant
     from zsharm.edit.iteration import WorkIteration
@@ -79,15 +79,18 @@ class Harmonizer:
 
     def __call__(self, image, mask, source: str = None, target: str = None, candidates=None,
                  iterations: int = None, history_dir=None, name: str = None) -> HarmonizeResult:
-        """mask: a path (its soft values, read as the authors read them, are what the evaluator sees), or an
-        array (bool, or soft values in [0, 1] / uint8) at the image's size."""
+        """mask: a path (its soft values, read as the authors read them, are what the evaluator sees), an array
+        (bool, or soft values in [0, 1] / uint8) at the image's size, or a GivenMask already read
+        (zsharm.io.masks.read_mask_once: the file is not read again)."""
         from zsharm.edit.iteration import at_work_size, finish, iterate_at_work_size
         from zsharm.decide.loop import DecisionLoop
         from zsharm.decide.scoring import score_mask
         from zsharm.validate import check_inputs, check_prompts
+        from zsharm.io.masks import read_mask_once
         check_prompts(source, target, getattr(self.pipe, "tokenizer", None))
-        mask_given = mask
-        picture, mask = check_inputs(image, mask, self.config)
+        picture = image if isinstance(image, Picture) else load_image(image)
+        given = read_mask_once(mask, like=picture)  # the one read of the mask: the evaluator's view comes from it
+        picture, mask = check_inputs(picture, given, self.config)
         cfg = self.config
         start, mask_work = at_work_size(picture, mask, cfg)
         from_vlm = source is None and not candidates
@@ -102,7 +105,7 @@ class Harmonizer:
         regenerate = self._regenerator(picture, mask, name) if from_vlm else None
         stage3 = DecisionLoop(self.evaluator, rule=self.rule, scoring=cfg.evaluator_scoring,
                               iterations=iterations, progress=self.progress)
-        seen = score_mask(mask_given, mask) if self.evaluator is not None else None
+        seen = score_mask(given, mask) if self.evaluator is not None else None
         loop = stage3.run(start, mask_work, candidates, step, score_mask=seen, regenerate=regenerate,
                           history_dir=history_dir, about={"schedule": cfg.schedule, "config": cfg.to_dict()})
         final = finish(picture, mask, start, loop.image, cfg)

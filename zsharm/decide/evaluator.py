@@ -218,6 +218,14 @@ def read_mask_as_authors(path) -> np.ndarray:
     return bgr[:, :, 0].astype(np.float32) / 255.0
 
 
+def decode_mask_as_authors(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """`read_mask_as_authors` of a file's bytes already read (cv2 decodes them as imread decodes the file)."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ZsharmError(f"cv2 cannot read the mask {name}")
+    return bgr[:, :, 0].astype(np.float32) / 255.0
+
+
 def jpeg_round_trip(image: Image.Image, quality: int = JPEG_QUALITY) -> np.ndarray:
     """uint8 RGB of `image` saved as the authors save each blend (PIL JPEG, quality 75, 4:2:0) and read back
     with cv2, as their evaluator reads it. Same bytes as writing the file: PIL encodes in memory identically."""

@@ -41,14 +41,20 @@ def scoring(evaluator, policy: str, mask: np.ndarray) -> tuple[Callable, Callabl
     return score, reload
 
 
-def score_mask(given, mask: np.ndarray, soft_file: np.ndarray | None = None) -> np.ndarray:
-    """What the evaluator sees of the mask: for a file, the authors' soft reading of it (`soft_file`, first
-    channel / 255, see zsharm.decide.evaluator.read_mask_as_authors; read here when not given); for an array, its
-    own values; `mask` (zsharm's boolean reading) where the authors' reading would show another mask (a cut-out
-    whose alpha is the mask, a 0/1 label map: their reader sees colours or nothing there)."""
-    from zsharm.decide.evaluator import read_mask_as_authors, soft_mask
-    if soft_file is not None:
-        soft = soft_file
+def score_mask(given, mask: np.ndarray) -> np.ndarray:
+    """What the evaluator sees of the mask: for a file, the authors' soft reading of it (first channel / 255,
+    zsharm.decide.evaluator.read_mask_as_authors; from the bytes of a GivenMask, a path read here); for an array,
+    its own values; `mask` (zsharm's boolean reading) where the authors' reading would show another mask (a
+    cut-out whose alpha is the mask, a 0/1 label map: their reader sees colours or nothing there)."""
+    from zsharm.decide.evaluator import decode_mask_as_authors, read_mask_as_authors, soft_mask
+    from zsharm.io.masks import GivenMask
+    soft = None
+    if isinstance(given, GivenMask):
+        if given.data is not None:
+            soft = decode_mask_as_authors(given.data, given.name)
+        given = given.values
+    if soft is not None:
+        pass
     elif isinstance(given, (str, os.PathLike)):
         soft = read_mask_as_authors(given)
     elif isinstance(given, np.ndarray) and given.ndim == 2:
