@@ -114,6 +114,68 @@ MUTANTS = [
            ("tests/test_reference.py",), "the faithfulness check runs the weak model twice"),
 ]
 
+# Compositions: every unit right, the way they are put together wrong (issue #24). The user gets a worse picture,
+# or another one than asked for, with no error. `--composition` runs only these.
+E2E = "tests/test_default_path.py"
+COMPOSITION = [
+    Mutant("transfer-dispatch-inverted", "zsharm/edit/iteration.py",
+           'method = "resize" if config.transfer == "resize" else "guided"',
+           'method = "guided" if config.transfer == "resize" else "resize"',
+           (E2E,), "the default output loses the input's detail (guided becomes resize)"),
+    Mutant("loop-keeps-scores-after-regenerate", "zsharm/decide/loop.py",
+           "run_images, run_scores, regenerated = [], [], True", "run_images, regenerated = [], True",
+           (E2E,), "the new description's first score is judged with the old one's: an early Conclude"),
+    Mutant("loop-regenerates-twice", "zsharm/decide/loop.py",
+           "run_images, run_scores, regenerated = [], [], True", "run_images, run_scores, regenerated = [], [], False",
+           (E2E,), "a second fall regenerates again instead of concluding"),
+    Mutant("loop-continues-from-the-same-input", "zsharm/decide/loop.py",
+           "        elif record.decision == CONTINUE:\n            current = out",
+           "        elif record.decision == CONTINUE:\n            current = current",
+           (E2E,), "every iteration re-edits the same image: the loop never builds on its own work"),
+    Mutant("loop-regenerate-skips-reload", "zsharm/decide/loop.py",
+           "current = reload(run_images[-3])", "current = run_images[-3]",
+           (E2E,), "paper goes on from the image in memory, not the authors' re-opened JPEG, after a Regenerate"),
+    Mutant("iteration-zero-candidates-chained", "zsharm/decide/loop.py",
+           "first.append(run(0, k, image))", "first.append(run(0, k, first[-1][0] if first else image))",
+           (E2E,), "the second candidate edits the first one's output, not the composite"),
+    Mutant("scoring-of-the-schedules-swapped", "zsharm/harmonizer.py",
+           "scorer = self.evaluator.score_saved if paper else self.evaluator.score",
+           "scorer = self.evaluator.score if paper else self.evaluator.score_saved",
+           (E2E,), "paper scores in memory, fast through a JPEG"),
+    Mutant("jpeg-reload-in-every-schedule", "zsharm/harmonizer.py",
+           "if paper:  # the authors go on", "if True:  # the authors go on",
+           (E2E,), "fast goes on from a lossy JPEG copy of its own output"),
+    Mutant("final-output-is-the-last-not-the-best", "zsharm/harmonizer.py",
+           "final = finish(picture, mask, start, loop.image, cfg)",
+           "final = finish(picture, mask, start, runs[-1].work_image, cfg)",
+           (E2E,), "the full-resolution output is the last iteration's, not the best-scoring one"),
+    Mutant("final-transfer-before-after-swapped", "zsharm/harmonizer.py",
+           "final = finish(picture, mask, start, loop.image, cfg)",
+           "final = finish(picture, mask, loop.image, start, cfg)",
+           (E2E,), "the change is carried to full resolution backwards"),
+    Mutant("command-drops-its-schedule", "zsharm/commands/harmonize.py",
+           "return Harmonizer(model=args.model, config=config,", "return Harmonizer(model=args.model, config=None,",
+           (E2E,), "--schedule, --steps, --size ... are ignored by zsharm harmonize"),
+    Mutant("command-drops-its-iterations", "zsharm/commands/harmonize.py",
+           "                        iterations=args.iterations, history_dir=args.history, name=Path(args.composite)",
+           "                        iterations=None, history_dir=args.history, name=Path(args.composite)",
+           ("tests/test_cli.py",), "--iterations is ignored for a single image"),
+    Mutant("evaluator-sees-the-work-mask", "zsharm/harmonizer.py",
+           "return scorer(image, score_mask)", "return scorer(image, _mask_work)",
+           ("tests/test_whole_method.py",), "the evaluator scores with the binarised work-size mask, not the file's"),
+    Mutant("batch-ignores-caption-candidates", "zsharm/commands/harmonize.py",
+           "candidates=candidates, iterations=args.iterations, history_dir=history,",
+           "candidates=None, iterations=args.iterations, history_dir=history,",
+           ("tests/test_cli.py", "tests/test_batch.py"), "caption.txt's descriptions are ignored: the VLM is asked"),
+    Mutant("no-evaluator-runs-ten-iterations", "zsharm/harmonizer.py",
+           "iterations = 10 if self.evaluator is not None else 1", "iterations = 10",
+           (E2E,), "--no-evaluator runs 10 iterations, not 1"),
+    Mutant("run-iteration-transfer-before-after-swapped", "zsharm/edit/iteration.py",
+           "full = finish(picture, mask, work_input, work.work_image, config)",
+           "full = finish(picture, mask, work.work_image, work_input, config)",
+           (E2E,), "run_iteration carries the change backwards"),
+]
+
 
 def scratch_copy(dest: Path):
     """The repository's tracked and untracked-but-not-ignored files, copied to `dest`."""
@@ -152,13 +214,16 @@ def run_tests(copy: Path, tests, slow: bool, timeout: float):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", help="run only this mutant (repeatable)")
+    parser.add_argument("--composition", action="store_true",
+                        help="only the compositions (COMPOSITION: the end-to-end tests' planted bugs)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--slow", action="store_true", help="include tests marked slow")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per mutant")
     args = parser.parse_args(argv)
-    mutants = [m for m in MUTANTS if not args.only or m.name in args.only]
+    pool = COMPOSITION if args.composition else MUTANTS + COMPOSITION
+    mutants = [m for m in pool if not args.only or m.name in args.only]
     if args.only and len(mutants) != len(set(args.only)):
-        parser.error(f"unknown mutant(s): {sorted(set(args.only) - {m.name for m in MUTANTS})}")
+        parser.error(f"unknown mutant(s): {sorted(set(args.only) - {m.name for m in pool})}")
     if args.list:
         for m in mutants:
             print(f"{m.name:40s} {m.file:34s} {m.means}")

@@ -50,6 +50,7 @@ def test_bad_input_one_line_error_and_no_output(composite, tmp_path, capsys, pro
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("out")]
 
 
+@pytest.mark.e2e  # a whole run on the tiny model
 def test_harmonize_with_history_keeps_input_size(composite, tmp_path, capsys):
     comp, mask = composite
     out, history = tmp_path / "out.png", tmp_path / "hist"
@@ -66,6 +67,7 @@ def test_harmonize_with_history_keeps_input_size(composite, tmp_path, capsys):
     assert (history / "contact_sheet.png").is_file()
 
 
+@pytest.mark.e2e  # a whole run on the tiny model
 def test_the_decision_loop_from_the_command_line(composite, tmp_path, capsys):
     comp, mask = composite
     out, history = tmp_path / "out.png", tmp_path / "hist"
@@ -83,6 +85,7 @@ def test_the_decision_loop_from_the_command_line(composite, tmp_path, capsys):
     assert record["iterations"][best]["decision"] in ("continue", "regenerate", "conclude", "stop")
 
 
+@pytest.mark.e2e  # a whole run on the tiny model
 def test_batch_reports_a_bad_image_and_does_the_rest(tmp_path, capsys):
     folder = tmp_path / "batch"
     (folder / "composite").mkdir(parents=True)
@@ -104,6 +107,7 @@ def test_batch_reports_a_bad_image_and_does_the_rest(tmp_path, capsys):
     assert "002" in captured.err and "002" not in captured.out  # errors go to stderr, also under --quiet
 
 
+@pytest.mark.e2e  # a whole run on the tiny model
 def test_without_prompts_the_vlm_describes(composite, tmp_path, capsys, monkeypatch):
     """Stage 1 feeds stage 2: a local OpenAI-compatible endpoint answers, the description reaches the prompts."""
     import threading
@@ -310,6 +314,7 @@ def test_good_but_unusual_input_reaches_the_model(composite, tmp_path, capsys, t
     assert "2 frames" in warned and "first" in warned
 
 
+@pytest.mark.e2e  # a whole run on the tiny model
 def test_lossy_output_when_asked_says_how_many_background_pixels_change(composite, tmp_path, capsys):
     comp, mask = composite
     out = tmp_path / "out.jpg"
@@ -323,6 +328,7 @@ def test_lossy_output_when_asked_says_how_many_background_pixels_change(composit
     assert f"{count:,} of {int(background.sum()):,} background pixels" in err, err
 
 
+@pytest.mark.e2e  # a whole run on the tiny model
 def test_batch_prompts_on_the_command_line_win_over_caption_txt(tmp_path, capsys):
     folder = tmp_path / "batch"
     (folder / "composite").mkdir(parents=True)
@@ -345,6 +351,7 @@ def test_batch_prompts_on_the_command_line_win_over_caption_txt(tmp_path, capsys
                                          "prompts_from": "--source/--target"}
 
 
+@pytest.mark.e2e  # a whole run on the tiny model
 def test_ctrl_c_during_the_final_save_leaves_no_partial_file(composite, tmp_path, capsys, monkeypatch):
     import zsharm.io.saving
 
@@ -476,6 +483,7 @@ def test_a_work_size_somewhat_above_the_image_is_allowed_with_a_warning(composit
     assert "upsampled" in warned and "150 px" in warned
 
 
+@pytest.mark.e2e  # a whole run on the tiny model
 def test_quiet_prints_no_library_bars_or_warnings(composite, tmp_path, capfd):
     """--quiet: not diffusers' "Loading pipeline components" bar, nor any library's warning; only errors."""
     comp, mask = composite

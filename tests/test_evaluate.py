@@ -25,7 +25,8 @@ def test_cli_writes_per_image_and_summary_tables(tmp_path, capsys):
                  "--limit", "3", "--out", str(out), "--quiet", "--save-images"])
     assert code == 0
     rows = read_rows(out / "per_image.csv")
-    assert list(_csv(out / "per_image.csv")[0]) == ["name", "method", "mse", "fmse", "psnr", "fpsnr", "ssim", "seconds"]
+    assert list(_csv(out / "per_image.csv")[0]) == ["name", "method", "mse", "fmse", "psnr", "fpsnr", "ssim", "fedge",
+                                                      "seconds"]
     assert [(r["name"], r["method"]) for r in rows[:4]] == [
         ("c1_1_1", "copy-paste"), ("c1_1_1", "reinhard"), ("c1_1_1", "histogram"), ("c1_1_2", "copy-paste")]
     assert len(rows) == 9

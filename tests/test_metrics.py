@@ -73,13 +73,27 @@ def test_masks_in_any_common_encoding_agree():
         assert (binary_mask(encoded) == expected).all()
 
 
-def test_measure_gives_all_five_numbers():
+def test_measure_gives_all_six_numbers():
     result, truth, mask = _pair()
     result, truth = np.tile(result, (6, 6, 1)), np.tile(truth, (6, 6, 1))
     mask = np.tile(mask, (6, 6))
     numbers = measure(result, truth, mask)
-    assert set(numbers) == {"mse", "fmse", "psnr", "fpsnr", "ssim"}
+    assert set(numbers) == {"mse", "fmse", "psnr", "fpsnr", "ssim", "fedge"}
     assert numbers["fmse"] == pytest.approx(50.0)
+
+
+def test_the_edge_error_ignores_a_colour_shift_and_sees_a_moved_edge():
+    from zsharm.quality.metrics import edge_error
+    truth = np.zeros((32, 32, 3), np.uint8)
+    truth[:, 16:] = 200
+    mask = np.ones((32, 32), bool)
+    brighter = truth.copy()
+    brighter[:, 16:] = 230
+    shifted = np.zeros_like(truth)
+    shifted[:, 20:] = 200
+    assert edge_error(truth, truth, mask) == 0
+    assert edge_error(np.clip(truth.astype(int) + 20, 0, 255).astype(np.uint8), truth, mask) == 0
+    assert edge_error(shifted, truth, mask) > 5 * edge_error(brighter, truth, mask)
 
 
 @pytest.mark.parametrize("call", [

@@ -235,6 +235,7 @@ def authors_evaluator_served(loopback_server, monkeypatch, tmp_path):
     return loopback_server, model
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("schedule", ["fast", "paper"])
 def test_harmonize_with_no_options_runs_all_three_stages(vlm_endpoint, authors_evaluator_served, tmp_path, capsys,
                                                          schedule):

@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from zsharm.describe.captions import read_caption_pairs
-from zsharm.distributed import claimed
+from zsharm.distributed import claim_is_held, claimed
 from zsharm.errors import ZsharmError, one_line
 from zsharm.io.files import atomic_path, write_json
 from zsharm.io.folders import MASK_SUFFIX, list_images, natural_key, pair_masks
@@ -58,6 +58,8 @@ class BatchItem:
     composite: Path
     mask: Path | None
     captions: tuple[Caption, ...] = ()
+    caption_file: Path | None = None  # where the captions came from, and their line there (from 1)
+    caption_line: int = 0
 
 
 @dataclass
@@ -83,8 +85,9 @@ class BatchSummary:
 # ---------------------------------------------------------------- finding items
 
 
-def find_batch_items(folder) -> list[BatchItem]:
-    """Every image/mask pair in `folder`, in natural order of the names (see the module docstring)."""
+def find_batch_items(folder, read_captions: bool = True) -> list[BatchItem]:
+    """Every image/mask pair in `folder`, in natural order of the names (see the module docstring);
+    read_captions=False leaves `caption.txt` unread (`zsharm describe` writing a new one)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ZsharmError(f"batch folder {folder} does not exist or is not a folder")
@@ -109,8 +112,11 @@ def find_batch_items(folder) -> list[BatchItem]:
     if duplicates:
         raise ZsharmError(f"{folder} holds several images named {duplicates[0]!r} (different extensions); "
                           f"names must be unique")
-    captions = _read_captions(folder / "caption.txt", len(composites))
-    return [BatchItem(p.stem, p, mask, captions[i] if captions else ()) for i, (p, mask) in enumerate(pairs)]
+    caption_file = folder / "caption.txt"
+    captions = _read_captions(caption_file, len(composites)) if read_captions else []
+    if not captions:
+        return [BatchItem(p.stem, p, mask) for p, mask in pairs]
+    return [BatchItem(p.stem, p, mask, captions[i], caption_file, i + 1) for i, (p, mask) in enumerate(pairs)]
 
 
 def _match_masks(composites: list[Path], masks: list[Path], by_order: bool) -> list[tuple[Path, Path | None]]:
@@ -171,6 +177,30 @@ def select_shard(items: Sequence[BatchItem], shard: tuple[int, int]) -> list[Bat
 # ---------------------------------------------------------------- running
 
 
+def check_outputs_spare_inputs(items: Sequence[BatchItem], out_dir) -> None:
+    """Refuse an output folder where a result, marker or claim would replace one of the batch's own files
+    (`--out` = the batch folder of `x.png` + `x_mask.png`, or the authors' `composite/`): before any work."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return
+    inputs = {}
+    for item in items:
+        for path in (item.composite, item.mask, item.caption_file):
+            if path is not None and path.exists():
+                stat = path.stat()
+                inputs[(stat.st_dev, stat.st_ino)] = path
+    for item in items:
+        for path in (output_path(out_dir, item.name), marker_path(out_dir, item.name),
+                     out_dir / f"{item.name}.claim", out_dir / "summary.json"):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            if (stat.st_dev, stat.st_ino) in inputs:
+                raise ZsharmError(f"--out {out_dir} would overwrite the input {inputs[(stat.st_dev, stat.st_ino)]} "
+                                  f"with {path.name}: write the results to another folder")
+
+
 def output_path(out_dir, name: str) -> Path:
     return Path(out_dir) / f"{name}.png"
 
@@ -205,6 +235,7 @@ def run_batch(items: Sequence[BatchItem], out_dir, process_one: Callable, shard:
     index, count = parse_shard(f"{shard[0]}/{shard[1]}")
     mine = select_shard(items, (index, count))
     summary = BatchSummary((index, count), len(mine))
+    check_outputs_spare_inputs(items, out_dir)
     name = "summary.json" if count == 1 else f"summary.shard{index}of{count}.json"
     summary.summary_path = out_dir / name
     start = time.perf_counter()
@@ -247,7 +278,10 @@ def run_batch(items: Sequence[BatchItem], out_dir, process_one: Callable, shard:
                     bar.set_postfix(done=len(summary.done), failed=len(summary.failed))
             save_summary()
     except BaseException:
-        save_summary(interrupted=True)
+        try:
+            save_summary(interrupted=True)
+        except ZsharmError as error:  # a full disk: the error that stopped the run is the one to see
+            print(f"zsharm: {error}", file=sys.stderr)
         raise
     finally:
         bar.close()
@@ -274,6 +308,11 @@ def _process(item: BatchItem, out_dir: Path, process_one: Callable) -> dict:
 # ---------------------------------------------------------------- merging the shards' summaries
 
 
+# the run summaries zsharm writes: exactly these names, so an image called `summary_beach.png` (whose marker is
+# `summary_beach.done.json`) is never read as one
+SHARD_SUMMARY = re.compile(r"summary(\.shard\d+of\d+)?\.json")
+
+
 def merge_summaries(out_dir, items: Sequence[BatchItem] | None = None) -> dict:
     """One `summary.json` for a folder that several shards (or launches) wrote into.
 
@@ -286,7 +325,8 @@ def merge_summaries(out_dir, items: Sequence[BatchItem] | None = None) -> dict:
     marker_suffix = marker_path("", "").name
     done = sorted((p.name[:-len(marker_suffix)] for p in out_dir.glob("*" + marker_suffix)
                    if output_path(out_dir, p.name[:-len(marker_suffix)]).is_file()), key=natural_key)
-    shards = [p for p in out_dir.glob("summary*.json") if p.name != "summary.json" or _is_run_summary(p)]
+    shards = [p for p in out_dir.glob("summary*.json") if SHARD_SUMMARY.fullmatch(p.name)
+              and (p.name != "summary.json" or _is_run_summary(p))]
     shards.sort(key=lambda p: p.stat().st_mtime)
     if not shards and not done:
         raise ZsharmError(f"--merge: {out_dir} holds no shard summaries (summary.shardIofN.json) and no results")
@@ -304,7 +344,7 @@ def merge_summaries(out_dir, items: Sequence[BatchItem] | None = None) -> dict:
             configs.append(report["config"])
     finished = set(done)
     failed = {name: error for name, error in failed.items() if name not in finished}
-    running = sorted((p.name[:-len(".claim")] for p in out_dir.glob("*.claim")), key=natural_key)
+    running = sorted((p.name[:-len(".claim")] for p in out_dir.glob("*.claim") if claim_is_held(p)), key=natural_key)
     merged = {"done": done, "failed": [{"name": n, "error": failed[n]} for n in sorted(failed, key=natural_key)],
               "running": running, "shard_seconds": round(seconds, 3)}
     if configs:  # one configuration made every shard's results, else each launch's is listed

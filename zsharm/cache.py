@@ -21,12 +21,39 @@ _TRUE = ("1", "true", "yes", "on")
 
 
 def cache_dir(*parts: str, create: bool = True) -> Path:
+    path = Path(cache_root(), *parts)
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ZsharmError(f"cannot create the cache folder {path}: {error.strerror or one_line(error)}; "
+                              f"{_where_cache_is_set()}") from None
+    return path
+
+
+def cache_root() -> Path:
     root = os.environ.get("ZSHARM_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "zsharm")
-    path = Path(root, *parts).expanduser()
-    if create:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(root).expanduser()
+
+
+def _where_cache_is_set() -> str:
+    for name in ("ZSHARM_CACHE", "XDG_CACHE_HOME"):
+        if os.environ.get(name):
+            return f"it is set by {name}={os.environ[name]}: point {name} at a writable folder"
+    return "set ZSHARM_CACHE to a writable folder"
+
+
+def check_cache() -> None:
+    """Refuse, before any model is loaded or fetched, a cache that is a file or cannot be written."""
+    from zsharm.io.files import check_writable
+    root = cache_root()
+    if root.exists() and not root.is_dir():
+        raise ZsharmError(f"the cache {root} is a file, not a folder; {_where_cache_is_set()}")
+    try:
+        check_writable(root / ".locks" / "check")
+    except ZsharmError as error:
+        raise ZsharmError(f"the cache is not writable ({error}); {_where_cache_is_set()}") from None
 
 
 def offline() -> bool:

@@ -134,41 +134,60 @@ def _owner() -> dict:
 
 
 def _holder_is_gone(path: Path) -> bool:
-    """Whether a claim was left by a process of this machine that no longer runs (killed, out of memory)."""
+    """Whether a claim holds no one: empty or unreadable (a claim is complete from its first moment, see
+    `try_claim`, so such a file is left by a crash or a full disk), or left by a process of this machine that no
+    longer runs (killed, out of memory)."""
     try:
         holder = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False  # being written right now, or not ours to judge
-    if holder.get("host") != socket.gethostname():
+        host, pid = holder["host"], int(holder["pid"])
+    except FileNotFoundError:
+        return False  # released meanwhile: the next try creates it afresh
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return True
+    if host != socket.gethostname():
         return False
     try:
-        os.kill(int(holder["pid"]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except (PermissionError, KeyError, TypeError, ValueError):
+    except (PermissionError, OverflowError, ValueError):
         return False
     return False
+
+
+def claim_is_held(path) -> bool:
+    """Whether the claim file at `path` belongs to a process that may still be working on its item."""
+    return not _holder_is_gone(Path(path))
 
 
 def try_claim(out_dir, name: str) -> bool:
     """Claim item `name` for this process: True if it is now ours, False if another live process holds it.
 
-    The claim file is created with O_EXCL, which the file system grants to exactly one creator (also on NFS
-    v3 and later). A claim left by a dead process of this machine is taken over."""
+    The claim is written whole to a private file first and then hard-linked to `<name>.claim`; the link is
+    granted to exactly one creator (also on NFS v3 and later), and a claim never exists half-written. A claim
+    left by a dead process of this machine, or empty or garbled, is taken over."""
     path = claim_path(out_dir, name)
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if not _holder_is_gone(path):
-                return False
-            log.info("%s: taking over the claim of a process that is gone", name)
-            _move_aside(path)
-            continue
-        with os.fdopen(fd, "w") as file:
-            json.dump(_owner(), file)
-        return True
-    return False
+    mine = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.new")
+    try:
+        mine.write_text(json.dumps(_owner()))
+    except OSError as error:
+        mine.unlink(missing_ok=True)
+        raise ZsharmError(f"cannot claim {name}: cannot write {mine}: {error.strerror or error}") from None
+    try:
+        for _ in range(3):
+            try:
+                os.link(mine, path)
+                return True
+            except FileExistsError:
+                if not _holder_is_gone(path):
+                    return False
+                log.info("%s: taking over a claim nobody holds", name)
+                _move_aside(path)
+            except OSError as error:
+                raise ZsharmError(f"cannot claim {name}: cannot create {path}: {error.strerror or error}") from None
+        return False
+    finally:
+        mine.unlink(missing_ok=True)
 
 
 def _move_aside(path: Path) -> None:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from zsharm.config import DEFAULT_MODEL, HarmonizeConfig
 from zsharm.errors import ZsharmError
-from zsharm.io.pictures import Picture, load_image
+from zsharm.io.pictures import Picture
 
 if TYPE_CHECKING:  # stage 2 imports torch: loaded when work starts, so `zsharm harmonize --help` is instant
     from zsharm.edit.iteration import WorkIteration
@@ -44,7 +44,8 @@ class HarmonizeResult:
 class Harmonizer:
     """All three stages with their models loaded once; call it on (image, mask).
 
-    evaluator: "authors" (the default: their bestModel.pth, fetched once), a checkpoint path, an Evaluator, or
+    evaluator: "auto" (the default: the model's own evaluator where it ships one, as the toy prior does, else
+    "authors"), "authors" (their bestModel.pth, fetched once), a checkpoint path, an Evaluator, or
     None for no stage 3 (a fixed number of iterations with the first description). n_candidates: descriptions
     asked of stage 1 (default 2, as the authors; 1 without an evaluator, which would use only the first), and
     the most taken from a caption line. How each blend is scored is `config.evaluator_scoring` (the paper's:
@@ -53,11 +54,18 @@ class Harmonizer:
     """
 
     def __init__(self, model=DEFAULT_MODEL, config: HarmonizeConfig = None,
-                 evaluator="authors", describer=None, device=None, dtype=None, pipe=None, pidinet=None,
+                 evaluator="auto", describer=None, device=None, dtype=None, pipe=None, pidinet=None,
                  progress: bool = True, n_candidates: int = None, rule=None):
-        from zsharm.models import load_pipeline, prepare_pipeline
+        from zsharm.models import load_pipeline, model_companions, prepare_pipeline
         from zsharm.validate import check_device
-        self.config = config or HarmonizeConfig()
+        companions = model_companions(model if pipe is None else getattr(pipe, "name_or_path", None))
+        # the values the model was made for (the toy prior's 128 px), unless the caller gave a config
+        self.config = config or HarmonizeConfig(**companions.get("config", {}))
+        if evaluator == "auto":
+            evaluator = str(companions.get("evaluator") or "authors")
+        if describer is None and "describer" in companions:
+            from zsharm.toy.describer import ToyDescriber
+            describer = ToyDescriber.from_file(companions["describer"])
         if pipe is None:
             check_device(device, self.config.dtype if self.config.dtype != "auto" else None)
         if n_candidates is not None and n_candidates < 1:
@@ -86,10 +94,11 @@ class Harmonizer:
         from zsharm.decide.loop import DecisionLoop
         from zsharm.decide.scoring import score_mask
         from zsharm.validate import check_inputs, check_prompts
-        from zsharm.io.masks import read_mask_once
+        from zsharm.io.masks import read_pair_once
         check_prompts(source, target, getattr(self.pipe, "tokenizer", None))
-        picture = image if isinstance(image, Picture) else load_image(image)
-        given = read_mask_once(mask, like=picture)  # the one read of the mask: the evaluator's view comes from it
+        for candidate in candidates or ():  # a caption file's prompts pass the same check as typed ones
+            check_prompts(*_prompts_of(candidate), getattr(self.pipe, "tokenizer", None))
+        picture, given = read_pair_once(image, mask)  # the one read of the mask: the evaluator's view too
         picture, mask = check_inputs(picture, given, self.config)
         cfg = self.config
         start, mask_work = at_work_size(picture, mask, cfg)
@@ -147,6 +156,10 @@ class Harmonizer:
             _release(self.describer)  # before Stable Diffusion needs the memory
 
 
+def _prompts_of(candidate) -> tuple:
+    return (candidate.source, candidate.target) if hasattr(candidate, "source") else tuple(candidate)
+
+
 def _release(describer) -> None:
     release = getattr(describer, "release", None)  # a describer of the user's own may hold nothing
     if callable(release):
@@ -154,13 +167,16 @@ def _release(describer) -> None:
 
 
 def harmonize(image, mask, source: str = None, target: str = None, *, model: str = DEFAULT_MODEL, pipe=None,
-              config: HarmonizeConfig = None, evaluator="authors", describer=None, iterations: int = None,
+              config: HarmonizeConfig = None, evaluator="auto", describer=None, iterations: int = None,
               history_dir=None, progress: bool = True, pidinet=None, device=None) -> HarmonizeResult:
     """Harmonize `image`'s masked foreground in one call: `Harmonizer(...)(image, mask, ...)`, the same defaults.
 
     Give `pipe` to reuse a loaded pipeline. With `evaluator=None` it runs `iterations` fixed iterations (default
     1), each from the last one's blend; `history_dir` keeps every iteration's image, history.json and a contact
-    sheet (zsharm.decide.loop)."""
+    sheet (zsharm.decide.loop). The image, mask and prompts are checked before any model is loaded."""
+    from zsharm.validate import check_inputs, check_prompts
+    check_prompts(source, target)
+    check_inputs(image, mask, config or HarmonizeConfig())
     harmonizer = Harmonizer(model=model, pipe=pipe, config=config, evaluator=evaluator, describer=describer,
                             pidinet=pidinet, progress=progress, device=device)
     return harmonizer(image, mask, source=source, target=target, iterations=iterations, history_dir=history_dir)

@@ -21,6 +21,7 @@ from zsharm.errors import ZsharmError, one_line
 log = logging.getLogger(__name__)
 
 TINY_SPECS = {"tiny": 0.1, "tiny-tamed": 1e-3}  # spec -> scale of the UNet output layer
+TOY = "toy"  # zsharm's own trained toy prior (zsharm/toy/), shipped in the package
 TINY_VERSION = 1  # bump when the tiny architecture or seeding changes, so caches are rebuilt
 SUPPORTED = "Stable Diffusion 1.x / 2.x text-to-image pipelines (StableDiffusionPipeline)"
 
@@ -41,7 +42,8 @@ def load_pipeline(spec: str = DEFAULT_MODEL, device=None, dtype=None, revision: 
     """A diffusers StableDiffusionPipeline prepared for zsharm (`prepare_pipeline`), on `device` in `dtype`.
 
     spec: a hub id (fetched and cached by diffusers on first use), a local diffusers folder, a single
-    `.safetensors`/`.ckpt` file (any SD 1.x/2.x checkpoint), `tiny` or `tiny-tamed` (random weights).
+    `.safetensors`/`.ckpt` file (any SD 1.x/2.x checkpoint), `tiny` or `tiny-tamed` (random weights), or `toy`
+    (zsharm's trained toy prior, shipped in the package: see `model_companions` for what comes with it).
     revision (a hub branch, tag or commit), variant (e.g. "fp16": the repository's half-size weight files) and
     token (a gated or private repository; by default the hub's own login or $HF_TOKEN) go to from_pretrained.
     progress False hides diffusers' and the hub's loading and download bars (`--quiet`).
@@ -67,6 +69,9 @@ def load_pipeline(spec: str = DEFAULT_MODEL, device=None, dtype=None, revision: 
     try:
         if spec in TINY_SPECS:
             pipe = StableDiffusionPipeline.from_pretrained(str(tiny_pipeline_dir(spec)), **kwargs)
+        elif spec == TOY:
+            from zsharm.toy.prior import verified_model_dir
+            pipe = StableDiffusionPipeline.from_pretrained(str(verified_model_dir()), **kwargs)
         elif os.path.isfile(spec):
             if not spec.endswith((".safetensors", ".ckpt")):
                 raise ZsharmError(f"model file {spec} is neither .safetensors nor .ckpt")
@@ -83,13 +88,45 @@ def load_pipeline(spec: str = DEFAULT_MODEL, device=None, dtype=None, revision: 
     except ZsharmError:
         raise
     except (OSError, ValueError) as exc:  # hub unreachable, repo missing or gated, files missing
-        if spec in TINY_SPECS or os.path.exists(spec):
+        if spec in TINY_SPECS or spec == TOY or os.path.exists(spec):
             raise ZsharmError(f"could not load model {spec!r}: {_first_sentence(exc)}") from None
         raise ZsharmError(hub_failure(spec, exc)) from None
     pipe = prepare_pipeline(pipe).to(device)
     if pipe.unet.dtype != dtype:  # diffusers versions that ignored the loading keyword
         pipe = pipe.to(dtype=dtype)
     return pipe
+
+
+def model_folder(spec) -> Path | None:
+    """The local folder a model spec names (the toy prior's verified cache folder for `toy`), else None."""
+    spec = str(spec) if spec is not None else ""
+    if spec == TOY:
+        from zsharm.toy.prior import verified_model_dir
+        return verified_model_dir()
+    return Path(spec) if spec and os.path.isdir(spec) else None
+
+
+def model_companions(spec) -> dict:
+    """What a model folder ships beside its weights, from its zsharm.json: `config` (values the model was made
+    for, e.g. the toy prior's 128 px work size), `evaluator` (a checkpoint path) and `describer` (a parameter
+    file of zsharm.toy.describer). {} for a model without one (Stable Diffusion)."""
+    folder = model_folder(spec)
+    if folder is None or not (folder / "zsharm.json").is_file():
+        return {}
+    info = json.loads((folder / "zsharm.json").read_text())
+    out = {"config": dict(info.get("config", {}))}
+    for part in ("evaluator", "describer"):
+        if info.get(part):
+            out[part] = folder / info[part]
+    return out
+
+
+def model_config(spec) -> dict:
+    """The config values model `spec` asks for (its zsharm.json), {} if none; a loaded pipeline counts by its
+    folder."""
+    if spec is not None and not isinstance(spec, (str, os.PathLike)):
+        spec = getattr(spec, "name_or_path", None) or getattr(getattr(spec, "config", None), "_name_or_path", None)
+    return model_companions(spec).get("config", {}) if spec else {}
 
 
 def _refuse_unsupported_folder(folder: str) -> None:

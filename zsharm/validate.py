@@ -30,8 +30,18 @@ _DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(?::(\d+))?")
 
 def check_batch_items(items, config, shard=None, out_dir=None) -> None:
     """Refuse a batch, before any model is loaded, when not one of this shard's items still to do can be
-    harmonized (no mask, unreadable, or refused by `check_inputs`); single bad items are reported in the run."""
-    from zsharm.batch import ITEM_ERRORS, is_done, select_shard, shard_from_env
+    harmonized (no mask, unreadable, or refused by `check_inputs`), when an output would replace an input, or
+    when a caption line holds a prompt `check_prompts` refuses; single bad images are reported in the run."""
+    from zsharm.batch import ITEM_ERRORS, check_outputs_spare_inputs, is_done, select_shard, shard_from_env
+    if out_dir is not None:
+        check_outputs_spare_inputs(items, out_dir)
+    for item in items:
+        for caption in item.captions:
+            try:
+                check_prompts(caption.source, caption.target)
+            except ZsharmError as error:
+                raise ZsharmError(f"{item.caption_file}:{item.caption_line} ({item.composite.name}): "
+                                  f"{error}") from None
     mine = [item for item in select_shard(items, shard or shard_from_env())
             if out_dir is None or not is_done(out_dir, item.name)]
     first = None
@@ -149,6 +159,8 @@ def check_edge_weights(config) -> None:
     """The PiDiNet weights of the edge loss are at hand (fetched now if they can be): stage 2 needs them
     after minutes of work, so a missing file and no connection are found first."""
     from zsharm.edit.pidinet import resolve_weights
+    if config.edge_pidinet_weight == 0:
+        return
     try:
         resolve_weights(None, config.pidinet_variant)
     except ZsharmError as error:
@@ -159,7 +171,7 @@ def check_edge_weights(config) -> None:
 def check_evaluator_spec(spec) -> None:
     """An evaluator given as a file exists and has a checkpoint's extension (its contents are read later)."""
     spec = str(spec)
-    if spec in ("authors", "random") or spec.startswith("random:"):
+    if spec in ("auto", "authors", "random") or spec.startswith("random:"):
         return
     path = Path(spec).expanduser()
     if not path.exists():

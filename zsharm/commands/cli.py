@@ -10,7 +10,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+from contextlib import contextmanager
 
 from zsharm import __version__
 from zsharm.cache import offline
@@ -32,6 +34,7 @@ COMMANDS = {
     "ablate": ("zsharm.commands.ablate",
                "each fast-schedule switch alone: model work, time and distance from paper's output"),
     "figures": ("zsharm.commands.figures", "draw the paper-style figures into a folder"),
+    "toy": ("zsharm.commands.toy", "the toy world: train its prior, evaluator and describer, or write data"),
 }
 
 
@@ -104,6 +107,36 @@ def _register(module_name: str, sub) -> None:
     module.register(sub)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (what SLURM, docker, systemd and a closed terminal send), raised where the program is,
+    like Ctrl-C's KeyboardInterrupt: every clean-up that Ctrl-C runs (claims released, temporary files removed,
+    the summary marked interrupted) runs for them too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# the signals that stop zsharm the way Ctrl-C does
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextmanager
+def stop_signals_interrupt():
+    """Within the block, STOP_SIGNALS raise `Terminated` (in the main thread; elsewhere nothing changes)."""
+    def interrupt(signum, _frame):
+        raise Terminated(signum)
+    try:
+        previous = {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
+    except ValueError:  # not the main thread: signals cannot be handled here
+        previous = {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = build_parser(argv)
@@ -114,10 +147,14 @@ def main(argv=None) -> int:
     if offline():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # ZSHARM_OFFLINE reaches the hub's own loaders (SD, the VLM)
     try:
-        return int(args.func(args) or 0)
+        with stop_signals_interrupt():
+            return int(args.func(args) or 0)
     except ZsharmError as exc:
         print(f"zsharm: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated as exc:
+        print(f"zsharm: interrupted ({exc})", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("zsharm: interrupted", file=sys.stderr)
         return 130

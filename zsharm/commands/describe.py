@@ -32,18 +32,20 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from zsharm.io.masks import load_mask
-    from zsharm.io.pictures import load_image
-
+    from zsharm.cache import check_cache
+    check_cache()
     if Path(args.composite).is_dir():
         return _describe_folder(args)
     if not args.mask:
         raise ZsharmError(f"no --mask given for {args.composite}: describing needs the foreground mask")
     if args.out:
         raise ZsharmError("--out writes a folder's caption file; for one image the descriptions are printed")
-    image = load_image(args.composite).to_pil_rgb8()
-    mask = load_mask(args.mask, size=image.size)
+    from zsharm.describe.factory import check_describer_ready
+    from zsharm.io.masks import read_pair
+    picture, mask = read_pair(args.composite, args.mask)
+    image = picture.to_pil_rgb8()
     describer = describer_from_args(args)
+    check_describer_ready(describer)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         descriptions = describer.describe(image, mask, n=args.candidates, name=str(args.composite))
@@ -61,6 +63,8 @@ def _describe_folder(args: argparse.Namespace) -> int:
 
     from zsharm.batch import find_batch_items
     from zsharm.describe.captions import write_caption_file
+    from zsharm.describe.factory import check_describer_ready
+    from zsharm.io.files import check_writable
     from zsharm.io.masks import load_mask
     from zsharm.io.pictures import load_image
 
@@ -70,11 +74,14 @@ def _describe_folder(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else folder / "caption.txt"
     if out.exists():
         raise ZsharmError(f"{out} exists; delete it or write elsewhere with --out")
-    items = find_batch_items(folder)
+    check_writable(out)
+    # the folder's own caption.txt is not read: it may be the very file being replaced
+    items = find_batch_items(folder, read_captions=False)
     missing = [item.composite.name for item in items if item.mask is None]
     if missing:
         raise ZsharmError(f"no mask found for {missing[0]} ({len(missing)} image(s) without one) in {folder}")
     describer = describer_from_args(args)
+    check_describer_ready(describer)
     lines = []
     try:
         for item in tqdm(items, desc="describe", disable=args.quiet):

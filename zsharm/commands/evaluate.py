@@ -1,9 +1,14 @@
 """`zsharm evaluate`: harmonization methods measured on a dataset (zsharm.quality)."""
 
+import sys
+from pathlib import Path
+
+from zsharm.cache import check_cache
 from zsharm.commands.options import add_stage2_options, config_from_options
 from zsharm.errors import ZsharmError
+from zsharm.io.files import check_writable
 from zsharm.quality.baselines import BASELINES
-from zsharm.quality.compare import evaluate, markdown_table, parse_methods, summarize, zsharm_method
+from zsharm.quality.compare import ZSHARM_VARIANTS, evaluate, markdown_table, parse_methods, summarize, zsharm_method
 from zsharm.quality.datasets import LAYOUTS, load_dataset
 
 
@@ -14,7 +19,9 @@ def register(subparsers):
                     "to --out. Layouts: iHarmony4, the authors' demo folder, RealHM, or name.png + name_mask.png.")
     p.add_argument("dataset", metavar="DATASET", help="the dataset folder")
     p.add_argument("--methods", default="copy-paste,reinhard,histogram,poisson",
-                   help=f"comma-separated, from {', '.join(list(BASELINES) + ['zsharm'])} (default: %(default)s)")
+                   help=f"comma-separated, from {', '.join(list(BASELINES) + list(ZSHARM_VARIANTS))}; "
+                        f"zsharm-paper is the paper schedule, the others zsharm without one part "
+                        f"(default: %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS, help="dataset layout (default: detect)")
     p.add_argument("--split", default="test", help="iHarmony4 split list to read (default: %(default)s)")
@@ -35,12 +42,23 @@ def cli_evaluate(args) -> int:
         raise ZsharmError(f"--limit must be at least 1, got {args.limit}")
     if args.iterations < 1:
         raise ZsharmError(f"--iterations must be at least 1, got {args.iterations}")
+    check_writable(Path(args.out) / "per_image.csv")  # before minutes of harmonizing
     samples = load_dataset(args.dataset, layout=args.layout, split=args.split, limit=args.limit)
+    _check_ground_truth(samples, args)
+    if "zsharm" in names:
+        check_cache()
     methods = {}
     for name in names:
-        if name == "zsharm":
-            run = zsharm_method(args.model, config_from_options(args), args.iterations, args.source, args.target,
-                                device=args.device, dtype=args.dtype)
+        if name in ZSHARM_VARIANTS:
+            config = config_from_options(args)
+            changes = dict(ZSHARM_VARIANTS[name])
+            if changes.pop("schedule", None) == "paper":
+                from zsharm.config import HarmonizeConfig
+                from zsharm.models import model_config
+                config = HarmonizeConfig.paper(**model_config(args.model))
+            config = config.replace(**changes)
+            run = zsharm_method(args.model, config, args.iterations, args.source, args.target,
+                                device=args.device, dtype=args.dtype, progress=not args.quiet)
             run.wants_sample = True
             methods[name] = run
         else:
@@ -52,3 +70,15 @@ def cli_evaluate(args) -> int:
         print(markdown_table(summarize(rows)), end="")
         print(f"{len(rows)} results in {args.out}/per_image.csv")
     return 0
+
+
+def _check_ground_truth(samples, args) -> None:
+    """Every metric compares with the ground truth: refuse a dataset with none (unless only the images are
+    wanted), and say how many images have none."""
+    missing = sum(sample.real_path is None for sample in samples)
+    if missing == len(samples) and not args.save_images:
+        raise ZsharmError(f"{args.dataset} holds no ground truth (real_images/, name_real.png or name_gt.png), so "
+                          f"no metric can be measured; add it, or keep only the results with --save-images")
+    if missing:
+        print(f"zsharm: warning: {missing} of {len(samples)} images have no ground truth: their metrics are empty",
+              file=sys.stderr)

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zsharm.batch import find_batch_items, merge_summaries
+from zsharm.cache import check_cache
 from zsharm.commands.options import add_stage2_options, add_vlm_arguments, config_from_options, describer_from_args
 from zsharm.errors import ZsharmError
 from zsharm.harmonizer import Harmonizer
 from zsharm.io.files import check_writable
-from zsharm.io.masks import GivenMask, read_mask_once
-from zsharm.io.pictures import Picture, load_image
+from zsharm.io.masks import GivenMask, read_pair_once
+from zsharm.io.pictures import Picture
 from zsharm.io.saving import check_can_save, save_picture
 from zsharm.validate import (
     MAX_SEED, check_batch_items, check_device, check_edge_weights, check_evaluator_spec, check_inputs,
@@ -44,13 +45,16 @@ def register(subparsers):
     p.add_argument("--candidates", type=int, metavar="N",
                    help="descriptions asked of the VLM (default 2, as the authors), or the most taken from a "
                         "caption line; iteration 0 tries each and the evaluator keeps the best")
-    p.add_argument("--evaluator", default=os.environ.get("ZSHARM_EVALUATOR") or "authors",
+    p.add_argument("--evaluator", default=os.environ.get("ZSHARM_EVALUATOR") or "auto",
                    help="'authors' (their bestModel.pth, fetched once, ~94 MB), a checkpoint in their layout "
-                        "(.pth/.safetensors) or 'random' (default: $ZSHARM_EVALUATOR, else authors)")
+                        "(.pth/.safetensors), 'random', or 'auto': the model's own (--model toy ships one), else "
+                        "authors (default: $ZSHARM_EVALUATOR, else auto)")
     p.add_argument("--no-evaluator", action="store_true",
                    help="skip stage 3: a fixed number of iterations (--iterations, default 1), no scores")
     p.add_argument("--iterations", type=int, help="iteration budget (10 with an evaluator, else 1)")
     p.add_argument("--history", help="folder keeping every iteration's image, history.json and a contact sheet")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --history: replace the history an earlier run left in that folder")
     p.add_argument("--save-intermediates", metavar="NPZ",
                    help="with one iteration: save every stage's arrays in the reference fixture's format")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -64,6 +68,7 @@ def cli_harmonize(args) -> int:
         return cli_merge(args)
     config = config_from_options(args)
     request = check_request(args, config)
+    check_cache()
     if args.candidates is not None and args.candidates > 1 and args.source is not None:
         raise ZsharmError(f"--candidates {args.candidates} asks the VLM for descriptions, but --source/--target "
                           f"give one: drop one of them")
@@ -90,13 +95,23 @@ def cli_harmonize(args) -> int:
     return 0
 
 
-def _harmonizer(args, config) -> Harmonizer:
+def _harmonizer(args, config, needs_describer=True) -> Harmonizer:
     evaluator = None if args.no_evaluator else args.evaluator
     describer = None
-    if args.source is None:
+    if args.source is None and not _model_describes(args):
+        from zsharm.describe.factory import check_describer_ready
         describer = describer_from_args(args)
+        if needs_describer:
+            check_describer_ready(describer)
     return Harmonizer(model=args.model, config=config, evaluator=evaluator, describer=describer,
                       device=args.device, dtype=args.dtype, progress=not args.quiet, n_candidates=args.candidates)
+
+
+def _model_describes(args) -> bool:
+    """The model ships its own describer (--model toy) and no VLM option asks for another."""
+    from zsharm.models import model_companions
+    asked = args.vlm or args.base_url or args.vlm_model
+    return not asked and "describer" in model_companions(args.model)
 
 
 def _cli_batch(args, config) -> int:
@@ -107,7 +122,7 @@ def _cli_batch(args, config) -> int:
     if args.source is not None and any(item.captions for item in items):
         print("zsharm: --source/--target given: they are used for every image, not caption.txt's descriptions",
               file=sys.stderr)
-    harmonizer = _harmonizer(args, config)
+    harmonizer = _harmonizer(args, config, needs_describer=not all(item.captions for item in items))
     out_dir = Path(args.out)
 
     def process_one(item, out_path):
@@ -162,6 +177,11 @@ def check_request(args, config) -> Request | None:
         if history.exists() and not history.is_dir():
             raise ZsharmError(f"--history {history} is a file; name a folder")
         check_writable(history / "history.json")
+        from zsharm.decide.history import run_files
+        earlier = run_files(history)
+        if earlier and not args.batch and not getattr(args, "overwrite", False):
+            raise ZsharmError(f"--history {history} holds an earlier run ({len(earlier)} files, e.g. "
+                              f"{earlier[0].name}): add --overwrite to replace it, or name another folder")
     if with_evaluator:
         check_evaluator_spec(args.evaluator)
     if config.use_edges:
@@ -182,8 +202,7 @@ def check_request(args, config) -> Request | None:
         if same_file(out, Path(given)):
             raise ZsharmError(f"--out {out} is the {what} itself: writing it would destroy the original; "
                               f"name another file")
-    picture = load_image(args.composite)
-    mask = read_mask_once(args.mask, like=picture)
+    picture, mask = read_pair_once(args.composite, args.mask)
     check_can_save(picture, out, lossy=getattr(args, "allow_lossy", False))
     check_inputs(picture, mask, config)
     check_device(args.device, args.dtype)

@@ -25,8 +25,9 @@ if TYPE_CHECKING:  # stage 1 loads PIL and the VLM backends: imported when a com
 def add_stage2_options(parser, model_default: str | None = DEFAULT_MODEL, model_help: str | None = None) -> None:
     group = parser.add_argument_group("the diffusion edit (stage 2)")
     group.add_argument("--model", default=model_default,
-                       help=model_help or "hub id, diffusers folder, .safetensors/.ckpt file of SD 1.x/2.x, or tiny "
-                                          "(default: %(default)s)")
+                       help=model_help or "hub id, diffusers folder, .safetensors/.ckpt file of SD 1.x/2.x, toy (the "
+                                          "trained toy prior, offline, with its own describer and evaluator) or tiny "
+                                          "(random weights) (default: %(default)s)")
     group.add_argument("--schedule", choices=sorted(SCHEDULES),
                        help=f"paper: the authors' pipeline number for number; fast: the same method, faster "
                             f"(default: {DEFAULT_SCHEDULE})")
@@ -35,7 +36,8 @@ def add_stage2_options(parser, model_default: str | None = DEFAULT_MODEL, model_
                             "JSON of HarmonizeConfig's fields): rerun with it; options given here override it")
     group.add_argument("--steps", type=int, help="DDIM steps (default: the schedule's, paper 50, fast 20)")
     group.add_argument("--seed", type=int, help="seed of the VAE posterior sample (default: 8888)")
-    group.add_argument("--size", type=int, help="long side of the work resolution, a multiple of 64 (default: 512)")
+    group.add_argument("--size", type=int, help="long side of the work resolution, a multiple of 64 (default: 512; "
+                                                "the toy prior's 128)")
     group.add_argument("--no-edges", action="store_true", help="drop the edge loss from null-text optimisation")
     group.add_argument("--transfer", choices=["guided", "resize"], help="how the change reaches full resolution")
     group.add_argument("--device", help="cuda, cpu, mps (default: the best available)")
@@ -57,7 +59,10 @@ def config_from_options(args) -> HarmonizeConfig:
         if args.schedule is not None:
             raise ZsharmError(f"--schedule {args.schedule} and --config {args.config} each give every value: "
                               f"give one of them (and single options such as --steps on top)")
-        saved = read_config_file(args.config)
+        saved = read_config_file(args.config)  # it holds what the model asked for when it was made
+    else:
+        from zsharm.models import model_config
+        overrides = {**model_config(getattr(args, "model", None)), **overrides}  # the model's, then the options
     try:
         if getattr(args, "config", None):
             return saved.replace(**overrides)

@@ -45,7 +45,6 @@ from PIL import Image
 
 from zsharm.cache import cache_dir, fetch, verify
 from zsharm.errors import ZsharmError, one_line
-from zsharm.io.files import atomic_path
 
 SIZE = 256  # the authors' input size
 # name -> (bottleneck blocks per stage, stem width); the final feature size is width * 8 * 4
@@ -391,13 +390,16 @@ def load_state(path) -> tuple[dict, int]:
 
 def save_checkpoint(model: HarmonyClassifier, path, size: int = SIZE, **metadata) -> Path:
     """Write `model` as safetensors (atomically), with its shape and input size in the metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from zsharm.io.files import write_bytes_atomic
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": "zsharm-evaluator", "layers": ",".join(map(str, model.layers)), "width": str(model.width),
             "size": str(size), **{k: str(v) for k, v in metadata.items()}}
-    with atomic_path(path) as temp:
-        save_file(state, str(temp), metadata=meta)
+    # the bytes written by zsharm's writer: safetensors' own file writer makes the file private (0600), unlike
+    # every other output
+    write_bytes_atomic(path, save(state, metadata=meta))
     return Path(path)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -26,13 +27,27 @@ CELL_W = THUMB + 2 * PAD
 CELL_H = THUMB + 2 * PAD + CAPTION_LINES * LINE_HEIGHT
 
 
+# what a run writes into its history folder: an earlier run's files are removed first, so a folder never mixes
+# two runs (history.json listing one iteration beside another run's iter01_cand0.png)
+RUN_FILES = re.compile(r"iter\d+_cand\d+\.png|history\.json|contact_sheet\.png")
+
+
+def run_files(folder: Path) -> list[Path]:
+    """The files of an earlier run in a history folder (none when it does not exist)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if RUN_FILES.fullmatch(p.name) and p.is_file())
+
+
 class History:
     def __init__(self, folder: Path, about: dict | None = None):
         self.folder, self.about = folder, dict(about or {})
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            for old in run_files(folder):
+                old.unlink()
         except OSError as error:
-            raise ZsharmError(f"cannot create the history folder {folder}: {error.strerror or error}") from None
+            raise ZsharmError(f"cannot prepare the history folder {folder}: {error.strerror or error}") from None
 
     def save_image(self, image: Image.Image, name: str) -> str:
         with atomic_path(self.folder / name) as temp:

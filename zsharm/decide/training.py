@@ -3,6 +3,7 @@ made on the fly from any photos and masks (the authors did not publish how they 
 
 
 import hashlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -23,10 +24,12 @@ from zsharm.decide.evaluator import (
     save_checkpoint,
 )
 from zsharm.errors import ZsharmError
-from zsharm.io.files import write_json
+from zsharm.io.files import check_writable, write_json
 from zsharm.io.folders import IMAGE_EXTENSIONS
 from zsharm.io.masks import load_mask
 from zsharm.io.pictures import load_image
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- training data
 
@@ -240,6 +243,7 @@ def train_evaluator(data, out, synthetic: bool = False, epochs: int = 10, batch_
         raise ZsharmError(f"--out must end in .safetensors, got {out}")
     if epochs < 1 or batch_size < 1 or not 0 <= val_fraction < 1 or size < 32:
         raise ZsharmError("train-evaluator needs epochs >= 1, batch size >= 1, 0 <= val fraction < 1, size >= 32")
+    check_writable(out)
     data = Path(data)
     if not data.is_dir():
         raise ZsharmError(f"training data {data} is not a folder")
@@ -307,6 +311,10 @@ def train_evaluator(data, out, synthetic: bool = False, epochs: int = 10, batch_
             save_checkpoint(model, out, size, arch=arch, epoch=epoch + 1,
                             val_auc=row.get("val_auc"), val_accuracy=row.get("val_accuracy"))
     write_json(out.with_suffix(".json"), _jsonable(metrics))
+    best_auc = _finite((metrics.get("best") or {}).get("val_auc"))
+    if len(val_set) and -math.inf < best_auc <= 0.5:
+        log.warning("the best epoch's validation ROC-AUC is %.3f, no better than chance: %s does not tell "
+                    "harmonious images from others (more data, more epochs, or another --lr)", best_auc, out)
     return metrics
 
 

@@ -29,7 +29,8 @@ def read_caption_pairs(path) -> list:
     Trailing blank lines are ignored; an error names the file and line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").rstrip("\n\r ").splitlines()
+        # utf-8-sig: Windows editors begin UTF-8 files with a byte-order mark, which is no part of the first prompt
+        lines = path.read_text(encoding="utf-8-sig").rstrip("\n\r ").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise ZsharmError(f"cannot read caption file {path}: {getattr(error, 'strerror', None) or error}") from None
     if not lines:

@@ -47,6 +47,13 @@ def get_describer(vlm=None, base_url=None, vlm_model=None, api_key_env: str = "Z
                         view_size=view_size)
 
 
+def check_describer_ready(describer) -> None:
+    """What a describer needs before its first use is at hand (a local VLM's weights when downloads are off)."""
+    check = getattr(getattr(describer, "backend", None), "check_available", None)
+    if callable(check):
+        check()
+
+
 def _given(captions) -> list[Description]:
     if isinstance(captions, Description):
         return [captions]

@@ -72,6 +72,22 @@ class TransformersVLM:
         self.processor_kwargs = processor_kwargs
         self.generate_kwargs = dict(generate_kwargs or {})
 
+    def check_available(self) -> None:
+        """Refuse, before any model loads, a hub model that is not in the local cache while downloads are off:
+        it would otherwise be found missing only once Stable Diffusion is loaded, once per image."""
+        from zsharm.cache import offline
+        if Path(self.model).expanduser().is_dir() or not offline():
+            return
+        from huggingface_hub import try_to_load_from_cache
+        try:
+            cached = try_to_load_from_cache(self.model, "config.json")
+        except Exception:  # not a hub id at all: loading it says what is wrong in its own words
+            return
+        if not isinstance(cached, str):
+            raise ZsharmError(f"the VLM {self.model!r} is not in the Hugging Face cache and downloads are off "
+                              f"(ZSHARM_OFFLINE / HF_HUB_OFFLINE): fetch it once online, or give a local folder "
+                              f"with --vlm, an endpoint with --base-url, or the prompts with --source/--target")
+
     def load(self):
         """(processor, model), loading them on first use."""
         device, dtype = self._placement()

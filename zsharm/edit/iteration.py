@@ -118,8 +118,10 @@ def iterate_at_work_size(pipe, work_input: Image.Image, mask_work: np.ndarray, s
             fixed = text_embeddings(run, "refinement", [source, target])
         embeddings = [fixed] * (len(inversion.timesteps) - 1)
 
-    def detector():
-        return pidinet if pidinet is not None else _pidinet(config.pidinet_variant, str(run.device))
+    def detector():  # gamma 0: Sobel alone, no PiDiNet to load
+        if pidinet is None and config.edge_pidinet_weight > 0:
+            return _pidinet(config.pidinet_variant, str(run.device))
+        return pidinet
     terms = build_terms(run, work_input, mask_work, detector)
     nulltext = timed("nulltext", optimize_null_text, run, inversion, embeddings, terms)
     edit = timed("editing", edit_with_prompt_to_prompt, run, inversion, embeddings, nulltext.uncond, keep_maps)

@@ -24,7 +24,18 @@ def check_writable(path) -> None:
     if not parent.is_dir():
         raise ZsharmError(f"cannot save {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ZsharmError(f"cannot save {path}: no permission to write in {parent}")
+        raise ZsharmError(f"cannot save {path}: {_why_unwritable(parent)}")
+
+
+def _why_unwritable(folder: Path) -> str:
+    """Why no file can be created in `folder`: a read-only file system (a mount option) or the permissions."""
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        read_only = False
+    if read_only:
+        return f"{folder} is on a read-only file system"
+    return f"no permission to write in {folder}"
 
 
 @contextmanager
@@ -46,7 +57,10 @@ def atomic_path(path):
         yield temp
         os.replace(temp, path)
     finally:
-        temp.unlink(missing_ok=True)
+        try:
+            temp.unlink(missing_ok=True)
+        except OSError:  # a read-only folder refuses even this: the error that got here is the one to report
+            pass
 
 
 def process_alive(pid: int) -> bool:

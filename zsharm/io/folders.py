@@ -10,9 +10,12 @@ from pathlib import Path
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def natural_key(text) -> list:
-    """Sort key that orders `2.png` before `10.png` (the authors use natsort)."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
+def natural_key(text) -> tuple:
+    """Sort key that orders `2.png` before `10.png` (the authors use natsort). Names natsort ranks alike
+    (`x1` and `x01`, `A` and `a`) are ordered by their exact text, so the order is total: which caption line
+    or mask goes with which image never depends on the order the files were created in."""
+    text = str(text)
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)], text
 
 
 def list_images(folder, recursive: bool = False) -> list[Path]:

@@ -113,7 +113,26 @@ def check_mask(mask: np.ndarray, size: tuple[int, int] | None = None, name: str 
 
 
 def read_pair(image, mask) -> tuple[Picture, np.ndarray]:
-    """An image and its mask, read and checked together (sizes, EXIF, empty and full masks); either may be one
-    already read (a Picture, a GivenMask)."""
+    """An image and its mask, read and checked together (sizes, EXIF, empty and full masks, the mask not the
+    image itself: every bright pixel of it would count as foreground); either may be one already read (a
+    Picture, a GivenMask)."""
+    picture, given = read_pair_once(image, mask)
+    return picture, given.foreground
+
+
+def read_pair_once(image, mask) -> tuple[Picture, GivenMask]:
+    """`read_pair`, the mask kept as given (`read_mask_once`), to be handed on rather than read again."""
+    if _same_file(image, mask):
+        raise ZsharmError(f"the mask {source_name(mask)} is the composite itself: give the foreground mask "
+                          f"(white = foreground)")
     picture = image if isinstance(image, Picture) else load_image(image)
-    return picture, load_mask(mask, like=picture)
+    return picture, read_mask_once(mask, like=picture)
+
+
+def _same_file(a, b) -> bool:
+    if not isinstance(a, (str, os.PathLike)) or not isinstance(b, (str, os.PathLike)):
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,10 +182,27 @@ def read_file_bytes(path: Path, what: str) -> bytes:
     return data
 
 
+# PIL refuses a PNG chunk that unpacks to more than 1 MB (a guard against zip bombs), which also refuses the
+# legal multi-megabyte ICC profiles of some cameras and printers; large enough for them, still a bound
+PNG_CHUNK_LIMIT = 32 * 1024 * 1024
+
+
+@contextmanager
+def _png_chunks_up_to(limit: int):
+    from PIL import PngImagePlugin
+    before = PngImagePlugin.MAX_TEXT_CHUNK
+    PngImagePlugin.MAX_TEXT_CHUNK = max(before, limit)
+    try:
+        yield
+    finally:
+        PngImagePlugin.MAX_TEXT_CHUNK = before
+
+
 def picture_from_bytes(data: bytes, label: str, path: Path | None, what: str = "image") -> Picture:
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        with _png_chunks_up_to(PNG_CHUNK_LIMIT):
+            image = Image.open(io.BytesIO(data))
+            image.load()
         orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
         if orientation not in range(1, 9):
             orientation = 1

@@ -27,12 +27,20 @@ from zsharm.io.files import write_bytes_atomic
 from zsharm.quality.baselines import BASELINES
 from zsharm.quality.metrics import measure
 
-METRIC_NAMES = ("mse", "fmse", "psnr", "fpsnr", "ssim")
+METRIC_NAMES = ("mse", "fmse", "psnr", "fpsnr", "ssim", "fedge")
+# zsharm and its ablations, by name: the config changes each makes to the one `evaluate` is given
+ZSHARM_VARIANTS = {
+    "zsharm": {},
+    "zsharm-paper": {"schedule": "paper"},
+    "zsharm-no-edges": {"use_edges": False},
+    "zsharm-no-self-replace": {"self_replace_steps": 0.0},
+    "zsharm-no-refinement": {"refine": False},
+}
 COLUMNS = ("name", "method") + METRIC_NAMES + ("seconds",)
 
 
 def zsharm_method(model: str = DEFAULT_MODEL, config=None, iterations: int = 1, source=None, target=None,
-                  device=None, dtype=None, describer=None):
+                  device=None, dtype=None, describer=None, progress: bool = True):
     """A `(composite uint8, mask bool, sample) -> uint8` function running zsharm's stage 2.
 
     The pipeline is loaded once, here. Descriptions: `source`/`target` if given, else the sample's
@@ -47,8 +55,13 @@ def zsharm_method(model: str = DEFAULT_MODEL, config=None, iterations: int = 1, 
 
     if (source is None) != (target is None):
         raise ZsharmError("give both --source and --target, or neither")
-    config = config or HarmonizeConfig()
-    pipe = load_pipeline(model, device=device, dtype=dtype)
+    from zsharm.models import model_companions
+    companions = model_companions(model)
+    config = config or HarmonizeConfig(**companions.get("config", {}))
+    if describer is None and "describer" in companions:
+        from zsharm.toy.describer import ToyDescriber
+        describer = ToyDescriber.from_file(companions["describer"])
+    pipe = load_pipeline(model, device=device, dtype=dtype, progress=progress)
     state = {"describer": describer}
 
     def run(composite, mask, sample=None):
@@ -121,8 +134,9 @@ def summarize(rows) -> list:
         mine = [r for r in rows if r["method"] == method]
         measured = [r for r in mine if r["mse"] is not None]
         entry = {"method": method, "images": len(mine), "with_truth": len(measured)}
-        for key in METRIC_NAMES:
-            entry[key] = float(np.mean([r[key] for r in measured])) if measured else None
+        for key in METRIC_NAMES:  # rows written before a metric existed lack it
+            values = [r[key] for r in measured if r.get(key) is not None]
+            entry[key] = float(np.mean(values)) if values else None
         entry["seconds"] = float(np.mean([r["seconds"] for r in mine]))
         summary.append(entry)
     return summary
@@ -130,11 +144,12 @@ def summarize(rows) -> list:
 
 def markdown_table(summary) -> str:
     """The summary as a markdown table (MSE / fMSE lower is better, PSNR / fPSNR / SSIM higher)."""
-    head = ["method", "images", "MSE ↓", "fMSE ↓", "PSNR ↑", "fPSNR ↑", "SSIM ↑", "s/image"]
+    head = ["method", "images", "MSE ↓", "fMSE ↓", "PSNR ↑", "fPSNR ↑", "SSIM ↑", "fEdge ↓", "s/image"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for s in summary:
         cells = [s["method"], f"{s['with_truth']}/{s['images']}"]
-        cells += [_fmt(s[k], 2) for k in ("mse", "fmse", "psnr", "fpsnr")] + [_fmt(s["ssim"], 4), _fmt(s["seconds"], 2)]
+        cells += [_fmt(s[k], 2) for k in ("mse", "fmse", "psnr", "fpsnr")] + [_fmt(s["ssim"], 4)]
+        cells += [_fmt(s.get("fedge"), 3), _fmt(s["seconds"], 2)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -189,7 +204,7 @@ def _save_png(array, path: Path):
 
 def parse_methods(text: str) -> list:
     names = [m.strip() for m in text.split(",") if m.strip()]
-    known = list(BASELINES) + ["zsharm"]
+    known = list(BASELINES) + list(ZSHARM_VARIANTS)
     unknown = [m for m in names if m not in known]
     if unknown or not names:
         raise ZsharmError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(known)}")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zsharm.errors import ZsharmError
+from zsharm.errors import ZsharmError, one_line
 
 # colours of the three decisions (and of a dropped iteration-0 candidate, and of the budget's end)
 DECISION_COLOURS = {"continue": "#2a7ab9", "regenerate": "#e08214", "conclude": "#b2182b", "drop": "#999999",
@@ -41,13 +41,16 @@ def save_figure(fig, path, dpi: int = 100, palette: bool = True) -> Path:
     """Write a figure as PNG atomically (a temp file beside it, then a rename). `palette` stores it with 256
     colours: a third of the size for figures holding photos."""
     from zsharm.io.files import atomic_path
-    with atomic_path(path) as temp:
-        # no software version or date in the file, so a rerun with the same inputs gives the same bytes
-        fig.savefig(temp, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-        if palette:
-            with Image.open(temp) as png:
-                rgb = png.convert("RGB")
-            rgb.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(temp, optimize=True)
+    try:
+        with atomic_path(path) as temp:
+            # no software version or date in the file, so a rerun with the same inputs gives the same bytes
+            fig.savefig(temp, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+            if palette:
+                with Image.open(temp) as png:
+                    rgb = png.convert("RGB")
+                rgb.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(temp, optimize=True)
+    except OSError as error:
+        raise ZsharmError(f"cannot save {path}: {error.strerror or one_line(error)}") from None
     return Path(path)
 
 
@@ -453,6 +456,9 @@ def make_figures(out="figures", model=None, only=None, config=None, iterations: 
     if needing and not model:
         raise ZsharmError(f"figure {needing[0]!r} runs the method: give --model (e.g. "
                           "stabilityai/stable-diffusion-2-base, or tiny to try the machinery)")
+    from zsharm.io.files import check_writable
+    for name in names:  # before any model loads or figure is drawn
+        check_writable(Path(out) / FIGURES[name][0])
     pipe = pidinet = None
     if needing:
         from zsharm.config import HarmonizeConfig

@@ -43,7 +43,38 @@ def is_tiny(model: str) -> bool:
 
 
 TINY_NOTE = ("The tiny model is random: shapes and code paths, not pictures, are what to look at here. "
-             "Set ZSHARM_MODEL to stabilityai/stable-diffusion-2-base (a GPU helps) to see the real thing.")
+             "Set ZSHARM_MODEL to toy (offline, CPU) or stabilityai/stable-diffusion-2-base (a GPU helps) to see "
+             "the method work.")
+
+
+def toy_note() -> str:
+    """What the toy prior is, in one line (with its training time from its zsharm.json)."""
+    import json
+
+    from zsharm.models import model_folder
+    info = json.loads((model_folder("toy") / "zsharm.json").read_text())
+    minutes = sum(info.get("training_minutes", {}).values())
+    return (f"Model: zsharm's toy prior, a small Stable-Diffusion-shaped model trained in {minutes:.0f} minutes on "
+            f"two CPU cores on synthetic shapes (zsharm/toy/world.py), not SD 2. Its pictures are 128 px toy "
+            f"scenes; what it shows is how the method behaves on a prior that knows its world.")
+
+
+def course_model(model: str = "auto") -> str:
+    """The model a notebook runs: `model` as given, or for "auto" Stable Diffusion 2 base where it can be had and
+    run (a GPU, and its weights cached or a connection), else the toy prior (offline, CPU)."""
+    if str(model) != "auto":
+        return str(model)
+    import torch
+
+    from zsharm.cache import offline
+    from zsharm.config import DEFAULT_MODEL
+    if not torch.cuda.is_available():
+        return "toy"
+    if not offline():
+        return DEFAULT_MODEL
+    from huggingface_hub import try_to_load_from_cache
+    cached = try_to_load_from_cache(DEFAULT_MODEL, "model_index.json")
+    return DEFAULT_MODEL if isinstance(cached, str) else "toy"
 
 
 def load_tokenizer(model: str):
@@ -107,6 +138,10 @@ class Course:
         return is_tiny(self.model)
 
     @property
+    def toy(self) -> bool:
+        return self.model == "toy"
+
+    @property
     def data(self) -> Path:
         return self.root / "data"
 
@@ -120,12 +155,29 @@ class Course:
 
     def caption(self, text: str) -> str:
         """A figure title that never passes a tiny-model picture off as a result."""
-        return f"{text}\n(tiny random model: code paths, not a result)" if self.tiny else text
+        if self.tiny:
+            return f"{text}\n(tiny random model: code paths, not a result)"
+        return f"{text}\n(toy prior trained on synthetic shapes, not SD 2)" if self.toy else text
 
     def config(self, **overrides):
-        """The paper's configuration at this course's steps and size, with `overrides`."""
+        """The paper's configuration at this course's steps and size, with the values the model asks for (the
+        toy prior's attention resolution and edge loss) and `overrides`."""
         from zsharm.config import HarmonizeConfig
-        return HarmonizeConfig.paper(**{"steps": self.steps, "size": self.size, **overrides})
+        from zsharm.models import model_config
+        return HarmonizeConfig.paper(**{**model_config(self.model), "steps": self.steps, "size": self.size,
+                                        **overrides})
+
+    @property
+    def attention_divisor(self) -> int:
+        """The divisor of the maps the method reads (image/32 on SD 2 at 512 px, image/8 on the toy's 128 px)."""
+        return self.config().attention_res_divisor
+
+    @property
+    def attention_divisors(self) -> tuple:
+        """Two map resolutions to record: the method's and the next finer one the UNet has (SD 2: image/32 and
+        image/16; the toy prior, whose finest maps are the method's: image/8 and the coarser image/16)."""
+        d = self.attention_divisor
+        return (d, d // 2) if d // 2 >= 8 else (d, d * 2)
 
 
 def setup(model: str, device=None, quick: bool = False, full: bool = False, steps: int = None, size: int = None,
@@ -139,18 +191,43 @@ def setup(model: str, device=None, quick: bool = False, full: bool = False, step
     from zsharm.io.masks import load_mask
     from zsharm.io.pictures import load_image
 
-    if is_tiny(model):
-        # a tiny model is thousands of small ops: one thread is several times faster than two on busy cores
+    model = course_model(model)
+    if is_tiny(model) or model == "toy":
+        # a small model is thousands of small ops: one thread is several times faster than two on busy cores
         torch.set_num_threads(1)
-        print(TINY_NOTE)
+        print(TINY_NOTE if is_tiny(model) else toy_note())
     plt.rcParams["figure.dpi"] = dpi
     chosen = settings(quick, full)
     root = repo_root()
-    image = load_image(root / "data" / "demo" / "composite.png").to_pil_rgb8()
-    mask = load_mask(root / "data" / "demo" / "mask.png", size=image.size)
+    source, target = DEMO_SOURCE, DEMO_TARGET
+    if model == "toy":  # the toy prior knows only its own world: a held-out toy composite, at its 128 px
+        from zsharm.models import model_config
+        folder = root / "data" / "toy"
+        name = TOY_DEMO
+        image = load_image(folder / "composite_images" / f"{name}_1_1.png").to_pil_rgb8()
+        mask = load_mask(folder / "masks" / f"{name}_1.png", size=image.size)
+        source, target = toy_descriptions(folder, f"{name}_1_1.png")
+        size = size or model_config("toy")["size"]
+    else:
+        image = load_image(root / "data" / "demo" / "composite.png").to_pil_rgb8()
+        mask = load_mask(root / "data" / "demo" / "mask.png", size=image.size)
     return Course(model=str(model), device=device, quick=quick, full=full, root=root,
                   steps=steps or chosen["steps"], size=size or chosen["size"], gammas=chosen["gammas"],
-                  loop_budget=chosen["loop_budget"], eval_images=chosen["eval_images"], image=image, mask=mask)
+                  loop_budget=chosen["loop_budget"], eval_images=chosen["eval_images"], image=image, mask=mask,
+                  source=source, target=target)
+
+
+TOY_DEMO = "t1000000"  # data/toy's first composite
+
+
+def toy_descriptions(folder: Path, name: str) -> tuple[str, str]:
+    """The true (source, target) of a data/toy composite, from its captions.txt."""
+    for line in (folder / "captions.txt").read_text().splitlines():
+        file, _, caption = line.partition("\t")
+        if file == name:
+            source, target = caption.split(";")[0].split(",")
+            return source, target
+    raise ZsharmError(f"{folder}/captions.txt has no line for {name}")
 
 
 # ----------------------------------------------------------------------------- what a notebook costs on a GPU

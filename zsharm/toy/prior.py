@@ -6,7 +6,8 @@ toy widths and 128 px. zsharm loads it through the same `from_pretrained` path a
 
 Its UNet has three levels (16x16, 8x8, 4x4 latents at 128 px), so the maps the method reads are the 16x16
 ones: `MODEL_DEFAULTS` (written into the model folder as zsharm.json) sets the work size to 128 and
-`attention_res_divisor` to 8 (image/8 = 16x16), where SD 2 at 512 px uses image/32 = 16x16.
+`attention_res_divisor` to 8 (image/8 = 16x16), where SD 2 at 512 px uses image/32 = 16x16; and the edge loss
+to Sobel's term alone (see below).
 """
 
 import hashlib
@@ -16,7 +17,10 @@ import shutil
 from pathlib import Path
 
 RESOLUTION = 128
-MODEL_DEFAULTS = {"size": RESOLUTION, "attention_res_divisor": 8}
+# PiDiNet learnt its edges from photographs (BSDS) and its weights are a download; the toy world's edges are
+# its shapes' outlines, which Sobel sees, so the toy prior's edge loss is Sobel's alone (gamma 0) and it runs
+# offline. Pass a config with edge_pidinet_weight > 0 to add PiDiNet's term (notebook 05 does).
+MODEL_DEFAULTS = {"size": RESOLUTION, "attention_res_divisor": 8, "edge_pidinet_weight": 0.0}
 
 
 def configs(scaling_factor: float = 1.0) -> dict:

@@ -1,6 +1,6 @@
 """Train the toy world's models, from nothing, seeded and resumable:
 
-    zsharm toy train --work ~/toy-training            # everything, then `--export zsharm/assets/toy`
+    zsharm toy train --work ~/toy-training --export zsharm/assets/toy     # everything, then the shipped folder
 
 Parts, each skipped when its finished checkpoint is in the work folder (a killed run resumes from the last
 checkpoint of the part it was in, and gives the same weights as an uninterrupted one):
@@ -8,14 +8,15 @@ checkpoint of the part it was in, and gives the same weights as an uninterrupted
 1. `data`: harmonious scenes (object and scene under one condition) from the world's training seeds;
 2. `vae`: the autoencoder on 64 px crops (it is convolutional; crops make it 4x cheaper);
 3. `latents`: every scene encoded once; the latent scaling factor (SD's 0.18215) measured as 1/std;
-4. `unet`: the UNet and the text encoder together, epsilon prediction, 10 % empty captions (for classifier-free
+4. `decoder`: the decoder alone fine-tuned on whole scenes, the encoder frozen (so it can run beside `unet`);
+5. `unet`: the UNet and the text encoder together, epsilon prediction, 10 % empty captions (for classifier-free
    guidance), an exponential moving average of the weights kept and shipped;
 5. `composites`: composites with their ground truth, for the evaluator, in iHarmony4's layout;
    `evaluator`: zsharm's own `train_evaluator` (a small ResNet, not the authors' ResNet-50) on the composites;
 6. `describer`: the statistics classifier of zsharm/toy/describer.py, fitted on the scenes.
 
 Two processes of one thread each use both cores: `--parts data,vae,latents,unet` in one and
-`--parts composites,evaluator,describer` in the other (the describer waits for `data`).
+`--parts decoder,composites,evaluator,describer` in the other (the describer waits for `data`).
 """
 
 import json
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 
 from zsharm.toy import prior, world
 
-PARTS = ("data", "vae", "latents", "unet", "composites", "evaluator", "describer")
+PARTS = ("data", "vae", "latents", "unet", "decoder", "composites", "evaluator", "describer")
 
 
 class Recipe:
@@ -39,10 +40,13 @@ class Recipe:
     scenes = 6000                 # harmonious training scenes
     composites = 2000             # training composites for the evaluator
     vae_steps, vae_batch, vae_crop, vae_lr, vae_kl = 2400, 16, 64, 2e-3, 1e-6
+    # then the decoder alone on whole 128 px scenes (the encoder, so the UNet's latents, unchanged)
+    decoder_steps, decoder_batch, decoder_lr = 1500, 8, 5e-4
     unet_steps, unet_batch, unet_lr, unet_uncond = 2200, 32, 5e-4, 0.1
     ema = 0.999
-    # two phases: 4 epochs at lr 1e-3, then 8 more from that checkpoint at 5e-4 (a fresh cosine schedule)
-    evaluator_arch, evaluator_size, evaluator_phases = "small", 128, ((4, 1e-3), (8, 5e-4))
+    # in phases, each from the last one's best checkpoint with a fresh cosine schedule: 4 epochs at lr 1e-3,
+    # 8 at 5e-4, 6 at 2e-4
+    evaluator_arch, evaluator_size, evaluator_phases = "small", 128, ((4, 1e-3), (8, 5e-4), (6, 2e-4))
     checkpoint_every = 100
     log_every = 10
 
@@ -170,9 +174,51 @@ def resume(path: Path, things: dict) -> int:
 
 
 def trained_vae(work: Path, device, scaling_factor: float = 1.0):
+    """The trained autoencoder, with the fine-tuned decoder where that part has run."""
     vae = prior.new_models(scaling_factor)[0]
     vae.load_state_dict(torch.load(work / "vae_final.pt", map_location="cpu", weights_only=True)["model"])
+    if (work / "decoder_final.pt").is_file():
+        vae.load_state_dict(torch.load(work / "decoder_final.pt", map_location="cpu", weights_only=True)["model"])
     return vae.to(device).eval()
+
+
+def train_decoder(work: Path, device, recipe=Recipe) -> None:
+    """Fine-tune the decoder (and post_quant_conv) on whole scenes with the encoder frozen, as Stable Diffusion's
+    own "ft-MSE" autoencoder was: sharper pictures from the very latents the UNet learnt."""
+    final = work / "decoder_final.pt"
+    if final.is_file():
+        return
+    images, _, _ = load_scenes(work)
+    vae = trained_vae(work, device)
+    vae.requires_grad_(False)
+    decoder = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in decoder:
+        p.requires_grad_(True)
+    vae.decoder.train()
+    optimizer = torch.optim.AdamW(decoder, lr=recipe.decoder_lr, weight_decay=0.0)
+    start = resume(work / "decoder.pt", {"model": vae, "optimizer": optimizer})
+    bar = tqdm(range(start, recipe.decoder_steps), initial=start, total=recipe.decoder_steps, desc="decoder")
+    for step in bar:
+        g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + 11 + step)
+        idx = torch.randint(len(images), (recipe.decoder_batch,), generator=g).numpy()
+        x = to_unit(images[idx]).to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, recipe.decoder_steps, recipe.decoder_lr)
+        with torch.no_grad():
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(device)
+        mse = F.mse_loss(vae.decode(z).sample, x)
+        optimizer.zero_grad(set_to_none=True)
+        mse.backward()
+        optimizer.step()
+        psnr = 10 * math.log10(4 / max(mse.item(), 1e-12))
+        bar.set_postfix(psnr=f"{psnr:.1f}")
+        if step % recipe.log_every == 0:
+            log_line(work, "decoder", step=step, loss=mse.item(), psnr=psnr, time=time.time())
+        if (step + 1) % recipe.checkpoint_every == 0:
+            save_atomic({"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1},
+                        work / "decoder.pt")
+    save_atomic({"model": vae.state_dict()}, final)
 
 
 # ---------------------------------------------------------------------------------------------- latents
@@ -269,16 +315,23 @@ def train_unet(work: Path, device, recipe=Recipe) -> None:
 # ------------------------------------------------------------------------------------ evaluator, describer
 
 def train_toy_evaluator(work: Path, device, recipe=Recipe) -> None:
+    """zsharm's train_evaluator in phases; a phase interrupted starts again (it saves its best epoch as it goes,
+    so only a phase's finished mark, not its file, says it is done)."""
+    import shutil
+
     from zsharm.decide.training import train_evaluator
+    if (work / "evaluator.safetensors").is_file():
+        return
     init = None
     for phase, (epochs, lr) in enumerate(recipe.evaluator_phases, start=1):
-        last = phase == len(recipe.evaluator_phases)
-        out = work / ("evaluator.safetensors" if last else f"evaluator_phase{phase}.safetensors")
-        if not out.is_file():
+        out = work / f"evaluator_phase{phase}.safetensors"
+        if not (work / f"evaluator_phase{phase}.done").is_file():
             train_evaluator(work / "composites", out, epochs=epochs, batch_size=32, size=recipe.evaluator_size,
                             arch=recipe.evaluator_arch, lr=lr, seed=recipe.seed + phase - 1, device=device,
                             val_fraction=0.1, init=init)
+            (work / f"evaluator_phase{phase}.done").touch()
         init = out
+    shutil.copyfile(init, work / "evaluator.safetensors")
 
 
 def fit_toy_describer(work: Path) -> None:
@@ -314,7 +367,7 @@ def export(work: Path, out: Path) -> None:
     shutil.rmtree(temp, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(str(temp), safe_serialization=True)
     shutil.rmtree(temp / "tokenizer")  # rebuilt from the CLIP vocabulary zsharm ships
-    shutil.copyfile(work / "evaluator.safetensors", temp / "evaluator.safetensors")
+    half_evaluator(work / "evaluator.safetensors", temp / "evaluator.safetensors")
     shutil.copyfile(work / "describer.json", temp / "describer.json")
     minutes = training_minutes(work)
     (temp / "zsharm.json").write_text(json.dumps({
@@ -324,15 +377,25 @@ def export(work: Path, out: Path) -> None:
     files = sorted(p for p in temp.rglob("*") if p.is_file())
     (temp / "SHA256SUMS").write_text("".join(f"{prior.sha256(p)}  {p.relative_to(temp).as_posix()}\n"
                                              for p in files))
-    plot_losses(work, temp / "training.png")
+    plot_losses(work, work / "training.png")  # the course shows it: copy it to figures/toy_training.png
     if out.exists():
         shutil.rmtree(out)
     temp.replace(out)
 
 
+def half_evaluator(source: Path, out: Path) -> None:
+    """The evaluator's checkpoint in fp16 (half the bytes; loading casts it back), its metadata kept."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(source), framework="pt") as file:
+        state = {k: file.get_tensor(k) for k in file.keys()}
+        metadata = file.metadata()
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(out), metadata=metadata)
+
+
 def training_minutes(work: Path) -> dict:
     minutes = {}
-    for part in ("vae", "unet"):
+    for part in ("vae", "decoder", "unet"):
         rows = [json.loads(line) for line in (work / f"{part}_log.jsonl").read_text().splitlines()]
         minutes[part] = round((rows[-1]["time"] - rows[0]["time"]) / 60, 1)
     return minutes
@@ -367,20 +430,9 @@ def train(work, parts=PARTS, device="cpu", export_to=None) -> None:
     (work / "recipe.json").write_text(json.dumps(Recipe.as_dict(), indent=1))
     steps = {"data": lambda: make_data(work), "composites": lambda: make_composites(work), "vae": lambda: train_vae(work, device),
              "latents": lambda: encode_latents(work, device), "unet": lambda: train_unet(work, device),
+             "decoder": lambda: train_decoder(work, device),
              "evaluator": lambda: train_toy_evaluator(work, device), "describer": lambda: fit_toy_describer(work)}
     for part in parts:
         steps[part]()
     if export_to is not None:
         export(work, Path(export_to))
-
-
-if __name__ == "__main__":
-    import argparse
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", required=True)
-    parser.add_argument("--parts", default=",".join(PARTS))
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--export", default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    train(args.work, args.parts.split(","), args.device, args.export)
