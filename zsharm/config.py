@@ -153,8 +153,8 @@ class HarmonizeConfig:
         import torch
         if self.arithmetic == "auto":
             if device is None:
-                from zsharm.models import default_device
-                device = default_device()
+                from zsharm.distributed import process_device  # what zsharm.models.default_device gives
+                device = process_device()
             return self.authors_arithmetic_on_cpu and torch.device(device).type == "cpu"
         return self.arithmetic == "authors"
 

@@ -45,6 +45,7 @@ from PIL import Image
 
 from zsharm.cache import cache_dir, fetch, verify
 from zsharm.errors import ZsharmError, one_line
+from zsharm.models import move_to_device, resolve_device
 
 SIZE = 256  # the authors' input size
 # name -> (bottleneck blocks per stage, stem width); the final feature size is width * 8 * 4
@@ -238,8 +239,8 @@ class Evaluator:
     """A loaded classifier: `score(image, mask)` is the probability that `image` is harmonious."""
 
     def __init__(self, model: HarmonyClassifier, device=None, size: int = SIZE, name: str = ""):
-        self.device = _device(device)
-        self.model = _to_device(model, self.device).eval()
+        self.device = resolve_device(device)
+        self.model = move_to_device(model, self.device).eval()
         self.size = int(size)
         self.name = name
 
@@ -428,22 +429,3 @@ def load_init(model: HarmonyClassifier, path) -> None:
     missing = [k for k in missing if not k.startswith("classify_fc.")]
     if missing or unexpected:
         raise ZsharmError(f"--init {path} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
-
-
-def _device(device) -> torch.device:
-    if device is None:
-        from zsharm.models import default_device
-
-        return default_device()
-    try:
-        return torch.device(device)
-    except (RuntimeError, ValueError) as error:
-        raise ZsharmError(f"unknown device {device!r}: {one_line(error)}") from None
-
-
-def _to_device(model: nn.Module, device: torch.device) -> nn.Module:
-    try:
-        return model.to(device)
-    except (RuntimeError, AssertionError) as error:  # e.g. cuda asked for on a machine without it
-        raise ZsharmError(f"cannot use device {device}: {one_line(error)}") from None
-

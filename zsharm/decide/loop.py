@@ -25,34 +25,13 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from zsharm.decide.history import History, format_score, thumbnail
+from zsharm.decide.history import History, IterationRecord, format_score, thumbnail
 from zsharm.decide.rule import CONCLUDE, CONTINUE, REGENERATE, decide
 from zsharm.decide.scoring import SCORINGS, scoring
 from zsharm.errors import ZsharmError
 
 DROP = "drop"  # an iteration-0 candidate that was not kept
 STOP = "stop"  # the iteration budget ran out
-
-
-@dataclass
-class IterationRecord:
-    """One harmonization run of the loop.
-
-    `candidate` indexes the descriptions (the given candidates, then any made by Regenerate, in order);
-    `image_path` is the PNG's name inside the history folder (None without one); `seconds` is the time of
-    the harmonization step, `score_seconds` that of the evaluator; `note` explains a forced decision.
-    """
-
-    iteration: int
-    candidate: int
-    source: str
-    target: str
-    score: float | None
-    decision: str
-    seconds: float
-    score_seconds: float = 0.0
-    image_path: str | None = None
-    note: str = ""
 
 
 @dataclass

@@ -20,6 +20,7 @@ from PIL import Image
 from zsharm.config import HarmonizeConfig
 from zsharm.edit.blending import blend, latent_mask, mask_at
 from zsharm.edit.diffusion import CallCounter, Run, image_to_tensor
+from zsharm.edit.inputs import check_inputs
 from zsharm.edit.inversion import Inversion, ddim_invert
 from zsharm.edit.nulltext import NullText, optimize_null_text
 from zsharm.edit.prompt_to_prompt import Edit, edit_with_prompt_to_prompt
@@ -71,7 +72,6 @@ def run_iteration(pipe, image, mask, source: str, target: str, config: Harmonize
                   progress: bool = True, keep_maps: bool = False, pidinet=None) -> IterationResult:
     """One iteration of the paper's stage 2 on `image` (path, PIL, array or Picture) with `mask`."""
     config = config or HarmonizeConfig()
-    from zsharm.validate import check_inputs
     picture, mask = check_inputs(image, mask, config)  # the checks every entry point shares
     work_input, mask_work = at_work_size(picture, mask, config)
     work = iterate_at_work_size(pipe, work_input, mask_work, source, target, config, progress=progress,
