@@ -330,3 +330,41 @@ def test_a_rule_answering_something_else_is_refused():
                         progress=False)
     with pytest.raises(ZsharmError, match="maybe"):
         loop.run(composite(), mask(), CANDIDATES[:1], Script().step)
+
+
+# ---------------------------------------------------------------- what mutation testing found unguarded
+
+
+def test_regenerate_without_stage_one_switches_to_the_best_scoring_other_candidate():
+    # iteration 0: c0 0.9 (kept), c1 0.1, c2 0.5, c3 0.3; then 0.8, 0.7 -> fell twice: the offline fallback takes
+    # c2, neither the first nor the last of the others
+    four = [*CANDIDATES, Desc("cat", "pale", "warm")]
+    script = Script([0.9, 0.1, 0.5, 0.3, 0.8, 0.7, 0.6])
+    result = run_loop(composite(), mask(), four, script.step, script.score, iterations=4, progress=False)
+    assert decisions(result)[5] == (2, 0, "regenerate") and result.history[5].note == "switch to description 2"
+    assert script.calls[6][1:] == (four[2].source, four[2].target)
+
+
+def test_the_default_budget_is_ten_iterations_and_only_a_cut_short_regenerate_is_explained():
+    script = Script([0.1 * k for k in range(1, 12)])
+    result = run_loop(composite(), mask(), CANDIDATES[:1], script.step, script.score, progress=False)
+    assert len(result.history) == 10 and result.history[-1].decision == "stop" and result.history[-1].note == ""
+    script = Script([0.6, 0.5, 0.4])  # the fall comes on the budget's last iteration
+    result = run_loop(composite(), mask(), CANDIDATES[:1], script.step, script.score, iterations=3, progress=False)
+    assert result.history[-1].decision == "stop" and "budget" in result.history[-1].note
+
+
+def test_history_json_names_the_best_record_and_every_description_and_the_sheet_frames_it(tmp_path):
+    from collections import namedtuple
+    Plain = namedtuple("Plain", "source target")  # a description with no to_json of its own
+    script = Script([0.2, 0.6, 0.4])
+    folder = tmp_path / "not" / "yet" / "there"  # the history folder's parents are made too
+    run_loop(composite(), mask(), [Plain("cat bright", "cat dull"), CANDIDATES[1]], script.step, script.score,
+             iterations=2, history_dir=folder, progress=False)
+    data = json.loads((folder / "history.json").read_text())
+    assert (data["best_index"], data["best_iteration"], data["best_candidate"], data["best_score"]) == (1, 0, 1, 0.6)
+    assert data["descriptions"][0] == {"source": "cat bright", "target": "cat dull"}
+    assert data["descriptions"][1]["target"] == CANDIDATES[1].target
+    with Image.open(folder / "contact_sheet.png") as sheet:
+        frame = (np.asarray(sheet.convert("RGB")) == (0, 170, 0)).all(-1)
+    assert frame[:, CELL_W:2 * CELL_W].any() and not frame[:, :CELL_W].any()  # the best (second) cell, only
