@@ -265,6 +265,73 @@ def test_contact_sheet_draws_each_thumbnail():
     assert (sheet[:, CELL_W:] == (0, 170, 0)).all(-1).any()  # the best one is framed
 
 
+# ---------------------------------------------------------------- stage 3 as one object
+
+
+class StandInEvaluator:
+    """An evaluator of one's own: only `score(image, mask)`; it records what it was shown."""
+
+    name = "stand-in"
+
+    def __init__(self, scores):
+        self.scores, self.shown = list(scores), []
+
+    def score(self, image, mask):
+        self.shown.append(np.asarray(image).copy())
+        return self.scores.pop(0)
+
+
+def test_the_evaluator_and_the_rule_of_stage_three_are_what_the_loop_is_made_with(tmp_path):
+    """A stand-in rule that concludes at once, and a stand-in evaluator: the loop runs on their answers alone."""
+    from zsharm.decide.loop import DecisionLoop
+    asked = []
+
+    def conclude_at_once(scores, regenerated):
+        asked.append(list(scores))
+        return "conclude"
+
+    evaluator = StandInEvaluator([0.2, 0.3, 0.1])
+    script = Script()
+    result = DecisionLoop(evaluator, rule=conclude_at_once, iterations=10, progress=False).run(
+        composite(), mask(), CANDIDATES[:2], script.step, history_dir=tmp_path)
+    assert decisions(result) == [(0, 0, "drop"), (0, 1, "continue"), (1, 1, "conclude")]
+    assert asked == [[0.3, 0.1]]  # the kept candidate's score, then iteration 1's
+    assert [serial(image) for image in evaluator.shown] == [1, 2, 3]
+    data = json.loads((tmp_path / "history.json").read_text())
+    assert data["evaluator"] == "stand-in" and data["rule"].endswith("conclude_at_once")
+    # the paper's rule, given the same scores, would have gone on
+    paper = DecisionLoop(StandInEvaluator([0.2, 0.3, 0.1, 0.05, 0.01]), iterations=3, progress=False)
+    assert [d for *_, d in decisions(paper.run(composite(), mask(), CANDIDATES[:2], Script().step))][2] == "continue"
+
+
+def test_the_paper_scoring_shows_the_evaluator_each_blend_after_a_jpeg_round_trip():
+    from zsharm.decide.evaluator import jpeg_round_trip
+    from zsharm.decide.loop import DecisionLoop
+    made = []
+
+    def step(image, source, target):
+        rng = np.random.default_rng(len(made))
+        made.append(Image.fromarray(rng.integers(0, 256, (SIZE[1], SIZE[0], 3), dtype=np.uint8)))
+        return made[-1]
+
+    for policy in ("memory", "saved_jpeg"):
+        made.clear()
+        evaluator = StandInEvaluator([0.5, 0.6])
+        DecisionLoop(evaluator, scoring=policy, iterations=2, progress=False).run(composite(), mask(),
+                                                                                  CANDIDATES[:1], step)
+        want = [jpeg_round_trip(m) if policy == "saved_jpeg" else np.asarray(m) for m in made]
+        assert all(np.array_equal(shown, w) for shown, w in zip(evaluator.shown, want)), policy
+        assert not np.array_equal(jpeg_round_trip(made[0]), np.asarray(made[0]))  # the JPEG's loss shows
+
+
+def test_a_rule_answering_something_else_is_refused():
+    from zsharm.decide.loop import DecisionLoop
+    loop = DecisionLoop(StandInEvaluator([0.5, 0.6]), rule=lambda scores, regenerated: "maybe", iterations=3,
+                        progress=False)
+    with pytest.raises(ZsharmError, match="maybe"):
+        loop.run(composite(), mask(), CANDIDATES[:1], Script().step)
+
+
 # ---------------------------------------------------------------- what mutation testing found unguarded
 
 

@@ -179,3 +179,27 @@ def test_gamma_changes_the_null_embeddings_in_fast_but_not_in_paper(tiny_pipe, r
         assert change > 1e-6
     else:
         assert change == 0.0
+
+
+def test_a_third_loss_term_named_in_the_configuration_joins_the_optimisation(tiny_pipe, random_edges):
+    """A term of the tests' own (tests/colour_term.py), named in the configuration and nowhere else, is added to
+    the latent MSE and the edge loss: its part is in every record, the total holds it, and the result moves."""
+    base = HarmonizeConfig.fast(steps=3, size=64, dtype="fp32", refine=False, nulltext_early_stop=0.0)
+    image, mask = make_composite(width=64, height=64)
+    runs = {}
+    for label, terms in (("edges", ("edges",)), ("edges+colour", ("edges", "colour_term:ColourHistogramLoss"))):
+        runs[label] = run_iteration(tiny_pipe, image, mask, *PROMPTS, base.replace(nulltext_terms=terms),
+                                    progress=False, pidinet=random_edges)
+    with_colour = runs["edges+colour"].nulltext.losses
+    assert all("colour_histogram_mse" in r and "sobel_mse" in r for r in with_colour)
+    assert not any("colour_histogram_mse" in r for r in runs["edges"].nulltext.losses)
+    first = with_colour[0]  # before any step the two runs have the same prediction
+    assert first["colour_histogram_mse"] > 0
+    assert first["total"] == pytest.approx(runs["edges"].nulltext.losses[0]["total"]
+                                           + 50.0 * first["colour_histogram_mse"], rel=1e-4)
+    assert not torch.equal(runs["edges"].nulltext.uncond[-1], runs["edges+colour"].nulltext.uncond[-1])
+
+
+def test_an_unknown_loss_term_is_refused_when_the_configuration_is_made():
+    with pytest.raises(ValueError, match="colour"):
+        HarmonizeConfig(nulltext_terms=("edges", "colour"))

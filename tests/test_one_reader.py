@@ -229,3 +229,49 @@ def test_run_iteration_refuses_a_bad_mask_array_with_the_same_line(composite):
     for mask in bad_arrays().values():
         expected = _error(lambda: check_mask(mask, (W, H), "<array>"))
         assert _error(lambda: run_iteration(object(), composite, mask, "cat bright", "cat dull")) == expected
+
+
+def test_a_harmonize_run_reads_the_mask_file_once(tmp_path, composite, monkeypatch, capsys):
+    """The command checks the mask, stage 2 gets it and the evaluator sees its soft values as the authors read
+    them: all from one read of the file (the Python openers and cv2's reader counted)."""
+    import builtins
+    import io
+
+    import cv2
+
+    import zsharm.edit.iteration
+    import zsharm.models
+    mask = np.zeros((H, W), np.uint8)
+    mask[30:80, 50:100] = 255
+    mask_file = tmp_path / "mask.png"
+    Image.fromarray(mask).save(mask_file)
+    opened = []
+
+    def counting(opener):
+        def wrapper(file, *args, **kwargs):
+            if str(file) == str(mask_file):
+                opened.append(opener.__name__)
+            return opener(file, *args, **kwargs)
+        wrapper.__name__ = opener.__name__
+        return wrapper
+
+    monkeypatch.setattr(builtins, "open", counting(builtins.open))
+    monkeypatch.setattr(io, "open", counting(io.open))
+    monkeypatch.setattr(cv2, "imread", counting(cv2.imread))
+
+    class Stage2:
+        def __init__(self, image):
+            self.work_image = image
+
+    monkeypatch.setattr(zsharm.models, "load_pipeline", lambda *args, **kwargs: object())
+    monkeypatch.setattr(zsharm.models, "prepare_pipeline", lambda pipe: pipe)
+    monkeypatch.setattr(zsharm.edit.iteration, "iterate_at_work_size",
+                        lambda pipe, current, *args, **kwargs: Stage2(current))
+    code = main([str(a) for a in ["harmonize", composite, "--mask", mask_file, "--out", tmp_path / "o.png",
+                                  *PROMPTS, "--model", "tiny", "--size", "64", "--no-edges", "--quiet",
+                                  "--device", "cpu", "--evaluator", "random:tiny", "--iterations", "2",
+                                  "--history", tmp_path / "history"]])
+    assert code == 0, capsys.readouterr().err
+    scores = [r["score"] for r in json.loads((tmp_path / "history" / "history.json").read_text())["iterations"]]
+    assert len(scores) == 2 and all(s is not None for s in scores)  # the evaluator saw the mask
+    assert len(opened) == 1, opened

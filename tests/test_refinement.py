@@ -71,3 +71,21 @@ def test_the_regulariser_holds_the_words_near_their_start(tiny_pipe):
         assert all(r["loss_reg"] == pytest.approx(weight * (r["reg_fg_mse"] + r["reg_bg_mse"]), rel=1e-5, abs=1e-12)
                    for r in res.refinement.losses)
     assert distance[1e4] < 0.2 * distance[0.0], distance
+
+
+def test_the_attention_loss_is_zero_when_the_source_words_cover_the_mask_and_the_target_words_the_rest():
+    """L_Emb as a function of the maps and the mask alone: each map divided by its maximum against M and 1-M."""
+    from zsharm.edit.refinement import attention_loss
+    mask = torch.zeros(4, 4)
+    mask[1:3, 1:3] = 1
+    map_fg, map_bg = torch.zeros(4, 4, 77), torch.zeros(4, 4, 77)
+    map_fg[:, :, 2], map_fg[:, :, 3] = 0.3 * mask, 0.1 * mask        # two source words, summed
+    map_bg[:, :, 5], map_bg[:, :, 6] = 0.2 * (1 - mask), 0.7 * (1 - mask)  # two target words, weighted
+    weights = torch.tensor([0.5, 0.5])
+    parts = attention_loss(map_fg, map_bg, [2, 3], [5, 6], weights, mask)
+    assert parts["loss_emb"].item() == pytest.approx(0.0, abs=1e-12)
+    assert torch.allclose(parts["a_bg"], 0.45 * (1 - mask))
+    map_fg[0, 0, 2] = 0.3  # one pixel of the source's attention outside the object
+    parts = attention_loss(map_fg, map_bg, [2, 3], [5, 6], weights, mask)
+    assert parts["attn_fg"].item() == pytest.approx(0.75 ** 2 / 16)
+    assert parts["attn_bg"].item() == pytest.approx(0.0, abs=1e-12)

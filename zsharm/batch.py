@@ -214,7 +214,7 @@ def is_done(out_dir, name: str) -> bool:
 
 
 def run_batch(items: Sequence[BatchItem], out_dir, process_one: Callable, shard: tuple[int, int] | None = None,
-              progress: bool = True) -> BatchSummary:
+              progress: bool = True, config: dict | None = None) -> BatchSummary:
     """Run `process_one(item, out_path) -> dict` on this shard's items, writing `<name>.png` into `out_dir`.
 
     `out_path` is a temporary PNG path in `out_dir`: process_one writes the harmonized image there and
@@ -222,7 +222,8 @@ def run_batch(items: Sequence[BatchItem], out_dir, process_one: Callable, shard:
     with the time taken, is written to `<name>.done.json`. Items whose output and marker both exist are
     skipped. An item raising one of ITEM_ERRORS is recorded (name + one-line reason) and the batch goes on;
     anything else (a bug, Ctrl-C) stops it, leaving no partial file. The summary goes to `summary.json`
-    (`summary.shardIofN.json` when sharded), rewritten after each item.
+    (`summary.shardIofN.json` when sharded), rewritten after each item, with `config` (the configuration's
+    `to_dict()`, which made every result) when given.
     shard: (i, n); None reads the launcher's RANK/WORLD_SIZE (see `shard_from_env`).
     """
     out_dir = Path(out_dir)
@@ -248,7 +249,8 @@ def run_batch(items: Sequence[BatchItem], out_dir, process_one: Callable, shard:
             "prompts": summary.prompts,
             "remaining": summary.total - len(summary.done) - len(summary.skipped) - len(summary.busy)
             - len(summary.failed),
-            "interrupted": interrupted, "seconds": round(summary.seconds, 3)})
+            "interrupted": interrupted, "seconds": round(summary.seconds, 3),
+            **({"config": config} if config is not None else {})})
 
     bar = tqdm(mine, desc=f"batch {index}/{count}" if count > 1 else "batch", disable=not progress, unit="image")
     try:
@@ -328,7 +330,7 @@ def merge_summaries(out_dir, items: Sequence[BatchItem] | None = None) -> dict:
     shards.sort(key=lambda p: p.stat().st_mtime)
     if not shards and not done:
         raise ZsharmError(f"--merge: {out_dir} holds no shard summaries (summary.shardIofN.json) and no results")
-    failed, seconds, totals = {}, 0.0, {}
+    failed, seconds, totals, configs = {}, 0.0, {}, []
     for path in shards:  # oldest first, so a later failure message wins
         try:
             report = json.loads(path.read_text())
@@ -338,11 +340,15 @@ def merge_summaries(out_dir, items: Sequence[BatchItem] | None = None) -> dict:
         totals.setdefault(count, {})[index] = int(report.get("total", 0))
         seconds += float(report.get("seconds", 0.0))
         failed.update((f["name"], f["error"]) for f in report.get("failed", []))
+        if "config" in report and report["config"] not in configs:
+            configs.append(report["config"])
     finished = set(done)
     failed = {name: error for name, error in failed.items() if name not in finished}
     running = sorted((p.name[:-len(".claim")] for p in out_dir.glob("*.claim") if claim_is_held(p)), key=natural_key)
     merged = {"done": done, "failed": [{"name": n, "error": failed[n]} for n in sorted(failed, key=natural_key)],
               "running": running, "shard_seconds": round(seconds, 3)}
+    if configs:  # one configuration made every shard's results, else each launch's is listed
+        merged["config" if len(configs) == 1 else "configs"] = configs[0] if len(configs) == 1 else configs
     if items is not None:
         accounted = finished | set(failed) | set(running)
         merged["total"] = len(items)

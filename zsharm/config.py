@@ -8,13 +8,20 @@ Two named schedules:
   their numeric quirks included as named fields below.
 
 The field defaults are the fast schedule's; `HarmonizeConfig.paper()` sets the paper's values. Nothing reads the
-schedule's name to decide how to compute: it is a label.
+schedule's name to decide how to compute: it is a label. `to_dict` is what every result records (history.json,
+summary.json, `evaluate` and `bench` outputs) and `from_dict` (or `zsharm harmonize --config FILE`) reruns it.
 
 How the numbers are computed is a separate setting, `arithmetic`: the authors' (fp32, every attention map
 materialised; on CPU `paper` uses it and reproduces their numbers) or zsharm's (fp16 on a GPU, fused attention).
 """
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+
+# the stage-2.3 loss terms by name: "module:factory", the factory called as factory(run, image, mask, pidinet)
+# (zsharm.edit.terms); a new term is one module and one line here
+NULLTEXT_TERMS = {
+    "edges": "zsharm.edit.nulltext:edge_term",
+}
 
 
 @dataclass
@@ -41,7 +48,9 @@ class HarmonizeConfig:
     nulltext_latent_weight: float = 10.0
     nulltext_max_inner: int = 1        # inner steps i//10 + 1, capped (paper: 5, reached only beyond 50 steps)
     nulltext_early_stop: float = 1e-6  # stop inner steps once the latent MSE is below this (paper: 0 = never)
-    use_edges: bool = True
+    use_edges: bool = True             # the paper's ablation switch: False leaves the "edges" term out
+    nulltext_terms: tuple = ("edges",)  # the loss terms added to the latent MSE, in order: names in NULLTEXT_TERMS
+                                        # or "package.module:factory" (zsharm.edit.terms)
     edge_pidinet_weight: float = 0.1   # gamma
     edge_sobel_weight: float = 1.0
     pidinet_variant: str = "tiny"
@@ -69,6 +78,11 @@ class HarmonizeConfig:
     # resolution
     transfer: str = "guided"           # "guided" (edge-aware colour transfer) or "resize"
 
+    # stage 3
+    evaluator_scoring: str = "memory"  # "memory": the blend as it is; "saved_jpeg" (paper): each blend saved as a
+                                       # quality-75 JPEG and re-read, scored with the mask file's soft values, and
+                                       # the loop goes on from the re-read JPEG as the authors' does
+
     def __post_init__(self):
         if self.size % 64 or self.size < 64:
             raise ValueError(f"size must be a positive multiple of 64, got {self.size}")
@@ -78,13 +92,21 @@ class HarmonizeConfig:
             raise ValueError(f"arithmetic must be auto, authors or fast, got {self.arithmetic!r}")
         if self.dtype not in ("auto", "fp16", "bf16", "fp32", "fp64"):
             raise ValueError(f"dtype must be auto, fp16, bf16, fp32 or fp64, got {self.dtype!r}")
+        if self.evaluator_scoring not in ("memory", "saved_jpeg"):
+            raise ValueError(f"evaluator_scoring must be memory or saved_jpeg, got {self.evaluator_scoring!r}")
+        self.nulltext_terms = tuple(self.nulltext_terms)  # a list read back from JSON compares equal
+        for name in self.nulltext_terms:
+            if name not in NULLTEXT_TERMS and ":" not in str(name):
+                raise ValueError(f"unknown null-text loss term {name!r}: use one of {sorted(NULLTEXT_TERMS)} or "
+                                 f"'package.module:factory'")
 
     @classmethod
     def paper(cls, **overrides) -> "HarmonizeConfig":
         """The authors' schedule: their every step, inner iteration and loss, and their numeric quirks."""
         values = dict(schedule="paper", steps=50, refine_iters=2, nulltext_max_inner=5, nulltext_early_stop=0.0,
                       pidinet_grad=False, edge_crop=False, sobel_input_signed=True, nulltext_stale_embedding=True,
-                      authors_arithmetic_on_cpu=True, inversion_batch_uncond_only=False, refine_cond_only=False)
+                      authors_arithmetic_on_cpu=True, inversion_batch_uncond_only=False, refine_cond_only=False,
+                      evaluator_scoring="saved_jpeg")
         values.update(overrides)
         return cls(**values)
 
@@ -103,7 +125,24 @@ class HarmonizeConfig:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every value, JSON-ready: what each result records, and what `from_dict` reruns."""
+        data = asdict(self)
+        data["nulltext_terms"] = list(self.nulltext_terms)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HarmonizeConfig":
+        """The configuration `to_dict` wrote (e.g. the "config" of a history.json): every field it holds, the
+        defaults for any it lacks; a key that is no field is refused rather than dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"not a configuration field: {', '.join(unknown)}")
+        return cls(**data)
+
+    def active_terms(self) -> tuple:
+        """The null-text loss terms this configuration runs (`use_edges` False leaves "edges" out)."""
+        return tuple(name for name in self.nulltext_terms if name != "edges" or self.use_edges)
 
     def runs_authors_arithmetic(self, device) -> bool:
         """Whether UNet calls on `device` run the authors' arithmetic (see `arithmetic`).
@@ -114,8 +153,8 @@ class HarmonizeConfig:
         import torch
         if self.arithmetic == "auto":
             if device is None:
-                from zsharm.models import default_device
-                device = default_device()
+                from zsharm.distributed import process_device  # what zsharm.models.default_device gives
+                device = process_device()
             return self.authors_arithmetic_on_cpu and torch.device(device).type == "cpu"
         return self.arithmetic == "authors"
 

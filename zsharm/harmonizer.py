@@ -17,7 +17,6 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image
 
 from zsharm.config import DEFAULT_MODEL, HarmonizeConfig
@@ -49,14 +48,14 @@ class Harmonizer:
     "authors"), "authors" (their bestModel.pth, fetched once), a checkpoint path, an Evaluator, or
     None for no stage 3 (a fixed number of iterations with the first description). n_candidates: descriptions
     asked of stage 1 (default 2, as the authors; 1 without an evaluator, which would use only the first), and
-    the most taken from a caption line. Scoring follows the schedule: `paper` scores each blend as the authors
-    do, saved as a quality-75 JPEG and re-read, with the soft mask of the mask file; `fast` scores the image in
-    memory.
+    the most taken from a caption line. How each blend is scored is `config.evaluator_scoring` (the paper's:
+    saved as a quality-75 JPEG and re-read, with the soft mask of the mask file; the fast schedule's: in
+    memory); `rule` is stage 3's decision rule (zsharm.decide.rule.decide, the paper's, by default).
     """
 
     def __init__(self, model=DEFAULT_MODEL, config: HarmonizeConfig = None,
                  evaluator="auto", describer=None, device=None, dtype=None, pipe=None, pidinet=None,
-                 progress: bool = True, n_candidates: int = None):
+                 progress: bool = True, n_candidates: int = None, rule=None):
         from zsharm.models import load_pipeline, model_companions, prepare_pipeline
         from zsharm.validate import check_device
         companions = model_companions(model if pipe is None else getattr(pipe, "name_or_path", None))
@@ -83,22 +82,25 @@ class Harmonizer:
                      load_pipeline(model, device=device, dtype=dtype, progress=progress))
         self.evaluator, self.describer, self.pidinet, self.progress = evaluator, describer, pidinet, progress
         self.n_candidates = n_candidates
+        from zsharm.decide.rule import decide
+        self.rule = rule or decide
 
     def __call__(self, image, mask, source: str = None, target: str = None, candidates=None,
                  iterations: int = None, history_dir=None, name: str = None) -> HarmonizeResult:
-        """mask: a path (its soft values, read as the authors read them, are what the evaluator sees), or an
-        array (bool, or soft values in [0, 1] / uint8) at the image's size."""
+        """mask: a path (its soft values, read as the authors read them, are what the evaluator sees), an array
+        (bool, or soft values in [0, 1] / uint8) at the image's size, or a GivenMask already read
+        (zsharm.io.masks.read_mask_once: the file is not read again)."""
         from zsharm.edit.iteration import at_work_size, finish, iterate_at_work_size
-        from zsharm.decide.loop import run_loop
+        from zsharm.decide.loop import DecisionLoop
+        from zsharm.decide.scoring import score_mask
         from zsharm.validate import check_inputs, check_prompts
+        from zsharm.io.masks import read_pair_once
         check_prompts(source, target, getattr(self.pipe, "tokenizer", None))
         for candidate in candidates or ():  # a caption file's prompts pass the same check as typed ones
             check_prompts(*_prompts_of(candidate), getattr(self.pipe, "tokenizer", None))
-        mask_given = mask
-        picture, mask = check_inputs(image, mask, self.config)
+        picture, given = read_pair_once(image, mask)  # the one read of the mask: the evaluator's view too
+        picture, mask = check_inputs(picture, given, self.config)
         cfg = self.config
-        if iterations is None:
-            iterations = 10 if self.evaluator is not None else 1
         start, mask_work = at_work_size(picture, mask, cfg)
         from_vlm = source is None and not candidates
         candidates = self._candidates(picture, mask, source, target, candidates, name)
@@ -109,27 +111,12 @@ class Harmonizer:
                                              pidinet=self.pidinet))
             return runs[-1].work_image
 
-        score = reload = None
-        about = {"schedule": cfg.schedule, "evaluator": None}
-        if self.evaluator is not None:
-            paper = cfg.schedule == "paper"
-            scorer = self.evaluator.score_saved if paper else self.evaluator.score
-            score_mask = _score_mask(mask_given, mask)
-
-            def score(image, _mask_work):
-                return scorer(image, score_mask)
-            if paper:  # the authors go on from the re-opened JPEG after iteration 0 and on Regenerate
-                from zsharm.decide.evaluator import jpeg_round_trip
-
-                def reload(image):
-                    return Image.fromarray(jpeg_round_trip(image))
-            about.update(evaluator=getattr(self.evaluator, "name", type(self.evaluator).__name__),
-                         scoring="each blend saved as a quality-75 JPEG and re-read (the authors')" if paper
-                         else "the blend in memory")
         regenerate = self._regenerator(picture, mask, name) if from_vlm else None
-        loop = run_loop(start, mask_work, candidates, step, score=score, regenerate=regenerate,
-                        iterations=iterations, history_dir=history_dir, progress=self.progress, reload=reload,
-                        about=about)
+        stage3 = DecisionLoop(self.evaluator, rule=self.rule, scoring=cfg.evaluator_scoring,
+                              iterations=iterations, progress=self.progress)
+        seen = score_mask(given, mask) if self.evaluator is not None else None
+        loop = stage3.run(start, mask_work, candidates, step, score_mask=seen, regenerate=regenerate,
+                          history_dir=history_dir, about={"schedule": cfg.schedule, "config": cfg.to_dict()})
         final = finish(picture, mask, start, loop.image, cfg)
         return HarmonizeResult(image=final.to_pil_rgb8(), picture=final, work_image=loop.image, loop=loop,
                                iterations=runs)
@@ -177,26 +164,6 @@ def _release(describer) -> None:
     release = getattr(describer, "release", None)  # a describer of the user's own may hold nothing
     if callable(release):
         release()
-
-
-def _score_mask(given, mask: np.ndarray) -> np.ndarray:
-    """What the evaluator sees of the mask: for a file, the authors' soft reading of it (first channel / 255);
-    for an array, its own values; `mask` (zsharm's boolean reading) where the authors' reading would show another
-    mask (a cut-out whose alpha is the mask, a 0/1 label map: their reader sees colours or nothing there)."""
-    from zsharm.decide.evaluator import read_mask_as_authors, soft_mask
-    if isinstance(given, (str, os.PathLike)):
-        soft = read_mask_as_authors(given)
-    elif isinstance(given, np.ndarray) and given.ndim == 2:
-        soft = soft_mask(given)
-    else:
-        return mask
-    if soft.shape != mask.shape or np.mean((soft > MASK_AGREEMENT_THRESHOLD) != mask) > MASK_AGREEMENT:
-        return mask
-    return soft
-
-
-MASK_AGREEMENT_THRESHOLD = 100 / 255  # the binarisation both readings share
-MASK_AGREEMENT = 0.01  # the soft reading is used when it disagrees with the boolean one on at most 1 % of pixels
 
 
 def harmonize(image, mask, source: str = None, target: str = None, *, model: str = DEFAULT_MODEL, pipe=None,

@@ -33,6 +33,24 @@ def default_device() -> torch.device:
     return process_device()
 
 
+def resolve_device(device) -> torch.device:
+    """`device` as a torch.device (None: `default_device()`), or one line naming what is wrong with it."""
+    if device is None:
+        return default_device()
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError) as error:
+        raise ZsharmError(f"unknown device {device!r}: {one_line(error)}") from None
+
+
+def move_to_device(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`module.to(device)`, a device this machine lacks (cuda asked for without one) said in one line."""
+    try:
+        return module.to(device)
+    except (RuntimeError, AssertionError) as error:
+        raise ZsharmError(f"cannot use device {device}: {one_line(error)}") from None
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if torch.device(device).type in ("cuda", "mps") else torch.float32
 

@@ -64,7 +64,9 @@ def cli_evaluate(args) -> int:
             methods[name] = run
         else:
             methods[name] = BASELINES[name]
-    rows = evaluate(samples, methods, out_dir=args.out, save_images=args.save_images, progress=not args.quiet)
+    config = config_from_options(args) if "zsharm" in methods else None
+    rows = evaluate(samples, methods, out_dir=args.out, save_images=args.save_images, progress=not args.quiet,
+                    config=config)
     if not args.quiet:
         print(markdown_table(summarize(rows)), end="")
         print(f"{len(rows)} results in {args.out}/per_image.csv")

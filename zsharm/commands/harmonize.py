@@ -9,15 +9,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from zsharm.batch import find_batch_items, merge_summaries
 from zsharm.cache import check_cache
 from zsharm.commands.options import add_stage2_options, add_vlm_arguments, config_from_options, describer_from_args
 from zsharm.errors import ZsharmError
 from zsharm.harmonizer import Harmonizer
 from zsharm.io.files import check_writable
-from zsharm.io.masks import read_pair
+from zsharm.io.masks import GivenMask, read_pair_once
 from zsharm.io.pictures import Picture
 from zsharm.io.saving import check_can_save, save_picture
 from zsharm.validate import (
@@ -78,15 +76,15 @@ def cli_harmonize(args) -> int:
         return _cli_batch(args, config)
     out = request.out
     harmonizer = _harmonizer(args, config)
-    # the mask as a path: the evaluator reads its soft values as the authors do
-    result = harmonizer(request.picture, args.mask, source=args.source, target=args.target,
+    # the mask as read once: the evaluator's soft view of it comes from the same bytes, as the authors read it
+    result = harmonizer(request.picture, request.mask, source=args.source, target=args.target,
                         iterations=args.iterations, history_dir=args.history, name=Path(args.composite).name)
     if args.save_intermediates:
         from zsharm.repro.reference import save_intermediates
         save_intermediates(result.last_iteration, args.save_intermediates)
     if args.allow_lossy and out.suffix.lower() in (".jpg", ".jpeg"):
         from zsharm.io.saving import lossy_background_changes
-        changed, total = lossy_background_changes(result.picture, request.mask, out)
+        changed, total = lossy_background_changes(result.picture, request.mask.foreground, out)
         print(f"zsharm: warning: {out.name} is lossy: {changed:,} of {total:,} background pixels differ from "
               f"the input", file=sys.stderr)
     save_picture(result.picture, out, lossy=args.allow_lossy)
@@ -138,7 +136,7 @@ def _cli_batch(args, config) -> int:
         return dict(source=best.source, target=best.target, prompts_from=origin, score=best.score,
                     iteration=best.iteration)
 
-    summary = run_batch(items, out_dir, process_one, shard=shard, progress=not args.quiet)
+    summary = run_batch(items, out_dir, process_one, shard=shard, progress=not args.quiet, config=config.to_dict())
     if not args.quiet:
         print(f"{len(summary.done)} done, {len(summary.skipped)} already done, {len(summary.failed)} failed "
               f"(summary: {summary.summary_path})")
@@ -152,7 +150,7 @@ class Request:
     """A checked single-image request: the inputs as read, and the output path."""
 
     picture: Picture
-    mask: np.ndarray
+    mask: GivenMask
     out: Path
 
 
@@ -204,7 +202,7 @@ def check_request(args, config) -> Request | None:
         if same_file(out, Path(given)):
             raise ZsharmError(f"--out {out} is the {what} itself: writing it would destroy the original; "
                               f"name another file")
-    picture, mask = read_pair(args.composite, args.mask)
+    picture, mask = read_pair_once(args.composite, args.mask)
     check_can_save(picture, out, lossy=getattr(args, "allow_lossy", False))
     check_inputs(picture, mask, config)
     check_device(args.device, args.dtype)

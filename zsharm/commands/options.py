@@ -28,9 +28,12 @@ def add_stage2_options(parser, model_default: str | None = DEFAULT_MODEL, model_
                        help=model_help or "hub id, diffusers folder, .safetensors/.ckpt file of SD 1.x/2.x, toy (the "
                                           "trained toy prior, offline, with its own describer and evaluator) or tiny "
                                           "(random weights) (default: %(default)s)")
-    group.add_argument("--schedule", default=DEFAULT_SCHEDULE, choices=sorted(SCHEDULES),
+    group.add_argument("--schedule", choices=sorted(SCHEDULES),
                        help=f"paper: the authors' pipeline number for number; fast: the same method, faster "
                             f"(default: {DEFAULT_SCHEDULE})")
+    group.add_argument("--config", metavar="FILE",
+                       help="the configuration a result records (history.json, summary.json, config.json, or a "
+                            "JSON of HarmonizeConfig's fields): rerun with it; options given here override it")
     group.add_argument("--steps", type=int, help="DDIM steps (default: the schedule's, paper 50, fast 20)")
     group.add_argument("--seed", type=int, help="seed of the VAE posterior sample (default: 8888)")
     group.add_argument("--size", type=int, help="long side of the work resolution, a multiple of 64 (default: 512; "
@@ -46,18 +49,49 @@ def add_stage2_options(parser, model_default: str | None = DEFAULT_MODEL, model_
 
 
 def config_from_options(args) -> HarmonizeConfig:
+    """The configuration the options describe: --config's file, else --schedule's values (default fast), with
+    every option given on the command line on top."""
     overrides = {k: v for k, v in dict(steps=args.steps, seed=args.seed, size=args.size, transfer=args.transfer,
                                          dtype=args.dtype, arithmetic=args.arithmetic).items() if v is not None}
     if args.no_edges:
         overrides["use_edges"] = False
-    from zsharm.models import model_config
-    values = {**model_config(getattr(args, "model", None)), **overrides}  # what the model asks, then the options
+    if getattr(args, "config", None):
+        if args.schedule is not None:
+            raise ZsharmError(f"--schedule {args.schedule} and --config {args.config} each give every value: "
+                              f"give one of them (and single options such as --steps on top)")
+        saved = read_config_file(args.config)  # it holds what the model asked for when it was made
+    else:
+        from zsharm.models import model_config
+        overrides = {**model_config(getattr(args, "model", None)), **overrides}  # the model's, then the options
     try:
-        return HarmonizeConfig.named(args.schedule, **values)
+        if getattr(args, "config", None):
+            return saved.replace(**overrides)
+        return HarmonizeConfig.named(args.schedule or DEFAULT_SCHEDULE, **overrides)
     except ValueError as error:  # HarmonizeConfig's own checks: name the option when they name its field
         text = str(error)
         field = text.split(" ", 1)[0]
         raise ZsharmError(f"--{text}" if field in overrides else text) from None
+
+
+def read_config_file(path) -> HarmonizeConfig:
+    """The configuration in a JSON file: HarmonizeConfig's fields, or a result that records them under "config"
+    (history.json, summary.json)."""
+    import json
+    from pathlib import Path
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ZsharmError(f"--config {path}: no such file") from None
+    except (OSError, ValueError) as error:
+        raise ZsharmError(f"--config {path}: not a readable JSON file ({error})") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise ZsharmError(f"--config {path}: holds no configuration (a JSON object of HarmonizeConfig's fields)")
+    try:
+        return HarmonizeConfig.from_dict(data)
+    except (TypeError, ValueError) as error:
+        raise ZsharmError(f"--config {path}: {error}") from None
 
 
 def add_vlm_arguments(parser: argparse.ArgumentParser) -> None:

@@ -45,6 +45,7 @@ from PIL import Image
 
 from zsharm.cache import cache_dir, fetch, verify
 from zsharm.errors import ZsharmError, one_line
+from zsharm.models import move_to_device, resolve_device
 
 SIZE = 256  # the authors' input size
 # name -> (bottleneck blocks per stage, stem width); the final feature size is width * 8 * 4
@@ -217,6 +218,14 @@ def read_mask_as_authors(path) -> np.ndarray:
     return bgr[:, :, 0].astype(np.float32) / 255.0
 
 
+def decode_mask_as_authors(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """`read_mask_as_authors` of a file's bytes already read (cv2 decodes them as imread decodes the file)."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ZsharmError(f"cv2 cannot read the mask {name}")
+    return bgr[:, :, 0].astype(np.float32) / 255.0
+
+
 def jpeg_round_trip(image: Image.Image, quality: int = JPEG_QUALITY) -> np.ndarray:
     """uint8 RGB of `image` saved as the authors save each blend (PIL JPEG, quality 75, 4:2:0) and read back
     with cv2, as their evaluator reads it. Same bytes as writing the file: PIL encodes in memory identically."""
@@ -230,8 +239,8 @@ class Evaluator:
     """A loaded classifier: `score(image, mask)` is the probability that `image` is harmonious."""
 
     def __init__(self, model: HarmonyClassifier, device=None, size: int = SIZE, name: str = ""):
-        self.device = _device(device)
-        self.model = _to_device(model, self.device).eval()
+        self.device = resolve_device(device)
+        self.model = move_to_device(model, self.device).eval()
         self.size = int(size)
         self.name = name
 
@@ -420,22 +429,3 @@ def load_init(model: HarmonyClassifier, path) -> None:
     missing = [k for k in missing if not k.startswith("classify_fc.")]
     if missing or unexpected:
         raise ZsharmError(f"--init {path} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
-
-
-def _device(device) -> torch.device:
-    if device is None:
-        from zsharm.models import default_device
-
-        return default_device()
-    try:
-        return torch.device(device)
-    except (RuntimeError, ValueError) as error:
-        raise ZsharmError(f"unknown device {device!r}: {one_line(error)}") from None
-
-
-def _to_device(model: nn.Module, device: torch.device) -> nn.Module:
-    try:
-        return model.to(device)
-    except (RuntimeError, AssertionError) as error:  # e.g. cuda asked for on a machine without it
-        raise ZsharmError(f"cannot use device {device}: {one_line(error)}") from None
-

@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
 from zsharm.errors import ZsharmError
 from zsharm.io.files import atomic_path, write_json
-
-if TYPE_CHECKING:
-    from zsharm.decide.loop import IterationRecord
 
 # contact sheet geometry: one cell per history record
 THUMB = 192          # thumbnails fit in THUMB x THUMB
@@ -37,6 +34,27 @@ def run_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if RUN_FILES.fullmatch(p.name) and p.is_file())
+
+
+@dataclass
+class IterationRecord:
+    """One harmonization run of the loop.
+
+    `candidate` indexes the descriptions (the given candidates, then any made by Regenerate, in order);
+    `image_path` is the PNG's name inside the history folder (None without one); `seconds` is the time of
+    the harmonization step, `score_seconds` that of the evaluator; `note` explains a forced decision.
+    """
+
+    iteration: int
+    candidate: int
+    source: str
+    target: str
+    score: float | None
+    decision: str
+    seconds: float
+    score_seconds: float = 0.0
+    image_path: str | None = None
+    note: str = ""
 
 
 class History:

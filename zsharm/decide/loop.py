@@ -6,6 +6,11 @@ what comes next (`decide`). The final output is the best-scoring image seen; wit
 runs a fixed number of iterations with the first description and returns the last image.
 
 Every run can keep its history: each iteration's image, `history.json` and `contact_sheet.png` (history.py).
+
+`DecisionLoop` is stage 3 as one object: the evaluator, the rule and the scoring policy are what it is made
+with, so swapping any of them is passing another object:
+
+    DecisionLoop(evaluator, rule=decide, scoring="memory").run(image, mask, candidates, step)
 """
 
 from __future__ import annotations
@@ -21,33 +26,13 @@ from PIL import Image
 
 from zsharm import bars
 
-from zsharm.decide.history import History, format_score, thumbnail
+from zsharm.decide.history import History, IterationRecord, format_score, thumbnail
 from zsharm.decide.rule import CONCLUDE, CONTINUE, REGENERATE, decide
+from zsharm.decide.scoring import SCORINGS, scoring
 from zsharm.errors import ZsharmError
 
 DROP = "drop"  # an iteration-0 candidate that was not kept
 STOP = "stop"  # the iteration budget ran out
-
-
-@dataclass
-class IterationRecord:
-    """One harmonization run of the loop.
-
-    `candidate` indexes the descriptions (the given candidates, then any made by Regenerate, in order);
-    `image_path` is the PNG's name inside the history folder (None without one); `seconds` is the time of
-    the harmonization step, `score_seconds` that of the evaluator; `note` explains a forced decision.
-    """
-
-    iteration: int
-    candidate: int
-    source: str
-    target: str
-    score: float | None
-    decision: str
-    seconds: float
-    score_seconds: float = 0.0
-    image_path: str | None = None
-    note: str = ""
 
 
 @dataclass
@@ -71,7 +56,8 @@ class LoopResult:
 
 def run_loop(image: Image.Image, mask: np.ndarray, candidates: Sequence, step: Callable, score: Callable | None = None,
              regenerate: Callable | None = None, iterations: int = 10, history_dir=None,
-             progress: bool = True, reload: Callable | None = None, about: dict | None = None) -> LoopResult:
+             progress: bool = True, reload: Callable | None = None, about: dict | None = None,
+             rule: Callable = decide) -> LoopResult:
     """Harmonize `image` (PIL RGB, any size) inside `mask` (bool, same size) with the decision loop.
 
     candidates: descriptions with `.source` and `.target` prompts (stage 1's output).
@@ -86,6 +72,8 @@ def run_loop(image: Image.Image, mask: np.ndarray, candidates: Sequence, step: C
     reload(image) -> PIL image: what the loop goes on from when it goes back to a kept image (after iteration 0,
         and on Regenerate); the authors re-open the JPEG they saved there. None: the image itself.
     about: what to record at the top of `history.json` (e.g. the evaluator and how it scores).
+    rule(scores, regenerated) -> "continue" | "regenerate" | "conclude": the decision after each later
+        iteration (zsharm.decide.rule.decide, the paper's, by default).
     """
     if iterations < 1:
         raise ZsharmError(f"the loop needs at least 1 iteration, got {iterations}")
@@ -149,7 +137,10 @@ def run_loop(image: Image.Image, mask: np.ndarray, candidates: Sequence, step: C
         out, record = run(iteration, current_candidate, current)
         run_images.append(out)
         run_scores.append(record.score)
-        record.decision = decide(run_scores, regenerated) if score is not None else CONTINUE
+        record.decision = rule(run_scores, regenerated) if score is not None else CONTINUE
+        if record.decision not in (CONTINUE, REGENERATE, CONCLUDE):
+            raise ZsharmError(f"the decision rule answered {record.decision!r}: give continue, regenerate or "
+                              f"conclude")
         _finish_iteration(record, iterations, iteration)
         if record.decision == REGENERATE:
             new = _next_description(descriptions, current_candidate, records, regenerate)
@@ -177,6 +168,42 @@ def run_loop(image: Image.Image, mask: np.ndarray, candidates: Sequence, step: C
         history.write_json(descriptions, records, best_index, done=True, stop_reason=stop_reason)
         history.write_sheet(records, thumbs, best_index)
     return LoopResult(best["image"], records[best_index].iteration, records, best_index, stop_reason)
+
+
+class DecisionLoop:
+    """Stage 3: `evaluator` (an object with `score(image, mask) -> float`, or None for a fixed number of
+    iterations with the first description), `rule` (the decision after each iteration, default the paper's) and
+    `scoring` ("memory" or "saved_jpeg", zsharm.decide.scoring; a configuration's `evaluator_scoring`).
+    `iterations`: the budget (default 10 with an evaluator, as the authors; 1 without)."""
+
+    def __init__(self, evaluator=None, rule: Callable = decide, scoring: str = "memory", iterations: int = None,
+                 progress: bool = True):
+        if scoring not in SCORINGS:
+            raise ZsharmError(f"unknown scoring {scoring!r}; choose one of {sorted(SCORINGS)}")
+        if evaluator is not None and not callable(getattr(evaluator, "score", None)):
+            raise ZsharmError(f"the evaluator {type(evaluator).__name__} has no score(image, mask) method")
+        self.evaluator, self.rule, self.scoring, self.progress = evaluator, rule, scoring, progress
+        self.iterations = iterations if iterations is not None else (10 if evaluator is not None else 1)
+
+    def about(self) -> dict:
+        """What history.json says of this stage 3."""
+        if self.evaluator is None:
+            return {"evaluator": None}
+        return {"evaluator": getattr(self.evaluator, "name", type(self.evaluator).__name__),
+                "scoring": SCORINGS[self.scoring],
+                "rule": getattr(self.rule, "__qualname__", type(self.rule).__name__)}
+
+    def run(self, image: Image.Image, mask: np.ndarray, candidates: Sequence, step: Callable, *,
+            score_mask: np.ndarray | None = None, regenerate: Callable | None = None, history_dir=None,
+            about: dict | None = None, iterations: int = None) -> LoopResult:
+        """`run_loop` with this stage 3; `score_mask` is the mask the evaluator sees (default `mask`)."""
+        score = reload = None
+        if self.evaluator is not None:
+            score, reload = scoring(self.evaluator, self.scoring, mask if score_mask is None else score_mask)
+        return run_loop(image, mask, candidates, step, score=score, regenerate=regenerate,
+                        iterations=iterations if iterations is not None else self.iterations,
+                        history_dir=history_dir, progress=self.progress, reload=reload,
+                        about={**(about or {}), **self.about()}, rule=self.rule)
 
 
 def _finish_iteration(record: IterationRecord, iterations: int, iteration: int) -> None:

@@ -17,8 +17,6 @@ from tqdm.auto import tqdm
 from zsharm.decide.evaluator import (
     SIZE,
     HarmonyClassifier,
-    _device,
-    _to_device,
     load_init,
     preprocess,
     save_checkpoint,
@@ -28,6 +26,7 @@ from zsharm.io.files import check_writable, write_json
 from zsharm.io.folders import IMAGE_EXTENSIONS
 from zsharm.io.masks import load_mask
 from zsharm.io.pictures import load_image
+from zsharm.models import move_to_device, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -258,11 +257,11 @@ def train_evaluator(data, out, synthetic: bool = False, epochs: int = 10, batch_
     train_samples, val_samples = split_samples(samples, val_fraction, seed)
 
     torch.manual_seed(seed)
-    device = _device(device)
+    device = resolve_device(device)
     model = HarmonyClassifier.from_arch(arch)
     if init is not None:
         load_init(model, init)
-    _to_device(model, device)
+    move_to_device(model, device)
     train_set = HarmonyDataset(train_samples, size, train=True, seed=seed)
     val_set = HarmonyDataset(val_samples, size, train=False, seed=seed)
     generator = torch.Generator().manual_seed(seed)

@@ -109,7 +109,8 @@ def check_view_mask(mask, size) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.shape != (size[1], size[0]):
         raise ZsharmError(f"the mask is {'x'.join(map(str, mask.shape[::-1]))} but the image is {size[0]}x{size[1]}")
-    mask = mask.astype(bool)
+    from zsharm.io.masks import as_foreground
+    mask = as_foreground(mask)
     if not mask.any() or mask.all():
         raise ZsharmError("the mask is " + ("empty" if not mask.any() else "full") + ": nothing to describe")
     return mask

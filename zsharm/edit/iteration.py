@@ -20,10 +20,12 @@ from PIL import Image
 from zsharm.config import HarmonizeConfig
 from zsharm.edit.blending import blend, latent_mask, mask_at
 from zsharm.edit.diffusion import CallCounter, Run, image_to_tensor
+from zsharm.edit.inputs import check_inputs
 from zsharm.edit.inversion import Inversion, ddim_invert
-from zsharm.edit.nulltext import EdgeLoss, NullText, optimize_null_text
+from zsharm.edit.nulltext import NullText, optimize_null_text
 from zsharm.edit.prompt_to_prompt import Edit, edit_with_prompt_to_prompt
 from zsharm.edit.refinement import Refinement, refine_embeddings
+from zsharm.edit.terms import build_terms
 from zsharm.edit.tokens import condition_vocabulary, description_positions, split_object
 from zsharm.errors import ZsharmError
 from zsharm.io.pictures import Picture, work_size
@@ -70,7 +72,6 @@ def run_iteration(pipe, image, mask, source: str, target: str, config: Harmonize
                   progress: bool = True, keep_maps: bool = False, pidinet=None) -> IterationResult:
     """One iteration of the paper's stage 2 on `image` (path, PIL, array or Picture) with `mask`."""
     config = config or HarmonizeConfig()
-    from zsharm.validate import check_inputs
     picture, mask = check_inputs(image, mask, config)  # the checks every entry point shares
     work_input, mask_work = at_work_size(picture, mask, config)
     work = iterate_at_work_size(pipe, work_input, mask_work, source, target, config, progress=progress,
@@ -84,7 +85,7 @@ def iterate_at_work_size(pipe, work_input: Image.Image, mask_work: np.ndarray, s
                          config: HarmonizeConfig, *, progress: bool = True, keep_maps: bool = False,
                          pidinet=None) -> WorkIteration:
     """One iteration on an image already at work size (see `at_work_size`): inversion, refinement, null-text with
-    the edge loss, Prompt-to-Prompt editing, blending. `pidinet` overrides the published detector (e.g. a random
+    the configured loss terms (the edge loss), Prompt-to-Prompt editing, blending. `pidinet` overrides the published detector (e.g. a random
     one for tests)."""
     pipe = prepare_pipeline(pipe)  # a user's own pipeline: DDIM, frozen, or a one-line refusal
     run = Run(pipe=pipe, config=config, counter=CallCounter(), progress=progress)
@@ -116,13 +117,13 @@ def iterate_at_work_size(pipe, work_input: Image.Image, mask_work: np.ndarray, s
         with torch.no_grad():
             fixed = text_embeddings(run, "refinement", [source, target])
         embeddings = [fixed] * (len(inversion.timesteps) - 1)
-    edge_loss = None
-    if config.use_edges:
-        detector = pidinet
-        if detector is None and config.edge_pidinet_weight > 0:  # gamma 0: Sobel alone, no PiDiNet to load
-            detector = _pidinet(config.pidinet_variant, str(run.device))
-        edge_loss = EdgeLoss(run, work_input, mask_work, detector)
-    nulltext = timed("nulltext", optimize_null_text, run, inversion, embeddings, edge_loss)
+
+    def detector():  # gamma 0: Sobel alone, no PiDiNet to load
+        if pidinet is None and config.edge_pidinet_weight > 0:
+            return _pidinet(config.pidinet_variant, str(run.device))
+        return pidinet
+    terms = build_terms(run, work_input, mask_work, detector)
+    nulltext = timed("nulltext", optimize_null_text, run, inversion, embeddings, terms)
     edit = timed("editing", edit_with_prompt_to_prompt, run, inversion, embeddings, nulltext.uncond, keep_maps)
     if not np.isfinite(edit.latents[-1].float().cpu().numpy()).all():
         raise ZsharmError("the diffusion produced NaN values (try fp32: --dtype fp32)")

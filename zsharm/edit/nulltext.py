@@ -4,7 +4,7 @@ After refinement (never before: the paper finds no benefit the other way round),
 is optimised at every timestep so that the guided denoising step lands on the inverted latent, while the
 decoded prediction I' keeps the edges of the input I inside the mask:
 
-    L = 10 * MSE(z_{t-1}, z*_{t-1}) + L_Edge,
+    L = 10 * MSE(z_{t-1}, z*_{t-1}) + sum of the terms (the paper: L_Edge alone),
     L_Edge = || E_S(I) - E_S(I') ||^2 + gamma * || E_D(I) - E_D(I') ||^2   (inside the mask)
 
 E_S is a Sobel filter, E_D the PiDiNet edge detector, gamma = 0.1. AdamW, lr 0.1, i//10 + 1 inner steps at
@@ -57,7 +57,7 @@ def mask_box(mask: torch.Tensor, margin: int):
 
 
 class EdgeLoss:
-    """L_Edge against a fixed input image, inside the mask."""
+    """L_Edge against a fixed input image, inside the mask: the "edges" term (zsharm.edit.terms)."""
 
     def __init__(self, run: Run, image_pil, mask, pidinet):
         """`mask`: the boolean foreground mask at work size (H x W, as `at_work_size` gives it)."""
@@ -107,9 +107,20 @@ class EdgeLoss:
         return loss, terms
 
 
-def optimize_null_text(run: Run, inversion, embeddings, edge_loss: EdgeLoss = None) -> NullText:
-    """Per-timestep unconditional embeddings that reconstruct the inverted trajectory under the source text."""
+def edge_term(run: Run, image_pil, mask, pidinet) -> EdgeLoss:
+    """The "edges" term's factory: `pidinet()` gives the detector (None leaves PiDiNet's part out)."""
+    return EdgeLoss(run, image_pil, mask, pidinet())
+
+
+def optimize_null_text(run: Run, inversion, embeddings, terms=(), *, edge_loss: EdgeLoss = None) -> NullText:
+    """Per-timestep unconditional embeddings that reconstruct the inverted trajectory under the source text.
+
+    `terms`: loss terms added to the latent MSE, in order (zsharm.edit.terms); a single term is taken as a list.
+    `edge_loss`: the notebooks' name for a lone edge term."""
     cfg = run.config
+    terms = [terms] if callable(terms) else list(terms or ())
+    if edge_loss is not None:
+        terms.insert(0, edge_loss)
     with torch.no_grad():
         uncond = text_embeddings(run, "nulltext", [""])
     uncond = uncond.detach().clone().requires_grad_(True)
@@ -132,12 +143,15 @@ def optimize_null_text(run: Run, inversion, embeddings, edge_loss: EdgeLoss = No
                 latent_mse = F.mse_loss(out, target)
                 loss = cfg.nulltext_latent_weight * latent_mse
                 record["null_text_mse"] = latent_mse.item()
-                if edge_loss is not None:
-                    box = out if edge_loss.crop is None else out[..., edge_loss.crop[0]:edge_loss.crop[1],
-                                                                  edge_loss.crop[2]:edge_loss.crop[3]]
-                    edge, terms = edge_loss(decode_latents(run, "nulltext", box))
-                    loss = loss + edge
-                    record.update(terms)
+                decoded = {}  # terms reading the same box share one VAE decode
+                for term in terms:
+                    box = getattr(term, "crop", None)
+                    if box not in decoded:
+                        part = out if box is None else out[..., box[0]:box[1], box[2]:box[3]]
+                        decoded[box] = decode_latents(run, "nulltext", part)
+                    value, parts = term(decoded[box])
+                    loss = loss + value
+                    record.update(parts)
                 record["total"] = loss.item()
                 return loss
 
@@ -154,8 +168,9 @@ def optimize_null_text(run: Run, inversion, embeddings, edge_loss: EdgeLoss = No
         result.latents.append(latents)
     with torch.no_grad():
         result.reconstruction = to_uint8(decode_latents(run, "nulltext", latents))[0]
-    if edge_loss is not None:
-        result.edges_input = dict(sobel=edge_loss.ref_sobel.cpu(),
-                                  pidinet=None if edge_loss.ref_pidinet is None else edge_loss.ref_pidinet.cpu())
-        result.edges_last = getattr(edge_loss, "last", None)
+    edges = next((term for term in terms if isinstance(term, EdgeLoss)), None)
+    if edges is not None:
+        result.edges_input = dict(sobel=edges.ref_sobel.cpu(),
+                                  pidinet=None if edges.ref_pidinet is None else edges.ref_pidinet.cpu())
+        result.edges_last = getattr(edges, "last", None)
     return result

@@ -48,6 +48,22 @@ def attention_mask_small(mask_latent: torch.Tensor, shape, threshold: float) -> 
     return (small > threshold).float()
 
 
+def attention_loss(map_fg: torch.Tensor, map_bg: torch.Tensor, source_positions, target_positions,
+                   weights: torch.Tensor, mask: torch.Tensor) -> dict:
+    """L_Emb from the cross-attention maps (h x w x 77 of the source and the target row) and the small mask:
+    the source words' summed map against M, the target words' weighted sum against 1-M, each divided by its
+    maximum. Returns the loss ("loss_emb"), its two parts and the two summed maps ("a_fg", "a_bg")."""
+    a_fg = 0
+    for p in source_positions:
+        a_fg = a_fg + map_fg[:, :, p]
+    a_bg = 0
+    for k, p in enumerate(target_positions):
+        a_bg = a_bg + map_bg[:, :, p] * weights[k]
+    loss_fg = F.mse_loss(mask, a_fg / a_fg.max())
+    loss_bg = F.mse_loss(1 - mask, a_bg / a_bg.max())
+    return dict(a_fg=a_fg, a_bg=a_bg, attn_fg=loss_fg, attn_bg=loss_bg, loss_emb=loss_fg + loss_bg)
+
+
 def refine_embeddings(run: Run, source: str, target: str, source_positions, target_positions,
                       mask_latent: torch.Tensor, inversion) -> Refinement:
     cfg = run.config
@@ -80,7 +96,7 @@ def refine_embeddings(run: Run, source: str, target: str, source_positions, targ
         for it in range(cfg.refine_iters):
             parts = {}
 
-            def attention_loss(again):
+            def refinement_loss(again):
                 # a repeat needs the text encoder's graph too: the first backward freed it
                 ctx = torch.cat([uncond, encode()]) if again else context
                 store = AttentionStore(num_pixels=(shape[0] * shape[1],), places=("down", "up"), keep_grad=True,
@@ -90,23 +106,14 @@ def refine_embeddings(run: Run, source: str, target: str, source_positions, targ
                     unet_noise(run, "refinement", latents, t, ctx, 0.0, rows="cond" if cond_only else "both")
                 map_fg = store.aggregate(shape, row=0).to(run.work_dtype)
                 map_bg = store.aggregate(shape, row=1).to(run.work_dtype)
-                a_fg = 0
-                for p in source_positions:
-                    a_fg = a_fg + map_fg[:, :, p]
-                a_bg = 0
-                for k, p in enumerate(target_positions):
-                    a_bg = a_bg + map_bg[:, :, p] * weights[k]
-                loss_fg = F.mse_loss(mask, a_fg / a_fg.max())
-                loss_bg = F.mse_loss(1 - mask, a_bg / a_bg.max())
+                parts.update(attention_loss(map_fg, map_bg, source_positions, target_positions, weights, mask))
                 reg_fg = F.mse_loss(torch.cat(fg), fg0)
                 reg_bg = F.mse_loss(torch.cat(bg), bg0)
-                loss_emb = loss_fg + loss_bg
                 loss_reg = (reg_fg + reg_bg) * cfg.refine_reg_weight
-                parts.update(a_fg=a_fg, a_bg=a_bg, attn_fg=loss_fg, attn_bg=loss_bg, loss_emb=loss_emb,
-                             reg_fg_mse=reg_fg, reg_bg_mse=reg_bg, loss_reg=loss_reg)
-                return loss_emb + loss_reg
+                parts.update(reg_fg_mse=reg_fg, reg_bg_mse=reg_bg, loss_reg=loss_reg)
+                return parts["loss_emb"] + loss_reg
 
-            retries = optimizer_step(scaler, optimizer, attention_loss, run.counter)
+            retries = optimizer_step(scaler, optimizer, refinement_loss, run.counter)
             a_fg, a_bg = parts.pop("a_fg"), parts.pop("a_bg")
             record = dict(step=index, iter=it, **{k: v.item() for k, v in parts.items()})
             record["total"] = record["loss_emb"] + record["loss_reg"]

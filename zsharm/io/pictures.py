@@ -163,9 +163,14 @@ def load_picture(src, what: str) -> Picture:
         raise ZsharmError(f"cannot read {what} from a {type(src).__name__!r} object: "
                           f"give a path, a PIL image or an array")
     path = Path(src)
+    return picture_from_bytes(read_file_bytes(path, what), f"{what} {path}", path, what)
+
+
+def read_file_bytes(path: Path, what: str) -> bytes:
+    """A picture file's bytes, read once (every decoder of it works from these), or one line saying why not."""
     label = f"{what} {path}"
     try:
-        data = path.read_bytes()
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ZsharmError(f"cannot read {label}: no such file") from None
     except IsADirectoryError:
@@ -174,7 +179,7 @@ def load_picture(src, what: str) -> Picture:
         raise ZsharmError(f"cannot read {label}: {error.strerror or one_line(error)}") from None
     if not data:
         raise ZsharmError(f"cannot read {label}: the file is empty")
-    return picture_from_bytes(data, label, path, what)
+    return data
 
 
 # PIL refuses a PNG chunk that unpacks to more than 1 MB (a guard against zip bombs), which also refuses the

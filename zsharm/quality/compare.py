@@ -85,12 +85,14 @@ def zsharm_method(model: str = DEFAULT_MODEL, config=None, iterations: int = 1, 
     return run
 
 
-def evaluate(samples, methods: dict, out_dir=None, save_images: bool = False, progress: bool = True) -> list:
+def evaluate(samples, methods: dict, out_dir=None, save_images: bool = False, progress: bool = True,
+             config=None) -> list:
     """Run every method on every sample; rows of per-image results (dicts with COLUMNS).
 
     `methods` maps a name to `f(composite, mask)` or, for methods that read captions, `f(composite, mask,
     sample)` (marked by an attribute `wants_sample`). With `out_dir`, writes per_image.csv, summary.csv and
-    summary.md there (and images/<method>/<name>.png when `save_images`).
+    summary.md there (and images/<method>/<name>.png when `save_images`), and config.json, the configuration
+    (`config.to_dict()`) the zsharm method ran with, when `config` is given.
     """
     from zsharm import bars
 
@@ -117,6 +119,9 @@ def evaluate(samples, methods: dict, out_dir=None, save_images: bool = False, pr
     bar.close()
     if out_dir is not None:
         write_reports(rows, out_dir)
+        if config is not None:
+            from zsharm.io.files import write_json
+            write_json(out_dir / "config.json", config.to_dict())
     return rows
 
 

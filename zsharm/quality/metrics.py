@@ -30,15 +30,14 @@ PEAK = 255.0
 
 
 def binary_mask(mask) -> np.ndarray:
-    """A mask as bool HxW: bool as is; numbers above half their scale (0/1 or 0-255) are foreground."""
+    """A mask as bool HxW (its first channel): zsharm.io.masks.as_foreground, the paper's 100/255 of full scale."""
     m = np.asarray(mask)
     if m.ndim == 3:
         m = m[..., 0]
     if m.ndim != 2:
         raise ZsharmError(f"a mask must be HxW, got shape {m.shape}")
-    if m.dtype == bool:
-        return m
-    return m > (127 if m.max(initial=0) > 1 else 0.5)
+    from zsharm.io.masks import as_foreground
+    return as_foreground(m)
 
 
 def _pair(result, truth, mask=None):

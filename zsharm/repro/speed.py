@@ -342,7 +342,7 @@ def measure_row(model: str, name: str, size: int = 512, steps: int = None, repea
                 seconds_median=statistics.median(seconds),
                 stage_seconds={k: statistics.median(s[k] for s in stages) for k in stages[0]},
                 peak_memory_bytes=peak, memory=memory, counts=counts.table(), summary=summarise(counts),
-                formula=formula.table(), formula_match=match)
+                formula=formula.table(), formula_match=match, config=config.to_dict())
 
 
 def _measure_row_isolated(kwargs: dict) -> dict:
@@ -454,6 +454,10 @@ def markdown(report: dict) -> str:
               "`fused` = fused attention (SDPA) wherever no map is needed, refinement's image/32 maps still "
               "materialised. UNet images = batch rows evaluated. counts vs formula: `=` the counted calls equal "
               "`zsharm.repro.speed.schedule_counts` for the row's configuration.", ""]
+    if rows and all("config" in r for r in rows):  # every value each row ran with: HarmonizeConfig.from_dict
+        configs = {r["name"]: r["config"] for r in rows}
+        lines += ["<details><summary>configurations</summary>", "", "```json", json.dumps(configs, indent=1),
+                  "```", "", "</details>", ""]
     return "\n".join(lines)
 
 
