@@ -41,6 +41,15 @@ class HarmonizeResult:
         return self.iterations[-1] if self.iterations else None
 
 
+def check_candidates(n_candidates, evaluator) -> None:
+    """A number of candidate descriptions that can be honoured: at least 1, and more only with an evaluator."""
+    if n_candidates is not None and n_candidates < 1:
+        raise ZsharmError(f"the number of candidate descriptions must be at least 1, got {n_candidates}")
+    if n_candidates is not None and n_candidates > 1 and evaluator is None:
+        raise ZsharmError(f"{n_candidates} candidate descriptions need the evaluator to choose among them "
+                          f"(without it only the first is used)")
+
+
 class Harmonizer:
     """All three stages with their models loaded once; call it on (image, mask).
 
@@ -68,11 +77,7 @@ class Harmonizer:
             describer = ToyDescriber.from_file(companions["describer"])
         if pipe is None:
             check_device(device, self.config.dtype if self.config.dtype != "auto" else None)
-        if n_candidates is not None and n_candidates < 1:
-            raise ZsharmError(f"the number of candidate descriptions must be at least 1, got {n_candidates}")
-        if n_candidates is not None and n_candidates > 1 and evaluator is None:
-            raise ZsharmError(f"{n_candidates} candidate descriptions need the evaluator to choose among them "
-                              f"(without it only the first is used)")
+        check_candidates(n_candidates, evaluator)
         if isinstance(evaluator, (str, os.PathLike)):  # first: a small download that may fail, before SD's
             from zsharm.decide.evaluator import load_evaluator
             evaluator = load_evaluator(evaluator, device=device)

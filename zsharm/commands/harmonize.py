@@ -13,7 +13,7 @@ from zsharm.batch import find_batch_items, merge_summaries
 from zsharm.cache import check_cache
 from zsharm.commands.options import add_stage2_options, add_vlm_arguments, config_from_options, describer_from_args
 from zsharm.errors import ZsharmError
-from zsharm.harmonizer import Harmonizer
+from zsharm.harmonizer import Harmonizer, check_candidates
 from zsharm.io.files import check_writable
 from zsharm.io.masks import GivenMask, read_pair_once
 from zsharm.io.pictures import Picture
@@ -97,6 +97,7 @@ def cli_harmonize(args) -> int:
 
 def _harmonizer(args, config, needs_describer=True) -> Harmonizer:
     evaluator = None if args.no_evaluator else args.evaluator
+    check_candidates(args.candidates, evaluator)  # before the describer is asked whether it is ready
     describer = None
     if args.source is None and not _model_describes(args):
         from zsharm.describe.factory import check_describer_ready

@@ -56,6 +56,9 @@ def fast_switches() -> list:
                "the PiDiNet edge term also steers the gradient (the authors' adds to the loss value only)"),
         switch("edge loss on the mask's box", ["edge_crop"],
                "decode and compare edges only in the mask's bounding box, not the whole image"),
+        switch("scoring in memory", ["evaluator_scoring"],
+               "the evaluator scores each blend in memory, not saved as a quality-75 JPEG and re-read as the "
+               "authors' loop does (stage 3 only: one iteration's picture is the same)"),
         switch("without the authors' quirks", ["sobel_input_signed", "nulltext_stale_embedding"],
                "the input's Sobel map on [0, 1] like the prediction's, and each null-text step with its own "
                "timestep's text embedding"),

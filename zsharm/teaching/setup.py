@@ -54,8 +54,9 @@ def toy_note() -> str:
     from zsharm.models import model_folder
     info = json.loads((model_folder("toy") / "zsharm.json").read_text())
     minutes = sum(info.get("training_minutes", {}).values())
-    return (f"Model: zsharm's toy prior, a small Stable-Diffusion-shaped model trained in {minutes:.0f} minutes on "
-            f"two CPU cores on synthetic shapes (zsharm/toy/world.py), not SD 2. Its pictures are 128 px toy "
+    return (f"Model: zsharm's toy prior, a small Stable-Diffusion-shaped model whose networks trained for "
+            f"{minutes:.0f} minutes (the parts' times added up) on two CPU cores on synthetic shapes "
+            f"(zsharm/toy/world.py), not SD 2. Its pictures are 128 px toy "
             f"scenes; what it shows is how the method behaves on a prior that knows its world.")
 
 
