@@ -26,7 +26,7 @@ EXPLORERS = {"02": 1, "03": 2, "04": 1, "05": 2, "06": 1, "07": 1}
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1500,1100")
-RUN_TIMEOUT = 1200   # seconds for a whole notebook on the tiny model, on a busy machine
+RUN_TIMEOUT = 600    # seconds for a whole notebook on the tiny model, on a busy machine (~40 s alone)
 REDRAW_TIMEOUT = 90  # seconds for one redraw after a control moves
 
 
@@ -88,7 +88,7 @@ def lab(tmp_path_factory, pidinet_dir):
                     raise AssertionError("JupyterLab did not start:\n" + (state / "server.log").read_text()[-3000:])
                 time.sleep(1)
         yield dict(base=base, token=token, chromium=chromium, driver=driver_path,
-                   profile=tmp_path_factory.mktemp("chromium-profile"), root=root)
+                   profile=tmp_path_factory.mktemp("chromium-profile"), root=root, log=state / "server.log")
     finally:
         server.terminate()
         try:
@@ -116,15 +116,49 @@ def browser(lab):
         driver.quit()
 
 
-def _wait(condition, timeout, what):
+def _wait(condition, timeout, what, explain=lambda: ""):
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s: {what}")
+            raise AssertionError(f"timed out after {timeout} s: {what}{explain()}")
         time.sleep(0.5)
+
+
+def _api(lab, method, path):
+    request = urllib.request.Request(f"{lab['base']}{path}?token={lab['token']}", method=method)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = response.read()
+    return json.loads(body) if body else None
+
+
+def _start_afresh(driver, lab):
+    """Each notebook starts alone: a kernel left running by an earlier one (or one that failed) would compete for
+    the two cores and keep its explorers in the page. The page is left first, so that no open notebook sees its
+    kernel go (and asks what to do) while the next one loads."""
+    from selenium.common.exceptions import UnexpectedAlertPresentException
+    try:
+        driver.get("about:blank")
+    except UnexpectedAlertPresentException:  # a "leave this page?" question: leave
+        driver.switch_to.alert.accept()
+    for session in _api(lab, "GET", "/api/sessions"):
+        _api(lab, "DELETE", f"/api/sessions/{session['id']}")
+    for kernel in _api(lab, "GET", "/api/kernels"):
+        _api(lab, "DELETE", f"/api/kernels/{kernel['id']}")
+
+
+def _explain(driver, lab):
+    """What the page and the server show: said when a wait times out."""
+    state = driver.execute_script(NOTEBOOK_STATE) or {}
+    page = driver.execute_script(
+        "const app = window.jupyterapp; const current = app && app.shell.currentWidget;"
+        "return {url: location.href, current: current ? current.title.label : null,"
+        "        dialogs: [...document.querySelectorAll('.jp-Dialog')].map(d => d.innerText.slice(0, 200))};")
+    server = lab["log"].read_text(errors="replace")[-2500:]
+    return (f"\npage {page}\nkernel {state.get('status')}, {state.get('pending')} of {state.get('cells')} cells "
+            f"waiting: {state.get('waiting')}\nthe Jupyter server's log ends:\n{server}")
 
 
 NOTEBOOK_STATE = """
@@ -138,17 +172,25 @@ for (const cell of cells) {
     if (out.output_type === 'error') { errors.push(out.ename + ': ' + out.evalue); }
   }
 }
-return {status: kernel ? kernel.status : 'none', cells: cells.length,
+return {path: panel.context.path, status: kernel ? kernel.status : 'none', cells: cells.length,
         pending: cells.filter(c => c.model.executionCount === null ||
                                    (c.promptNode && c.promptNode.textContent.includes('*'))).length,
+        waiting: cells.map((c, i) => [i, c.model.executionCount, c.promptNode ? c.promptNode.textContent : ''])
+                      .filter(([i, count, prompt]) => count === null || prompt.includes('*'))
+                      .slice(0, 3).map(([i, count, prompt]) => `cell ${i} ${prompt}: ` +
+                                       cells[i].model.sharedModel.getSource().slice(0, 80)),
+        explorers: panel.node.querySelectorAll('.zsharm-explorer').length,
         errors: errors};
 """
 
 
 def _open_and_run(driver, lab, name):
-    driver.get(f"{lab['base']}/lab/tree/notebooks/{name}?token={lab['token']}")
-    _wait(lambda: (driver.execute_script(NOTEBOOK_STATE) or {}).get("status") == "idle", 180,
-          f"{name}: its kernel to start")
+    _start_afresh(driver, lab)
+    # reset: a fresh workspace holding this notebook alone (no earlier notebook restored beside it)
+    driver.get(f"{lab['base']}/lab/tree/notebooks/{name}?token={lab['token']}&reset")
+    _wait(lambda: (driver.execute_script(NOTEBOOK_STATE) or {}).get("status") == "idle" and
+          driver.execute_script(NOTEBOOK_STATE)["path"] == f"notebooks/{name}", 180,
+          f"{name}: its kernel to start", lambda: _explain(driver, lab))
     driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells');")
 
     def finished():
@@ -158,12 +200,13 @@ def _open_and_run(driver, lab, name):
         assert not state["errors"], f"{name} raised in the browser: {state['errors']}"
         return state["pending"] == 0 and state["status"] == "idle"
 
-    _wait(finished, RUN_TIMEOUT, f"{name} to run in the browser")
+    _wait(finished, RUN_TIMEOUT, f"{name} to run in the browser", lambda: _explain(driver, lab))
 
 
 def _visible_pictures(driver) -> int:
     return driver.execute_script(
-        "return [...document.querySelectorAll('.jp-RenderedImage img')].filter(i => i.offsetParent !== null).length;")
+        "return [...document.querySelectorAll('.jp-RenderedImage img, img.zsharm-still')]"
+        ".filter(i => i.offsetParent !== null).length;")
 
 
 def _move_every_control(driver, explorer, name):
@@ -203,7 +246,8 @@ def test_every_explorer_redraws_in_a_real_browser_and_survives_a_reopen(path, la
     from selenium.webdriver.common.by import By
     browser.get_log("browser")  # start this notebook's console afresh
     _open_and_run(browser, lab, path.name)
-    explorers = browser.find_elements(By.CSS_SELECTOR, ".zsharm-explorer")
+    explorers = browser.execute_script(
+        "return [...window.jupyterapp.shell.currentWidget.node.querySelectorAll('.zsharm-explorer')];")
     assert len(explorers) == EXPLORERS[path.name[:2]], f"{path.name}: {len(explorers)} explorers in the page"
     for explorer in explorers:
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", explorer)
@@ -234,3 +278,7 @@ def test_every_explorer_redraws_in_a_real_browser_and_survives_a_reopen(path, la
     stills = _wait(lambda: _visible_pictures(browser) - live_pictures >= EXPLORERS[path.name[:2]] and
                    _visible_pictures(browser), 60, f"{path.name}: the explorers' still pictures after a reopen")
     assert stills == live_pictures + EXPLORERS[path.name[:2]]
+    # where each explorer was, its picture alone: no word of the widget that cannot be shown without its kernel
+    shown = browser.execute_script("return window.jupyterapp.shell.currentWidget.node.innerText;")
+    assert "Error displaying widget" not in shown and "Loading widget" not in shown, \
+        f"{path.name} reopened: " + shown[shown.find("widget") - 200:][:400]

@@ -398,7 +398,7 @@ def test_the_edge_sweep_explorer_keeps_its_title_and_colour_bars_clear_of_the_pa
 def test_an_explorer_shows_its_picture_at_its_own_size_and_a_still_for_pages_without_widgets():
     import ipywidgets
     from IPython.core.interactiveshell import InteractiveShell
-    from zsharm.teaching.widgets import LIVE_CLASS, Explorer
+    from zsharm.teaching.widgets import LIVE_CLASS, STILL_CLASS, Explorer
 
     explorer = Explorer(lambda fig, k: fig.add_subplot(1, 1, 1).plot([0, k]),
                         {"k": ipywidgets.IntSlider(value=1, min=1, max=3)}, figsize=(4, 3))
@@ -418,7 +418,8 @@ def test_an_explorer_shows_its_picture_at_its_own_size_and_a_still_for_pages_wit
     assert len(published) == 2
     widget, still = published
     assert "application/vnd.jupyter.widget-view+json" in widget and "image/png" not in widget
-    assert set(still) == {"image/png", "text/plain"}
+    assert set(still) == {"text/html", "image/png", "text/plain"}
+    assert f'class="{STILL_CLASS}" src="data:image/png;base64,{still["image/png"]}"' in still["text/html"]
     assert Image.open(io.BytesIO(__import__("base64").b64decode(still["image/png"]))).size[0] > 100
 
 

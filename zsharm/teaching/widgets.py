@@ -120,8 +120,12 @@ class Explorer:
         return bundle
 
     def still(self) -> dict:
-        """The first state's picture as a plain output bundle (what a page without the live widget shows)."""
-        return {"image/png": base64.b64encode(self.png).decode("ascii"), "text/plain": STILL_NOTE}
+        """The first state's picture as a plain output bundle (what a page without the live widget shows). Its HTML
+        form also hides the widget output before it when that cannot be shown (a notebook reopened without its
+        kernel says "Error displaying widget" there); PNG for front ends that show no HTML."""
+        png = base64.b64encode(self.png).decode("ascii")
+        html = f'{HIDE_DEAD_WIDGET}<img class="{STILL_CLASS}" src="data:image/png;base64,{png}" alt="{STILL_NOTE}">'
+        return {"text/html": html, "image/png": png, "text/plain": STILL_NOTE}
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -135,6 +139,11 @@ LIVE_CLASS = "zsharm-explorer"
 HIDE_STILL = (f"<style>.jp-OutputArea-child:has(.{LIVE_CLASS}) + .jp-OutputArea-child "
               "{ display: none; }</style>")
 STILL_NOTE = "(an interactive explorer: run the notebook to move its controls)"
+STILL_CLASS = "zsharm-still"
+# the widget output just before a still, unless it holds a live explorer: "Loading widget..." or "Error displaying
+# widget: model not found" once the kernel that held the widget is gone
+HIDE_DEAD_WIDGET = (f"<style>.jp-OutputArea-child:not(:has(.{LIVE_CLASS})):has(+ .jp-OutputArea-child .{STILL_CLASS}) "
+                    "{ display: none; }</style>")
 
 
 def _slider(options, value=None, description=""):
