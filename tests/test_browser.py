@@ -139,6 +139,11 @@ def _start_afresh(driver, lab):
     the two cores and keep its explorers in the page. The page is left first, so that no open notebook sees its
     kernel go (and asks what to do) while the next one loads."""
     from selenium.common.exceptions import UnexpectedAlertPresentException
+    # a kernel stopped while it starts can leave the server waiting a minute on its reply: let it start first
+    deadline = time.monotonic() + 60
+    while (any(k["execution_state"] == "starting" for k in _api(lab, "GET", "/api/kernels"))
+           and time.monotonic() < deadline):
+        time.sleep(0.5)
     try:
         driver.get("about:blank")
     except UnexpectedAlertPresentException:  # a "leave this page?" question: leave
@@ -147,6 +152,7 @@ def _start_afresh(driver, lab):
         _api(lab, "DELETE", f"/api/sessions/{session['id']}")
     for kernel in _api(lab, "GET", "/api/kernels"):
         _api(lab, "DELETE", f"/api/kernels/{kernel['id']}")
+    _wait(lambda: not _api(lab, "GET", "/api/kernels"), 60, "the earlier notebooks' kernels to stop")
 
 
 def _explain(driver, lab):
@@ -184,13 +190,27 @@ return {path: panel.context.path, status: kernel ? kernel.status : 'none', cells
 """
 
 
+KERNEL_TRIES = 3       # a kernel whose start the server lost (seen once in CI under load) is replaced, twice at most
+KERNEL_TIMEOUT = 150   # seconds for one try (~5 s alone)
+
+
 def _open_and_run(driver, lab, name):
-    _start_afresh(driver, lab)
-    # reset: a fresh workspace holding this notebook alone (no earlier notebook restored beside it)
-    driver.get(f"{lab['base']}/lab/tree/notebooks/{name}?token={lab['token']}&reset")
-    _wait(lambda: (driver.execute_script(NOTEBOOK_STATE) or {}).get("status") == "idle" and
-          driver.execute_script(NOTEBOOK_STATE)["path"] == f"notebooks/{name}", 180,
-          f"{name}: its kernel to start", lambda: _explain(driver, lab))
+    failures = []
+    for _ in range(KERNEL_TRIES):
+        _start_afresh(driver, lab)
+        # reset: a fresh workspace holding this notebook alone (no earlier notebook restored beside it)
+        driver.get(f"{lab['base']}/lab/tree/notebooks/{name}?token={lab['token']}&reset")
+        try:
+            _wait(lambda: (driver.execute_script(NOTEBOOK_STATE) or {}).get("status") == "idle" and
+                  driver.execute_script(NOTEBOOK_STATE)["path"] == f"notebooks/{name}", KERNEL_TIMEOUT,
+                  f"{name}: its kernel to start", lambda: _explain(driver, lab))
+            break
+        except AssertionError as failure:
+            failures.append(str(failure))
+    else:
+        raise AssertionError(f"{KERNEL_TRIES} kernels in a row did not start:\n" + "\n\n".join(failures))
+    if failures:  # said in the test's output: how often this happens is worth knowing
+        print(f"{name}: the kernel started at try {len(failures) + 1}; before: {failures[0][:300]}")
     driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells');")
 
     def finished():
