@@ -1,6 +1,8 @@
 """The `zsharm harmonize` command: errors in one line with nothing written, the loop, history, batch."""
 
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -366,8 +368,19 @@ def test_ctrl_c_during_the_final_save_leaves_no_partial_file(composite, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["comp.png", "mask.png"]
 
 
-def test_ctrl_c_while_building_the_tiny_model_leaves_no_temporary_folder(composite, tmp_path, capsys,
-                                                                          monkeypatch):
+def _ctrl_c():
+    raise KeyboardInterrupt
+
+
+def _sigterm():
+    import signal
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises here; without one the process is already gone
+
+
+@pytest.mark.parametrize("stop, code", [(_ctrl_c, 130), (_sigterm, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_while_building_the_tiny_model_leaves_no_temporary_folder(stop, code, composite, tmp_path,
+                                                                                    capsys, monkeypatch):
     """Also: a temporary folder that a killed process left is swept on the next start."""
     import subprocess
     import sys
@@ -380,14 +393,11 @@ def test_ctrl_c_while_building_the_tiny_model_leaves_no_temporary_folder(composi
     stale = cache / "models" / f"tiny-v{zsharm.models.TINY_VERSION}.tmp{dead.pid}"
     (stale / "unet").mkdir(parents=True)
 
-    def interrupted(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(zsharm.models, "publish_model_folder", interrupted)
+    monkeypatch.setattr(zsharm.models, "publish_model_folder", lambda *args: stop())
     comp, mask = composite
-    code, err = run_cli(capsys, "harmonize", comp, "--mask", mask, "--out", tmp_path / "out.png", *PROMPTS,
-                        *FAST, "--size", "64", "--device", "cpu")
-    assert code == 130, err
+    exit_code, err = run_cli(capsys, "harmonize", comp, "--mask", mask, "--out", tmp_path / "out.png", *PROMPTS,
+                             *FAST, "--size", "64", "--device", "cpu")
+    assert exit_code == code, err
     assert list((cache / "models").iterdir()) == []
 
 

@@ -437,6 +437,19 @@ def test_a_cache_that_is_a_file_is_refused_first_naming_zsharm_cache(tmp_path, c
     assert "ZSHARM_CACHE" in err
 
 
+def test_a_cache_that_cannot_be_written_is_refused_first_naming_zsharm_cache(tmp_path, capsys, no_models,
+                                                                            monkeypatch):
+    # below a file: no folder can be made there, even by root (a read-only folder would not stop root in CI)
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("ZSHARM_CACHE", str(tmp_path / "afile" / "cache"))
+    write_image(tmp_path / "c.png")
+    write_mask(tmp_path / "m.png")
+    err = refused(capsys, ["harmonize", str(tmp_path / "c.png"), "--mask", str(tmp_path / "m.png"), "--out",
+                           str(tmp_path / "o.png"), "--source", "cat bright", "--target", "cat dim",
+                           "--no-evaluator", "--no-edges"])
+    assert "not writable" in err and "ZSHARM_CACHE" in err
+
+
 def test_a_png_with_a_two_megabyte_icc_profile_is_read(tmp_path):
     from zsharm.io.pictures import load_image
     profile = np.random.default_rng(0).bytes(2 * 1024 * 1024)  # random: it does not compress below PIL's 1 MB
