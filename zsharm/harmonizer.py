@@ -185,3 +185,50 @@ def harmonize(image, mask, source: str = None, target: str = None, *, model: str
     harmonizer = Harmonizer(model=model, pipe=pipe, config=config, evaluator=evaluator, describer=describer,
                             pidinet=pidinet, progress=progress, device=device)
     return harmonizer(image, mask, source=source, target=target, iterations=iterations, history_dir=history_dir)
+
+
+def zsharm_method(model: str = DEFAULT_MODEL, config: HarmonizeConfig = None, iterations: int = 1,
+                  source: str = None, target: str = None, device=None, dtype=None, describer=None,
+                  progress: bool = True):
+    """zsharm as one of the methods `zsharm evaluate` compares (zsharm.quality.compare.evaluate): a
+    `(composite uint8, mask bool, sample) -> uint8` function running stage 2 for `iterations` iterations.
+
+    The pipeline is loaded once, here. Descriptions: `source`/`target` if given, else the sample's first
+    caption, else `describer.describe(image, mask, n=1)[0]` (zsharm.describe.factory.get_describer() when no
+    describer is passed). The quality package measures methods and never imports this module: the caller
+    (the `evaluate` command, notebook 09) builds the method here and hands it over.
+    """
+    import numpy as np
+
+    from zsharm.models import load_pipeline, model_companions
+
+    if (source is None) != (target is None):
+        raise ZsharmError("give both --source and --target, or neither")
+    companions = model_companions(model)
+    config = config or HarmonizeConfig(**companions.get("config", {}))
+    if describer is None and "describer" in companions:
+        from zsharm.toy.describer import ToyDescriber
+        describer = ToyDescriber.from_file(companions["describer"])
+    pipe = load_pipeline(model, device=device, dtype=dtype, progress=progress)
+    state = {"describer": describer}
+
+    def run(composite, mask, sample=None):
+        image = Image.fromarray(composite)
+        if source is not None:
+            src, tgt = source, target
+        elif sample is not None and sample.captions:
+            src, tgt = sample.captions[0]
+        else:
+            if state["describer"] is None:
+                from zsharm.describe.factory import get_describer
+                state["describer"] = get_describer()
+            description = state["describer"].describe(image, mask, n=1)[0]
+            src, tgt = description.source, description.target
+        result = harmonize(image, mask, src, tgt, pipe=pipe, config=config, evaluator=None,
+                           iterations=iterations, progress=False)
+        out = np.array(result.image.convert("RGB"))
+        out[~mask] = composite[~mask]  # the contract of every method: the background is the input's
+        return out
+
+    run.wants_sample = True  # it reads each sample's caption
+    return run
