@@ -73,7 +73,7 @@ class Harmonizer:
         if evaluator == "auto":
             evaluator = str(companions.get("evaluator") or "authors")
         if describer is None and "describer" in companions:
-            from zsharm.toy.describer import ToyDescriber
+            from zsharm.describe.toy import ToyDescriber
             describer = ToyDescriber.from_file(companions["describer"])
         if pipe is None:
             check_device(device, self.config.dtype if self.config.dtype != "auto" else None)
@@ -207,7 +207,7 @@ def zsharm_method(model: str = DEFAULT_MODEL, config: HarmonizeConfig = None, it
     companions = model_companions(model)
     config = config or HarmonizeConfig(**companions.get("config", {}))
     if describer is None and "describer" in companions:
-        from zsharm.toy.describer import ToyDescriber
+        from zsharm.describe.toy import ToyDescriber
         describer = ToyDescriber.from_file(companions["describer"])
     pipe = load_pipeline(model, device=device, dtype=dtype, progress=progress)
     state = {"describer": describer}

@@ -129,7 +129,7 @@ def model_folder(spec) -> Path | None:
 def model_companions(spec) -> dict:
     """What a model folder ships beside its weights, from its zsharm.json: `config` (values the model was made
     for, e.g. the toy prior's 128 px work size), `evaluator` (a checkpoint path) and `describer` (a parameter
-    file of zsharm.toy.describer). {} for a model without one (Stable Diffusion)."""
+    file of zsharm.describe.toy). {} for a model without one (Stable Diffusion)."""
     folder = model_folder(spec)
     if folder is None or not (folder / "zsharm.json").is_file():
         return {}

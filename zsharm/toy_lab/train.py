@@ -13,7 +13,7 @@ checkpoint of the part it was in, and gives the same weights as an uninterrupted
    guidance), an exponential moving average of the weights kept and shipped;
 5. `composites`: composites with their ground truth, for the evaluator, in iHarmony4's layout;
    `evaluator`: zsharm's own `train_evaluator` (a small ResNet, not the authors' ResNet-50) on the composites;
-6. `describer`: the statistics classifier of zsharm/toy/describer.py, fitted on the scenes.
+6. `describer`: the statistics classifier of zsharm/describe/toy.py, fitted on the scenes.
 
 Two processes of one thread each use both cores: `--parts data,vae,latents,unet` in one and
 `--parts decoder,composites,evaluator,describer` in the other (the describer waits for `data`).
@@ -340,7 +340,7 @@ def fit_toy_describer(work: Path) -> None:
         return
     while not (work / "scenes.npz").is_file():
         time.sleep(10)
-    from zsharm.toy.describer import fit
+    from zsharm.describe.toy import fit
     images, masks, captions = load_scenes(work)
     model = fit(images, masks, captions)
     out.write_text(json.dumps(model, indent=1))
