@@ -227,7 +227,7 @@ def check_numbers(args) -> None:
 
 def cli_merge(args) -> int:
     """`zsharm harmonize --merge --out DIR [--batch IN]`: print and write the merged summary."""
-    items = find_batch_items(args.batch) if args.batch else None
+    items = find_batch_items(args.batch, read_captions=False) if args.batch else None  # names only
     merged = merge_summaries(args.out, items)
     remaining = merged.get("remaining", [])
     remaining = len(remaining) if isinstance(remaining, list) else remaining
