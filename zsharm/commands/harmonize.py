@@ -99,20 +99,13 @@ def _harmonizer(args, config, needs_describer=True) -> Harmonizer:
     evaluator = None if args.no_evaluator else args.evaluator
     check_candidates(args.candidates, evaluator)  # before the describer is asked whether it is ready
     describer = None
-    if args.source is None and not _model_describes(args):
+    if args.source is None:  # the model's own describer (--model toy) unless a VLM option asks for another
         from zsharm.describe.factory import check_describer_ready
         describer = describer_from_args(args)
         if needs_describer:
             check_describer_ready(describer)
     return Harmonizer(model=args.model, config=config, evaluator=evaluator, describer=describer,
                       device=args.device, dtype=args.dtype, progress=not args.quiet, n_candidates=args.candidates)
-
-
-def _model_describes(args) -> bool:
-    """The model ships its own describer (--model toy) and no VLM option asks for another."""
-    from zsharm.models import model_companions
-    asked = args.vlm or args.base_url or args.vlm_model
-    return not asked and "describer" in model_companions(args.model)
 
 
 def _cli_batch(args, config) -> int:
