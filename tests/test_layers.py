@@ -186,3 +186,34 @@ def test_the_graph_sees_imports_inside_functions_and_relative_ones(tmp_path):
     assert found["zsharm.sub"] == {"zsharm.low"}
     assert found["zsharm.sub.high"] == {"zsharm.sub.low_too", "zsharm.low"}
     assert cycles(found) == ["zsharm.sub.high -> zsharm.sub.low_too -> zsharm.sub.high"]
+
+
+def test_the_readme_layout_names_every_module_and_folder_where_it_is():
+    """README's Layout block: an entry a line that starts two spaces in; a folder's entry (`edit/ ...`) names each
+    of its modules (its __init__.py aside), the other entries the top-level ones, and none a module that is not
+    there."""
+    import re
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    entries, current = [], None
+    for line in block.splitlines()[2:]:  # after the fence's language and `zsharm/`
+        if re.match(r"  \S", line):
+            current = [line.strip()]
+            entries.append(current)
+        elif current is not None:
+            current.append(line.strip())
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    drawn = {}
+    for entry in entries:
+        head = entry[0].split()[0].rstrip(",")
+        key = head.rstrip("/") if head.endswith("/") else ""
+        drawn.setdefault(key, set()).update(re.findall(r"(?<![\w/.])(\w+\.py)\b", " ".join(entry)))
+    for named in list(drawn.values()):  # `python -m zsharm` is drawn with the command line it starts
+        if "__main__.py" in named:
+            named.discard("__main__.py")
+            drawn[""].add("__main__.py")
+    assert folders == set(drawn) - {""}, "folders the Layout leaves out, or draws that are gone"
+    for folder, named in drawn.items():
+        if folder != "assets":
+            there = {p.name for p in (PACKAGE / folder).glob("*.py")} - ({"__init__.py"} if folder else set())
+            assert named == there, f"zsharm/{folder}: Layout names {sorted(named - there)}, not {sorted(there - named)}"
