@@ -1,4 +1,4 @@
-"""The toy prior: a Stable-Diffusion-shaped model small enough to train on a laptop's CPU (zsharm/toy/train.py).
+"""The toy prior: a Stable-Diffusion-shaped model small enough to train on a laptop's CPU (zsharm/toy_lab/train.py).
 
 Same parts as SD 2 (AutoencoderKL with 8x downsampling and 4 latent channels, a CLIP text encoder read through
 CLIP's real tokenizer, a UNet2DConditionModel with linear-projection cross-attention, DDIM with SD's betas), at
