@@ -16,8 +16,8 @@ import torch
 
 from zsharm.decide.evaluator import load_evaluator
 from zsharm.models import load_pipeline, model_companions
-from zsharm.toy import measure
-from zsharm.toy.describer import ToyDescriber
+from zsharm.toy_lab import measure
+from zsharm.describe.toy import ToyDescriber
 
 
 def rows(count: int) -> list[tuple[str, str, str]]:

@@ -296,7 +296,7 @@ def build(out: Path):
 def build_toy(out: Path, count: int = 32):
     """data/toy: held-out composites of the toy world with their ground truth (what `zsharm toy data` writes)."""
     from zsharm.toy import world
-    from zsharm.toy.train import write_composites
+    from zsharm.toy_lab.train import write_composites
     write_composites(out / "toy", [world.HELD_OUT_SEEDS[i] for i in range(count)], "test", desc="toy composites")
 
 

@@ -9,13 +9,13 @@ from PIL import Image
 
 from zsharm.batch import (
     BatchItem,
-    Caption,
     find_batch_items,
     parse_shard,
     run_batch,
     select_shard,
     shard_from_env,
 )
+from zsharm.describe.description import Description
 from zsharm.errors import ZsharmError
 
 
@@ -36,7 +36,8 @@ def authors_layout(root, n=5, captions=True):
         write_image(root / "composite" / f"{i:03d}.png", 10 * i)
         write_mask(root / "mask" / f"{i:03d}_mask.png")
     if captions:
-        lines = [f"obj{i} bright,obj{i} dark;obj{i} dim,obj{i} warm" for i in range(1, n + 1)]
+        objects = ["obj" + chr(96 + i) for i in range(1, n + 1)]  # obja, objb, ...: a prompt's words are letters
+        lines = [f"{o} bright,{o} dark;{o} dim,{o} warm" for o in objects]
         (root / "caption.txt").write_text("\n".join(lines) + "\n")
     return root
 
@@ -70,8 +71,19 @@ def test_authors_layout_with_captions(tmp_path):
     items = find_batch_items(root)
     assert [i.name for i in items] == [f"{i:03d}" for i in range(1, 13)]
     assert all(i.mask == root / "mask" / f"{i.name}_mask.png" for i in items)
-    assert items[10].captions == (Caption("obj11 bright", "obj11 dark"), Caption("obj11 dim", "obj11 warm"))
-    assert items[10].captions[0].source == "obj11 bright" and items[10].captions[0].target == "obj11 dark"
+    assert items[10].captions == (Description.from_prompts("objk bright", "objk dark"),
+                                  Description.from_prompts("objk dim", "objk warm"))
+    assert items[10].captions[0].source == "objk bright" and items[10].captions[0].target == "objk dark"
+    assert items[10].captions[0].object == "objk"  # stage 1's type: the object and each side's words
+
+
+def test_a_caption_pair_that_makes_no_description_names_its_file_line_and_image(tmp_path):
+    root = authors_layout(tmp_path / "demo", n=3, captions=False)
+    (root / "caption.txt").write_text("cat bright,cat dim\ncat,dog dim\ncat dim,cat warm\n")
+    with pytest.raises(ZsharmError, match=r"caption.txt:2 \(002.png\): .*same object name"):
+        find_batch_items(root)
+    unread = find_batch_items(root, read_captions=False)  # what --merge and evaluator training ask for
+    assert [(i.name, i.captions) for i in unread] == [("001", ()), ("002", ()), ("003", ())]
 
 
 def test_authors_layout_natural_order_and_pairing_by_order(tmp_path):
@@ -244,7 +256,7 @@ def test_run_batch_reads_the_shard_from_the_environment(tmp_path, monkeypatch):
 
 def test_prompts_named_on_the_command_line_win_over_caption_txt():
     from zsharm.batch import prompts_for
-    item = BatchItem("a", Path("a.png"), Path("a_mask.png"), (Caption("cat bright", "cat dusk"),))
+    item = BatchItem("a", Path("a.png"), Path("a_mask.png"), (Description.from_prompts("cat bright", "cat dusk"),))
     assert prompts_for(item, "dog dim", "dog snowy") == (None, "--source/--target")
-    assert prompts_for(item, None, None) == ([Caption("cat bright", "cat dusk")], "caption.txt")
+    assert prompts_for(item, None, None) == ([Description.from_prompts("cat bright", "cat dusk")], "caption.txt")
     assert prompts_for(BatchItem("b", Path("b.png"), Path("b_mask.png")), None, None) == (None, "vlm")

@@ -86,7 +86,7 @@ def test_trace_attention_defaults_to_the_same_schedule(monkeypatch, composite):
 
 def test_the_method_comparison_defaults_to_the_same_schedule(monkeypatch, composite):
     import zsharm.models
-    from zsharm.quality.compare import zsharm_method
+    from zsharm.harmonizer import zsharm_method
     seen = []
     monkeypatch.setattr(zsharm.models, "load_pipeline", lambda *a, **k: object())
     monkeypatch.setattr(zsharm.models, "prepare_pipeline", lambda pipe: pipe)

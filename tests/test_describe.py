@@ -433,6 +433,16 @@ def test_get_describer_picks_the_backend(tmp_path, monkeypatch):
         get_describer(base_url="ftp://h", vlm_model="m")
 
 
+
+def test_get_describer_gives_the_toy_prior_its_own_describer_unless_a_vlm_is_asked_for():
+    """One place knows that a model ships a describer: callers pass the model, not a special case."""
+    from zsharm.describe.toy import ToyDescriber
+    assert isinstance(get_describer(model="toy"), ToyDescriber)
+    assert get_describer(model="toy", vlm="some/model", use_cache=False).name == "transformers:some/model"
+    assert get_describer(model="toy", source="cat bright", target="cat dim").describe(None, None) == [
+        Description.from_prompts("cat bright", "cat dim")]
+    assert get_describer(model="tiny", use_cache=False).name.startswith("transformers:")  # no describer of its own
+
 def test_instruction_explains_each_mask_view():
     for style in ("mask", "outline", "overlay"):
         text = instruction(style=style)

@@ -128,7 +128,7 @@ def test_the_attention_notebook_claims_nothing_its_figures_contradict():
 def test_the_hint_of_the_evaluation_notebook_runs(monkeypatch):
     """Exercise 3's hint, as written, builds the method (it once passed a schedule name as the config)."""
     import re
-    from zsharm.quality.compare import zsharm_method
+    from zsharm.harmonizer import zsharm_method
     from zsharm.teaching.setup import setup
     text = (REPO / "scripts" / "notebooks" / "09_evaluation.py").read_text()
     hint = re.search(r"<code>(zsharm_method\(.*?\))</code>", text.replace("\n#    ", " ")).group(1)

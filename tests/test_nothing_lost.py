@@ -107,8 +107,8 @@ def _authors_layout_in_order(root, names, order):
     for k in reversed(order):
         write_mask(root / "mask" / f"m_{names[k]}.png")
     ranked = sorted(names, key=lambda n: (n.lower(), n))  # any fixed order: the lines are what is compared
-    (root / "caption.txt").write_text("".join(f"obj{ranked.index(n)} bright,obj{ranked.index(n)} dim\n"
-                                              for n in ranked))
+    objects = {n: "obj" + chr(97 + k % 26) * (k // 26 + 1) for k, n in enumerate(ranked)}  # letters: a prompt's words
+    (root / "caption.txt").write_text("".join(f"{objects[n]} bright,{objects[n]} dim\n" for n in ranked))
 
 
 def _pairing(root):
@@ -275,7 +275,7 @@ def test_a_caption_file_saved_by_notepad_with_a_byte_order_mark_and_crlf_reads_a
     from zsharm.config import HarmonizeConfig
     from zsharm.validate import check_batch_items
     items = find_batch_items(folder)
-    assert items[0].captions[0] == ("astronaut bright", "astronaut dim")
+    assert (items[0].captions[0].source, items[0].captions[0].target) == ("astronaut bright", "astronaut dim")
     check_batch_items(items, HarmonizeConfig(), (0, 1), tmp_path / "out")
 
 

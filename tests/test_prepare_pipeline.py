@@ -8,7 +8,7 @@ import torch
 from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
 from conftest import make_composite
-from zsharm import models
+from zsharm import model_folders, models
 from zsharm.config import HarmonizeConfig
 from zsharm.edit.iteration import run_iteration
 from zsharm.errors import ZsharmError
@@ -109,7 +109,7 @@ def test_two_processes_wanting_one_model_folder_build_it_once(tmp_path):
         path.mkdir()
         (path / "model_index.json").write_text("{}")
 
-    threads = [threading.Thread(target=models.built_once, args=(tmp_path / "m", build)) for _ in range(2)]
+    threads = [threading.Thread(target=model_folders.built_once, args=(tmp_path / "m", build)) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from zsharm.toy import measure
+from zsharm.toy_lab import measure
 
 COUNT = 8
 
@@ -86,7 +86,7 @@ def test_the_toy_evaluator_tells_composites_from_ground_truth():
 
 def test_the_toy_describer_names_the_brightness_of_foreground_and_background():
     from zsharm.models import model_companions
-    from zsharm.toy.describer import ToyDescriber
+    from zsharm.describe.toy import ToyDescriber
     accuracy = measure.describer_accuracy(ToyDescriber.from_file(model_companions("toy")["describer"]),
                                           measure.held_out(32))
     assert accuracy["foreground brightness"] >= 0.8 and accuracy["background brightness"] >= 0.8

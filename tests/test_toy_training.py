@@ -6,8 +6,8 @@ import json
 import numpy as np
 import torch
 
-from zsharm.toy import train
-from zsharm.toy.describer import ToyDescriber, fit
+from zsharm.toy_lab import train
+from zsharm.describe.toy import ToyDescriber, fit
 
 
 class Mini(train.Recipe):

@@ -25,12 +25,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 from PIL import Image
 from tqdm.auto import tqdm
 
-from zsharm.describe.captions import read_caption_pairs
+from zsharm.describe.captions import DescriptionFormatError, read_caption_pairs
+from zsharm.describe.description import Description
 from zsharm.distributed import claim_is_held, claimed
 from zsharm.errors import ZsharmError, one_line
 from zsharm.io.files import atomic_path, write_json
@@ -41,23 +42,17 @@ from zsharm.io.folders import MASK_SUFFIX, list_images, natural_key, pair_masks
 ITEM_ERRORS = (ZsharmError, OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError)
 
 
-class Caption(NamedTuple):
-    """One candidate description from `caption.txt`: the two prompts stage 2 uses."""
-
-    source: str
-    target: str
-
-
 @dataclass(frozen=True)
 class BatchItem:
     """One image of a batch: `name` (the composite's file stem, unique in the batch), the composite, its mask
     (None when none was found: the item is then reported, not run) and the candidate descriptions from
-    `caption.txt` (empty when there is none)."""
+    `caption.txt`, best first, each the stage-1 `Description` its (source, target) pair makes (empty when there is
+    none, or when the file was left unread)."""
 
     name: str
     composite: Path
     mask: Path | None
-    captions: tuple[Caption, ...] = ()
+    captions: tuple[Description, ...] = ()
     caption_file: Path | None = None  # where the captions came from, and their line there (from 1)
     caption_line: int = 0
 
@@ -86,8 +81,10 @@ class BatchSummary:
 
 
 def find_batch_items(folder, read_captions: bool = True) -> list[BatchItem]:
-    """Every image/mask pair in `folder`, in natural order of the names (see the module docstring);
-    read_captions=False leaves `caption.txt` unread (`zsharm describe` writing a new one)."""
+    """Every image/mask pair in `folder`, in natural order of the names (see the module docstring), each with
+    its line of `caption.txt` read as Descriptions (a pair that makes none is refused, naming the file, the line and
+    the image). read_captions=False leaves `caption.txt` unread, for callers that need the pairs only: `zsharm
+    describe` writing a new one, `--merge` counting what is done, training an evaluator."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ZsharmError(f"batch folder {folder} does not exist or is not a folder")
@@ -116,21 +113,30 @@ def find_batch_items(folder, read_captions: bool = True) -> list[BatchItem]:
     captions = _read_captions(caption_file, len(composites)) if read_captions else []
     if not captions:
         return [BatchItem(p.stem, p, mask) for p, mask in pairs]
-    return [BatchItem(p.stem, p, mask, captions[i], caption_file, i + 1) for i, (p, mask) in enumerate(pairs)]
+    return [BatchItem(p.stem, p, mask, _descriptions(captions[i], caption_file, i + 1, p.name), caption_file, i + 1)
+            for i, (p, mask) in enumerate(pairs)]
 
 
 def _match_masks(composites: list[Path], masks: list[Path], by_order: bool) -> list[tuple[Path, Path | None]]:
     return list(zip(composites, pair_masks(composites, masks, by_order)))
 
 
-def _read_captions(path: Path, count: int) -> list[tuple[Caption, ...]]:
+def _read_captions(path: Path, count: int) -> list[tuple]:
     if not path.is_file():
         return []
     lines = read_caption_pairs(path)
     if len(lines) != count:
         raise ZsharmError(f"{path} has {len(lines)} lines but there are {count} images: one line per image, "
                           f"in natural name order")
-    return [tuple(Caption(*pair) for pair in line) for line in lines]
+    return lines
+
+
+def _descriptions(pairs, path: Path, line: int, image: str) -> tuple[Description, ...]:
+    """One caption line's (source, target) pairs as Descriptions; a refusal says where it is."""
+    try:
+        return tuple(Description.from_prompts(source, target) for source, target in pairs)
+    except DescriptionFormatError as error:
+        raise DescriptionFormatError(f"{path}:{line} ({image}): {error}") from None
 
 
 def prompts_for(item: BatchItem, source: str | None, target: str | None):

@@ -67,14 +67,12 @@ class Harmonizer:
                  progress: bool = True, n_candidates: int = None, rule=None):
         from zsharm.models import load_pipeline, model_companions, prepare_pipeline
         from zsharm.validate import check_device
-        companions = model_companions(model if pipe is None else getattr(pipe, "name_or_path", None))
+        self.model = model if pipe is None else getattr(pipe, "name_or_path", None)
+        companions = model_companions(self.model)
         # the values the model was made for (the toy prior's 128 px), unless the caller gave a config
         self.config = config or HarmonizeConfig(**companions.get("config", {}))
         if evaluator == "auto":
             evaluator = str(companions.get("evaluator") or "authors")
-        if describer is None and "describer" in companions:
-            from zsharm.toy.describer import ToyDescriber
-            describer = ToyDescriber.from_file(companions["describer"])
         if pipe is None:
             check_device(device, self.config.dtype if self.config.dtype != "auto" else None)
         check_candidates(n_candidates, evaluator)
@@ -152,9 +150,9 @@ class Harmonizer:
             if self.n_candidates and self.n_candidates > 1:
                 raise ZsharmError(f"{self.n_candidates} candidates asked for, but source and target give one")
             return [Description.from_prompts(source, target)]
-        if self.describer is None:
+        if self.describer is None:  # the model's own (the toy prior's), else the VLM
             from zsharm.describe.factory import get_describer
-            self.describer = get_describer()
+            self.describer = get_describer(model=self.model)
         try:
             return self.describer.describe(picture.to_pil_rgb8(), mask, n=wanted, name=name)
         finally:
@@ -185,3 +183,48 @@ def harmonize(image, mask, source: str = None, target: str = None, *, model: str
     harmonizer = Harmonizer(model=model, pipe=pipe, config=config, evaluator=evaluator, describer=describer,
                             pidinet=pidinet, progress=progress, device=device)
     return harmonizer(image, mask, source=source, target=target, iterations=iterations, history_dir=history_dir)
+
+
+def zsharm_method(model: str = DEFAULT_MODEL, config: HarmonizeConfig = None, iterations: int = 1,
+                  source: str = None, target: str = None, device=None, dtype=None, describer=None,
+                  progress: bool = True):
+    """zsharm as one of the methods `zsharm evaluate` compares (zsharm.quality.compare.evaluate): a
+    `(composite uint8, mask bool, sample) -> uint8` function running stage 2 for `iterations` iterations.
+
+    The pipeline is loaded once, here. Descriptions: `source`/`target` if given, else the sample's first
+    caption, else `describer.describe(image, mask, n=1)[0]` (when no describer is passed,
+    zsharm.describe.factory.get_describer(model=model): the model's own, as the toy prior's, else the VLM).
+    The quality package measures methods and never imports this module: the caller (the `evaluate` command,
+    notebook 09) builds the method here and hands it over.
+    """
+    import numpy as np
+
+    from zsharm.models import load_pipeline, model_companions
+
+    if (source is None) != (target is None):
+        raise ZsharmError("give both --source and --target, or neither")
+    companions = model_companions(model)
+    config = config or HarmonizeConfig(**companions.get("config", {}))
+    pipe = load_pipeline(model, device=device, dtype=dtype, progress=progress)
+    state = {"describer": describer}
+
+    def run(composite, mask, sample=None):
+        image = Image.fromarray(composite)
+        if source is not None:
+            src, tgt = source, target
+        elif sample is not None and sample.captions:
+            src, tgt = sample.captions[0]
+        else:
+            if state["describer"] is None:
+                from zsharm.describe.factory import get_describer
+                state["describer"] = get_describer(model=model)
+            description = state["describer"].describe(image, mask, n=1)[0]
+            src, tgt = description.source, description.target
+        result = harmonize(image, mask, src, tgt, pipe=pipe, config=config, evaluator=None,
+                           iterations=iterations, progress=False)
+        out = np.array(result.image.convert("RGB"))
+        out[~mask] = composite[~mask]  # the contract of every method: the background is the input's
+        return out
+
+    run.wants_sample = True  # it reads each sample's caption
+    return run

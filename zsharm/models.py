@@ -5,8 +5,6 @@ written to a cache folder as an ordinary diffusers folder and loaded through the
 as real weights, so nothing in zsharm special-cases them.
 """
 
-import gzip
-import importlib.resources
 import json
 import logging
 import os
@@ -17,13 +15,14 @@ import torch
 from zsharm.cache import cache_dir
 from zsharm.config import DEFAULT_MODEL
 from zsharm.errors import ZsharmError, one_line
+from zsharm.model_folders import (SUPPORTED, built_once, check_pipeline_folder, clip_tokenizer_files,
+                                  publish_model_folder)
 
 log = logging.getLogger(__name__)
 
 TINY_SPECS = {"tiny": 0.1, "tiny-tamed": 1e-3}  # spec -> scale of the UNet output layer
 TOY = "toy"  # zsharm's own trained toy prior (zsharm/toy/), shipped in the package
 TINY_VERSION = 1  # bump when the tiny architecture or seeding changes, so caches are rebuilt
-SUPPORTED = "Stable Diffusion 1.x / 2.x text-to-image pipelines (StableDiffusionPipeline)"
 
 
 def default_device() -> torch.device:
@@ -100,9 +99,7 @@ def load_pipeline(spec: str = DEFAULT_MODEL, device=None, dtype=None, revision: 
                 raise ZsharmError(f"model file {spec} is neither .safetensors nor .ckpt")
             pipe = StableDiffusionPipeline.from_single_file(spec, **kwargs)
         elif os.path.isdir(spec):
-            if not os.path.isfile(os.path.join(spec, "model_index.json")):
-                raise ZsharmError(f"model folder {spec} has no model_index.json (not a diffusers pipeline folder)")
-            _refuse_unsupported_folder(spec)
+            check_pipeline_folder(spec)
             pipe = StableDiffusionPipeline.from_pretrained(spec, **kwargs, **hub)
         elif spec.startswith((".", "/", "~")) or spec.count("/") > 1 or spec.endswith((".safetensors", ".ckpt")):
             raise ZsharmError(f"model {spec}: no such file or folder")
@@ -132,7 +129,7 @@ def model_folder(spec) -> Path | None:
 def model_companions(spec) -> dict:
     """What a model folder ships beside its weights, from its zsharm.json: `config` (values the model was made
     for, e.g. the toy prior's 128 px work size), `evaluator` (a checkpoint path) and `describer` (a parameter
-    file of zsharm.toy.describer). {} for a model without one (Stable Diffusion)."""
+    file of zsharm.describe.toy). {} for a model without one (Stable Diffusion)."""
     folder = model_folder(spec)
     if folder is None or not (folder / "zsharm.json").is_file():
         return {}
@@ -150,17 +147,6 @@ def model_config(spec) -> dict:
     if spec is not None and not isinstance(spec, (str, os.PathLike)):
         spec = getattr(spec, "name_or_path", None) or getattr(getattr(spec, "config", None), "_name_or_path", None)
     return model_companions(spec).get("config", {}) if spec else {}
-
-
-def _refuse_unsupported_folder(folder: str) -> None:
-    """Refuse an SDXL (or other) folder from its model_index.json, before gigabytes of weights are read."""
-    try:
-        index = json.loads(Path(folder, "model_index.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ZsharmError(f"model folder {folder}: unreadable model_index.json ({exc})") from None
-    kind = index.get("_class_name", "")
-    if "text_encoder_2" in index or "XL" in kind:
-        raise ZsharmError(f"model {folder} is a {kind or 'two-text-encoder'} pipeline; zsharm drives {SUPPORTED}")
 
 
 def prepare_pipeline(pipe):
@@ -259,53 +245,6 @@ def tiny_pipeline_dir(spec: str = "tiny") -> Path:
                       lambda path: build_tiny_pipeline(path, unet_out_scale=scale))
 
 
-def built_once(path: Path, build) -> Path:
-    """`path`, a model folder, built by `build(path)` unless it is there; a file lock makes other processes
-    wait for the one building it instead of building it too (sd2-random is 2.6 GB)."""
-    from filelock import FileLock
-    sweep_stale_folders(path)
-    if not (path / "model_index.json").is_file():
-        with FileLock(str(cache_dir(".locks") / f"{path.name}.lock")):
-            if not (path / "model_index.json").is_file():
-                log.info("building %s (once)", path)
-                build(path)
-    return path
-
-
-def sweep_stale_folders(path: Path) -> None:
-    """Remove `<path>.tmp<pid>` folders that processes killed mid-build (SIGKILL, power loss) left behind."""
-    import shutil
-
-    from zsharm.io.files import process_alive, temp_owner
-    for temp in path.parent.glob(f"{path.name}.tmp*"):
-        pid = temp_owner(temp.name)
-        if temp.is_dir() and pid is not None and pid != os.getpid() and not process_alive(pid):
-            shutil.rmtree(temp, ignore_errors=True)
-
-
-def clip_tokenizer_files(out_dir: Path) -> Path:
-    """Write CLIP's real BPE tokenizer (vocab.json + merges.txt) from the vocabulary zsharm ships
-    (zsharm/assets/clip/, OpenAI CLIP's bpe_simple_vocab_16e6.txt.gz, MIT: see NOTICE)."""
-    bpe = importlib.resources.files("zsharm") / "assets" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
-    with bpe.open("rb") as packed:
-        merges = gzip.decompress(packed.read()).decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
-    byte_chars = _bytes_to_unicode()
-    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
-    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return out_dir
-
-
-def _bytes_to_unicode() -> list:
-    # GPT-2/CLIP byte-level BPE: printable bytes map to themselves, the rest to code points from 256 on.
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = [b for b in range(256) if b not in printable]
-    codes = printable + [256 + i for i in range(len(extra))]
-    return [chr(c) for c in codes]
-
-
 def tiny_configs() -> dict:
     """The tiny architecture: SD 2 base's layout (4 levels, cross-attention in the first three down blocks and
     last three up blocks, linear projections) at toy widths, so 16x16 maps exist at 512 px like the real model."""
@@ -368,17 +307,3 @@ def _write_tiny_pipeline(tmp: Path, out_dir: Path, seed: int, unet_out_scale: fl
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
     return publish_model_folder(tmp, tok_dir, out_dir)
-
-
-def publish_model_folder(tmp: Path, tok_dir: Path, out_dir: Path) -> Path:
-    """Drop the temporary BPE files and move a finished model folder into place, atomically; if another
-    process finished first, keep its copy."""
-    for name in ("vocab.json", "merges.txt"):
-        (tok_dir / name).unlink()
-    tok_dir.rmdir()
-    if out_dir.exists():
-        import shutil
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, out_dir)
-    return out_dir

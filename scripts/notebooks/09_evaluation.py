@@ -104,18 +104,18 @@ plt.show()
 # %% [markdown]
 # ## A small benchmark
 #
-# `zsharm.quality.compare.evaluate` runs every method on every sample and measures it. The `zsharm` method runs
-# stage 2 with each sample's caption (the first candidate) for `ITERATIONS` iterations. On the full set at
-# 50 steps this takes a GPU a few minutes per image; `LIMIT` keeps it short.
+# `zsharm.quality.compare.evaluate` runs every method on every sample and measures it. The `zsharm` method
+# (`zsharm.harmonizer.zsharm_method`) runs stage 2 with each sample's caption (the first candidate) for
+# `ITERATIONS` iterations. On the full set at 50 steps this takes a GPU a few minutes per image; `LIMIT` keeps it
+# short.
 
 # %%
-from zsharm.quality.compare import evaluate, markdown_table, summarize, zsharm_method
+from zsharm.quality.compare import evaluate, markdown_table, summarize
+from zsharm.harmonizer import zsharm_method
 from zsharm.config import HarmonizeConfig
 
 methods = dict(BASELINES)
-ours = zsharm_method(MODEL, course.config(), ITERATIONS, device=DEVICE)
-ours.wants_sample = True  # it reads each sample's caption
-methods["zsharm"] = ours
+methods["zsharm"] = zsharm_method(MODEL, course.config(), ITERATIONS, device=DEVICE)  # reads each sample's caption
 # every k-th sample, so a short run still covers the five photos and the four kinds of edit
 chosen = samples[:: max(1, len(samples) // LIMIT)][:LIMIT] if LIMIT else samples
 rows = evaluate(chosen, methods)

@@ -8,7 +8,7 @@ from zsharm.commands.options import add_stage2_options, config_from_options
 from zsharm.errors import ZsharmError
 from zsharm.io.files import check_writable
 from zsharm.quality.baselines import BASELINES
-from zsharm.quality.compare import ZSHARM_VARIANTS, evaluate, markdown_table, parse_methods, summarize, zsharm_method
+from zsharm.quality.compare import ZSHARM_VARIANTS, evaluate, markdown_table, parse_methods, summarize
 from zsharm.quality.datasets import LAYOUTS, load_dataset
 
 
@@ -58,10 +58,9 @@ def cli_evaluate(args) -> int:
                 from zsharm.models import model_config
                 config = HarmonizeConfig.paper(**model_config(args.model))
             config = config.replace(**changes)
-            run = zsharm_method(args.model, config, args.iterations, args.source, args.target,
-                                device=args.device, dtype=args.dtype, progress=not args.quiet)
-            run.wants_sample = True
-            methods[name] = run
+            from zsharm.harmonizer import zsharm_method  # handed to quality/, which sits below the harmonizer
+            methods[name] = zsharm_method(args.model, config, args.iterations, args.source, args.target,
+                                          device=args.device, dtype=args.dtype, progress=not args.quiet)
         else:
             methods[name] = BASELINES[name]
     config = config_from_options(args) if "zsharm" in methods else None

@@ -99,20 +99,13 @@ def _harmonizer(args, config, needs_describer=True) -> Harmonizer:
     evaluator = None if args.no_evaluator else args.evaluator
     check_candidates(args.candidates, evaluator)  # before the describer is asked whether it is ready
     describer = None
-    if args.source is None and not _model_describes(args):
+    if args.source is None:  # the model's own describer (--model toy) unless a VLM option asks for another
         from zsharm.describe.factory import check_describer_ready
         describer = describer_from_args(args)
         if needs_describer:
             check_describer_ready(describer)
     return Harmonizer(model=args.model, config=config, evaluator=evaluator, describer=describer,
                       device=args.device, dtype=args.dtype, progress=not args.quiet, n_candidates=args.candidates)
-
-
-def _model_describes(args) -> bool:
-    """The model ships its own describer (--model toy) and no VLM option asks for another."""
-    from zsharm.models import model_companions
-    asked = args.vlm or args.base_url or args.vlm_model
-    return not asked and "describer" in model_companions(args.model)
 
 
 def _cli_batch(args, config) -> int:
@@ -227,7 +220,7 @@ def check_numbers(args) -> None:
 
 def cli_merge(args) -> int:
     """`zsharm harmonize --merge --out DIR [--batch IN]`: print and write the merged summary."""
-    items = find_batch_items(args.batch) if args.batch else None
+    items = find_batch_items(args.batch, read_captions=False) if args.batch else None  # names only
     merged = merge_summaries(args.out, items)
     remaining = merged.get("remaining", [])
     remaining = len(remaining) if isinstance(remaining, list) else remaining

@@ -112,8 +112,9 @@ def add_vlm_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def describer_from_args(args: argparse.Namespace) -> Describer:
-    """The describer for parsed `add_vlm_arguments` options."""
+    """The describer for parsed `add_vlm_arguments` options (and `--model`'s own describer where the command has
+    that option and the model ships one: the toy prior's)."""
     from zsharm.describe.factory import get_describer
     return get_describer(vlm=args.vlm, base_url=args.base_url, vlm_model=args.vlm_model,
                          api_key_env=args.api_key_env, timeout=args.vlm_timeout, device=args.vlm_device,
-                         use_cache=not args.no_vlm_cache)
+                         use_cache=not args.no_vlm_cache, model=getattr(args, "model", None))

@@ -1,4 +1,5 @@
-"""`zsharm toy`: the toy world (zsharm/toy/): train its models, or write its composites with ground truth."""
+"""`zsharm toy`: the toy world (zsharm/toy/): train its models (zsharm/toy_lab/), or write its composites with ground
+truth."""
 
 from pathlib import Path
 
@@ -14,7 +15,7 @@ def register(subparsers):
     t.add_argument("--work", required=True, help="folder for data and checkpoints (rerun to resume)")
     t.add_argument("--parts", default=None,
                    help="comma-separated parts in order (default all: data,vae,latents,unet,composites,"
-                        "evaluator,describer); two processes can share the work, see zsharm/toy/train.py")
+                        "evaluator,describer); two processes can share the work, see zsharm/toy_lab/train.py")
     t.add_argument("--device", default="cpu")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one per process)")
     t.add_argument("--export", metavar="FOLDER", help="then write the shipped folder (e.g. zsharm/assets/toy)")
@@ -30,7 +31,7 @@ def register(subparsers):
 def cli_train(args) -> int:
     import torch
 
-    from zsharm.toy.train import PARTS, train
+    from zsharm.toy_lab.train import PARTS, train
     parts = PARTS if args.parts is None else tuple(p.strip() for p in args.parts.split(",") if p.strip())
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
@@ -44,7 +45,7 @@ def cli_train(args) -> int:
 
 def cli_data(args) -> int:
     from zsharm.toy import world
-    from zsharm.toy.train import write_composites
+    from zsharm.toy_lab.train import write_composites
     if args.count < 1:
         raise ZsharmError(f"--count {args.count}: at least 1")
     out = Path(args.out)

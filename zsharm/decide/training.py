@@ -95,7 +95,7 @@ def find_photo_samples(root) -> list[TrainingExample]:
         from zsharm.batch import find_batch_items
 
         try:
-            pairs = [(item.composite, item.mask) for item in find_batch_items(root)]
+            pairs = [(item.composite, item.mask) for item in find_batch_items(root, read_captions=False)]
         except ZsharmError:
             pairs = []
     samples = []

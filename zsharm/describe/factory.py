@@ -1,4 +1,5 @@
-"""`get_describer`: the describer a caller's options name (caption lines, given prompts, an endpoint or a local VLM)."""
+"""`get_describer`: the describer a caller's options name (caption lines, given prompts, the model's own describer,
+an endpoint or a local VLM)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ def get_describer(vlm=None, base_url=None, vlm_model=None, api_key_env: str = "Z
                   cache_dir=None, *, source: str | None = None, target: str | None = None, use_cache: bool = True,
                   max_attempts: int = 4, seed: int = 0, mask_style: str = "cutout", view_size: int = VIEW_SIZE,
                   timeout: float = 60.0, retries: int = 3, backoff: float = 1.0, device=None, dtype=None,
-                  **backend_options) -> Describer:
+                  model=None, **backend_options) -> Describer:
     """The describer the arguments ask for, checked in this order:
 
     - `source` and `target` prompts, or `captions` (a Description, a list of them or of (source, target)
       pairs, or a caption-file line `src,tgt;src,tgt`): the user's descriptions, no model;
+    - `model` (a model spec, as for zsharm.models.load_pipeline) that ships its own describer beside its weights
+      (the toy prior: zsharm.describe.toy, statistics instead of a VLM), when no VLM option asks for another;
     - `base_url` + `vlm_model`: an OpenAI-compatible endpoint (key from `$api_key_env`; `timeout`, `retries`,
       `backoff`);
     - else a local transformers model: `vlm` (hub id or folder; default `zsharm.describe.vlm.DEFAULT_VLM`) on
@@ -33,6 +36,10 @@ def get_describer(vlm=None, base_url=None, vlm_model=None, api_key_env: str = "Z
         return GivenDescriber([Description.from_prompts(source, target)])
     if captions is not None:
         return GivenDescriber(_given(captions))
+    if model is not None and not (vlm or base_url or vlm_model):
+        own = model_describer(model)
+        if own is not None:
+            return own
     if base_url:
         if vlm:
             raise ZsharmError("give --vlm (a local model) or --base-url with --vlm-model (an endpoint), not both")
@@ -45,6 +52,16 @@ def get_describer(vlm=None, base_url=None, vlm_model=None, api_key_env: str = "Z
     cache = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if use_cache else None
     return VLMDescriber(backend, cache, max_attempts=max_attempts, seed=seed, mask_style=mask_style,
                         view_size=view_size)
+
+
+def model_describer(model) -> Describer | None:
+    """The describer model `model` ships (its zsharm.json names one: the toy prior's), else None."""
+    from zsharm.models import model_companions
+    companions = model_companions(model)
+    if "describer" not in companions:
+        return None
+    from zsharm.describe.toy import ToyDescriber
+    return ToyDescriber.from_file(companions["describer"])
 
 
 def check_describer_ready(describer) -> None:

@@ -9,8 +9,9 @@ writes, as PCT-Net publishes its results:
 - summary.md      the same as a markdown table;
 - images/<method>/<name>.png with --save-images (e.g. to feed zsharm.quality.userstudy).
 
-Metrics are taken at the images' own resolution (zsharm.quality.metrics); the `zsharm` method runs stage 2
-(zsharm.edit.iteration) with the dataset's first caption per image, or --source/--target, or the describer.
+Metrics are taken at the images' own resolution (zsharm.quality.metrics). The methods are functions handed in
+by the caller: the baselines of zsharm.quality.baselines, and zsharm itself, built by the command from
+zsharm.harmonizer.zsharm_method (this package sits below the harmonizer and never imports it).
 """
 
 import csv
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from zsharm.config import DEFAULT_MODEL
 from zsharm.errors import ZsharmError
 from zsharm.io.files import write_bytes_atomic
 from zsharm.quality.baselines import BASELINES
@@ -37,52 +37,6 @@ ZSHARM_VARIANTS = {
     "zsharm-no-refinement": {"refine": False},
 }
 COLUMNS = ("name", "method") + METRIC_NAMES + ("seconds",)
-
-
-def zsharm_method(model: str = DEFAULT_MODEL, config=None, iterations: int = 1, source=None, target=None,
-                  device=None, dtype=None, describer=None, progress: bool = True):
-    """A `(composite uint8, mask bool, sample) -> uint8` function running zsharm's stage 2.
-
-    The pipeline is loaded once, here. Descriptions: `source`/`target` if given, else the sample's
-    first caption, else `describer.describe(image, mask, n=1)[0]` (zsharm.describe.factory.get_describer() when
-    no describer is passed).
-    """
-    from PIL import Image
-
-    from zsharm.config import HarmonizeConfig
-    from zsharm.models import load_pipeline
-    from zsharm.harmonizer import harmonize
-
-    if (source is None) != (target is None):
-        raise ZsharmError("give both --source and --target, or neither")
-    from zsharm.models import model_companions
-    companions = model_companions(model)
-    config = config or HarmonizeConfig(**companions.get("config", {}))
-    if describer is None and "describer" in companions:
-        from zsharm.toy.describer import ToyDescriber
-        describer = ToyDescriber.from_file(companions["describer"])
-    pipe = load_pipeline(model, device=device, dtype=dtype, progress=progress)
-    state = {"describer": describer}
-
-    def run(composite, mask, sample=None):
-        image = Image.fromarray(composite)
-        if source is not None:
-            src, tgt = source, target
-        elif sample is not None and sample.captions:
-            src, tgt = sample.captions[0]
-        else:
-            if state["describer"] is None:
-                from zsharm.describe.factory import get_describer
-                state["describer"] = get_describer()
-            description = state["describer"].describe(image, mask, n=1)[0]
-            src, tgt = description.source, description.target
-        result = harmonize(image, mask, src, tgt, pipe=pipe, config=config, evaluator=None,
-                           iterations=iterations, progress=False)
-        out = np.array(result.image.convert("RGB"))
-        out[~mask] = composite[~mask]  # the contract of every method: the background is the input's
-        return out
-
-    return run
 
 
 def evaluate(samples, methods: dict, out_dir=None, save_images: bool = False, progress: bool = True,

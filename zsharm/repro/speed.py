@@ -127,7 +127,7 @@ def sd2_configs() -> dict:
 def sd2_random_dir() -> Path:
     """Build (once) and return the cache folder of the random-weight SD 2 base pipeline."""
     from zsharm.cache import cache_dir
-    from zsharm.models import built_once
+    from zsharm.model_folders import built_once
     return built_once(cache_dir("models") / f"sd2-random-v{SD2_RANDOM_VERSION}", build_sd2_random_pipeline)
 
 
@@ -142,7 +142,7 @@ def build_sd2_random_pipeline(out_dir, seed: int = 0, unet_out_scale: float = 1e
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from zsharm.models import clip_tokenizer_files
+    from zsharm.model_folders import clip_tokenizer_files
 
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
@@ -169,7 +169,7 @@ def build_sd2_random_pipeline(out_dir, seed: int = 0, unet_out_scale: float = 1e
     (tmp / "model_index.json").write_text((SD2_CONFIG_DIR / "model_index.json").read_text())
     scheduler.save_pretrained(str(tmp / "scheduler"))
     tokenizer.save_pretrained(str(tmp / "tokenizer"))
-    from zsharm.models import publish_model_folder
+    from zsharm.model_folders import publish_model_folder
     return publish_model_folder(tmp, tok_dir, out_dir)
 
 

@@ -1,4 +1,4 @@
-"""The toy prior: a Stable-Diffusion-shaped model small enough to train on a laptop's CPU (zsharm/toy/train.py).
+"""The toy prior: a Stable-Diffusion-shaped model small enough to train on a laptop's CPU (zsharm/toy_lab/train.py).
 
 Same parts as SD 2 (AutoencoderKL with 8x downsampling and 4 latent channels, a CLIP text encoder read through
 CLIP's real tokenizer, a UNet2DConditionModel with linear-projection cross-attention, DDIM with SD's betas), at
@@ -53,7 +53,7 @@ def tokenizer(folder: Path):
     """CLIP's real tokenizer, padded with "!" as SD 2's is (files written into `folder`)."""
     from transformers import CLIPTokenizer
 
-    from zsharm.models import clip_tokenizer_files
+    from zsharm.model_folders import clip_tokenizer_files
     tok_dir = clip_tokenizer_files(Path(folder))
     return CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), pad_token="!",
                          model_max_length=77)
@@ -91,7 +91,7 @@ def verified_model_dir() -> Path:
     SHA-256 is checked), with CLIP's tokenizer files and zsharm.json."""
     from zsharm.cache import cache_dir
     from zsharm.errors import ZsharmError
-    from zsharm.models import built_once, publish_model_folder
+    from zsharm.model_folders import built_once, publish_model_folder
 
     pins = pinned_files()
     version = hashlib.sha256("".join(sorted(pins.values())).encode()).hexdigest()[:12]
@@ -114,11 +114,3 @@ def verified_model_dir() -> Path:
             raise
 
     return built_once(cache_dir("models") / f"toy-{version}", build)
-
-
-def model_defaults(folder) -> dict:
-    """The config values a model folder asks for (zsharm.json: e.g. the toy's work size), {} if none."""
-    path = Path(folder) / "zsharm.json"
-    if not path.is_file():
-        return {}
-    return json.loads(path.read_text()).get("config", {})

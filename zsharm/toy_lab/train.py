@@ -13,7 +13,7 @@ checkpoint of the part it was in, and gives the same weights as an uninterrupted
    guidance), an exponential moving average of the weights kept and shipped;
 5. `composites`: composites with their ground truth, for the evaluator, in iHarmony4's layout;
    `evaluator`: zsharm's own `train_evaluator` (a small ResNet, not the authors' ResNet-50) on the composites;
-6. `describer`: the statistics classifier of zsharm/toy/describer.py, fitted on the scenes.
+6. `describer`: the statistics classifier of zsharm/describe/toy.py, fitted on the scenes.
 
 Two processes of one thread each use both cores: `--parts data,vae,latents,unet` in one and
 `--parts decoder,composites,evaluator,describer` in the other (the describer waits for `data`).
@@ -72,6 +72,46 @@ def save_atomic(obj, path: Path) -> None:
 def log_line(work: Path, part: str, **values) -> None:
     with open(work / f"{part}_log.jsonl", "a") as handle:
         handle.write(json.dumps(values) + "\n")
+
+
+def psnr_of(mse: torch.Tensor) -> float:
+    """PSNR in dB of pixels in [-1, 1] (peak-to-peak 2)."""
+    return 10 * math.log10(4 / max(mse.item(), 1e-12))
+
+
+def drive(work: Path, part: str, *, steps: int, start: int, optimizer, peak_lr: float, loss_of, checkpoint,
+          recipe=Recipe, seed_offset: int = 0, warmup: int = 100, clip=None, after_step=None,
+          checkpoint_last: bool = False) -> None:
+    """The step loop every trained part runs, from step `start` (a resumed run's) to `steps`.
+
+    Each step: a generator seeded by (recipe.seed, `seed_offset`, step), so a resumed run draws what an
+    uninterrupted one would; the learning rate of `lr_at`; `loss_of(step, generator)` -> (loss, measures: more
+    floats for the log); backward, the gradient norm of `clip`'s parameters clipped at 1, the optimizer's step,
+    `after_step(step)` (the UNet's moving average). Then the bar (the PSNR where the part measures one, else the
+    loss), a line in <part>_log.jsonl every `recipe.log_every` steps, and `checkpoint()` with the step in
+    <part>.pt every `recipe.checkpoint_every` steps (and after the last with `checkpoint_last`).
+    """
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=part)
+    for step in bar:
+        g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + seed_offset + step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, steps, peak_lr, warmup=warmup)
+        loss, measures = loss_of(step, g)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(clip, 1.0)
+        optimizer.step()
+        if after_step is not None:
+            after_step(step)
+        if "psnr" in measures:
+            bar.set_postfix(psnr=f"{measures['psnr']:.1f}")
+        else:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % recipe.log_every == 0:
+            log_line(work, part, step=step, loss=loss.item(), **measures, time=time.time())
+        if (step + 1) % recipe.checkpoint_every == 0 or (checkpoint_last and step + 1 == steps):
+            save_atomic({**checkpoint(), "step": step + 1}, work / f"{part}.pt")
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -137,29 +177,19 @@ def train_vae(work: Path, device, recipe=Recipe) -> None:
     vae = prior.new_models()[0].to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
     start = resume(work / "vae.pt", {"model": vae, "optimizer": optimizer})
-    bar = tqdm(range(start, recipe.vae_steps), initial=start, total=recipe.vae_steps, desc="vae")
-    for step in bar:
-        g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
+
+    def loss_of(step, g):  # a random crop of a random batch; the posterior sampled with the step's generator
         idx = torch.randint(len(images), (recipe.vae_batch,), generator=g).numpy()
         top, left = torch.randint(0, world.SIZE - recipe.vae_crop + 1, (2,), generator=g).tolist()
         x = to_unit(images[idx, top:top + recipe.vae_crop, left:left + recipe.vae_crop]).to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, recipe.vae_steps, recipe.vae_lr)
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(device)
-        reconstruction = vae.decode(z).sample
-        mse = F.mse_loss(reconstruction, x)
-        loss = mse + recipe.vae_kl * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        psnr = 10 * math.log10(4 / max(mse.item(), 1e-12))  # pixels in [-1, 1]: peak-to-peak 2
-        bar.set_postfix(psnr=f"{psnr:.1f}")
-        if step % recipe.log_every == 0:
-            log_line(work, "vae", step=step, loss=loss.item(), psnr=psnr, time=time.time())
-        if (step + 1) % recipe.checkpoint_every == 0:
-            save_atomic({"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1},
-                        work / "vae.pt")
+        mse = F.mse_loss(vae.decode(z).sample, x)
+        return mse + recipe.vae_kl * posterior.kl().mean(), {"psnr": psnr_of(mse)}
+
+    drive(work, "vae", steps=recipe.vae_steps, start=start, optimizer=optimizer, peak_lr=recipe.vae_lr,
+          loss_of=loss_of, checkpoint=lambda: {"model": vae.state_dict(), "optimizer": optimizer.state_dict()},
+          recipe=recipe)
     save_atomic({"model": vae.state_dict()}, final)
 
 
@@ -197,27 +227,19 @@ def train_decoder(work: Path, device, recipe=Recipe) -> None:
     vae.decoder.train()
     optimizer = torch.optim.AdamW(decoder, lr=recipe.decoder_lr, weight_decay=0.0)
     start = resume(work / "decoder.pt", {"model": vae, "optimizer": optimizer})
-    bar = tqdm(range(start, recipe.decoder_steps), initial=start, total=recipe.decoder_steps, desc="decoder")
-    for step in bar:
-        g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + 11 + step)
+
+    def loss_of(step, g):  # whole scenes; the frozen encoder's latents sampled with the step's generator
         idx = torch.randint(len(images), (recipe.decoder_batch,), generator=g).numpy()
         x = to_unit(images[idx]).to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, recipe.decoder_steps, recipe.decoder_lr)
         with torch.no_grad():
             posterior = vae.encode(x).latent_dist
             z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g).to(device)
         mse = F.mse_loss(vae.decode(z).sample, x)
-        optimizer.zero_grad(set_to_none=True)
-        mse.backward()
-        optimizer.step()
-        psnr = 10 * math.log10(4 / max(mse.item(), 1e-12))
-        bar.set_postfix(psnr=f"{psnr:.1f}")
-        if step % recipe.log_every == 0:
-            log_line(work, "decoder", step=step, loss=mse.item(), psnr=psnr, time=time.time())
-        if (step + 1) % recipe.checkpoint_every == 0:
-            save_atomic({"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1},
-                        work / "decoder.pt")
+        return mse, {"psnr": psnr_of(mse)}
+
+    drive(work, "decoder", steps=recipe.decoder_steps, start=start, optimizer=optimizer, peak_lr=recipe.decoder_lr,
+          loss_of=loss_of, checkpoint=lambda: {"model": vae.state_dict(), "optimizer": optimizer.state_dict()},
+          recipe=recipe, seed_offset=11)
     save_atomic({"model": vae.state_dict()}, final)
 
 
@@ -274,9 +296,8 @@ def train_unet(work: Path, device, recipe=Recipe) -> None:
         optimizer.load_state_dict(state["optimizer"])
         ema = [e.to(device) for e in state["ema"]]
         start = int(state["step"])
-    bar = tqdm(range(start, recipe.unet_steps), initial=start, total=recipe.unet_steps, desc="unet")
-    for step in bar:
-        g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + 7 + step)
+
+    def loss_of(step, g):  # epsilon prediction; 10 % of captions emptied, for classifier-free guidance
         idx = torch.randint(len(ids), (recipe.unet_batch,), generator=g)
         z0 = (latents["mean"][idx] + latents["std"][idx] * torch.randn(latents["mean"][idx].shape, generator=g))
         z0 = z0 * latents["scaling_factor"]
@@ -286,26 +307,21 @@ def train_unet(work: Path, device, recipe=Recipe) -> None:
         noise = torch.randn(z0.shape, generator=g)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, recipe.unet_steps, recipe.unet_lr, warmup=200)
         context = text_encoder(batch_ids.to(device))[0]
         prediction = unet(noisy.to(device), t.to(device), context).sample
-        loss = F.mse_loss(prediction, noise.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        return F.mse_loss(prediction, noise.to(device)), {}
+
+    @torch.no_grad()
+    def moving_average(step):
         decay = min(recipe.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema, params):
-                e.lerp_(p.detach(), 1 - decay)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % recipe.log_every == 0:
-            log_line(work, "unet", step=step, loss=loss.item(), time=time.time())
-        if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.unet_steps:
-            save_atomic({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                         "optimizer": optimizer.state_dict(), "ema": [e.cpu() for e in ema], "step": step + 1},
-                        work / "unet.pt")
+        for e, p in zip(ema, params):
+            e.lerp_(p.detach(), 1 - decay)
+
+    drive(work, "unet", steps=recipe.unet_steps, start=start, optimizer=optimizer, peak_lr=recipe.unet_lr,
+          loss_of=loss_of, recipe=recipe, seed_offset=7, warmup=200, clip=params, after_step=moving_average,
+          checkpoint=lambda: {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                              "optimizer": optimizer.state_dict(), "ema": [e.cpu() for e in ema]},
+          checkpoint_last=True)
     with torch.no_grad():
         for e, p in zip(ema, params):
             p.copy_(e)
@@ -340,7 +356,7 @@ def fit_toy_describer(work: Path) -> None:
         return
     while not (work / "scenes.npz").is_file():
         time.sleep(10)
-    from zsharm.toy.describer import fit
+    from zsharm.describe.toy import fit
     images, masks, captions = load_scenes(work)
     model = fit(images, masks, captions)
     out.write_text(json.dumps(model, indent=1))

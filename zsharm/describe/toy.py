@@ -4,7 +4,7 @@ background in dictionary words, from measured statistics instead of a vision-lan
 Per region (the object inside the mask; the sky and the ground outside it) it measures colour in linear light,
 the brightest tenth (a highlight's strength depends on the light alone, not on the object's paint) and where the
 light falls (left-right and top-bottom balance); one softmax regression per word list (brightness, temperature,
-time) and side, fitted on harmonious training scenes (`fit`, run by zsharm/toy/train.py), turns them into
+time) and side, fitted on harmonious training scenes (`fit`, run by zsharm/toy_lab/train.py), turns them into
 probabilities. The object's name comes from the mask's shape in the same way. Candidates are the word
 combinations in order of probability, so Regenerate gets the next most likely description.
 """
