@@ -203,7 +203,7 @@ def test_from_prompts_finds_the_object_and_keeps_the_words_as_given():
     ("dog bright", "cat dim", "same object"),
     ("bright", "dim", "same object"),
     ("dog", "dog dim", "need words after"),
-    ("dog bright!", "dog dim", "not a plain word"),
+    ("dog bright!", "dog dim", "holds '!'"),
     ("", "dog dim", "empty"),
 ])
 def test_from_prompts_refuses(source, target, reason):

@@ -288,6 +288,11 @@ def test_caption_file_prompts_pass_the_same_check_as_typed_ones_before_any_model
     err = refused(capsys, ["harmonize", "--batch", str(folder), "--out", str(tmp_path / "out"), "--no-evaluator",
                            "--no-edges"])
     assert "caption.txt:2 (b.png)" in err
+    # the very words the typed prompts are refused with
+    from zsharm.validate import check_prompts
+    with pytest.raises(ZsharmError) as typed:
+        check_prompts(*line.split(","))
+    assert str(typed.value) in err
 
 
 def test_the_python_api_checks_caption_candidates_like_typed_prompts(tmp_path):

@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 
 from zsharm.edit.inputs import MAX_WORK_SIZE, check_inputs  # noqa: F401 (the checks every entry point shares)
+from zsharm.describe.description import check_prompt_word
 from zsharm.errors import ZsharmError
 
 MAX_PROMPT_WORDS = 75  # CLIP reads 77 tokens, two of them the start and end tokens; a word is at least one
 MAX_SEED = 2 ** 64 - 1  # what torch.Generator.manual_seed takes
-_WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
 _DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(?::(\d+))?")
 
 
@@ -67,13 +67,7 @@ def check_prompts(source, target, tokenizer=None) -> None:
                               f"77 tokens (at most {MAX_PROMPT_WORDS} words); describe in a few words, "
                               f"e.g. \"cat bright\"")
         for word in words:
-            if _WORD.fullmatch(word):
-                continue
-            if any(ch.isalpha() and not ch.isascii() for ch in word):
-                raise ZsharmError(f"{label} prompt word {word!r} is not in Latin letters a-z: Stable Diffusion's "
-                                  f"text encoder and zsharm's condition words are English")
-            raise ZsharmError(f"{label} prompt word {word!r} holds {_first_odd(word)!r}: use words of letters "
-                              f"a-z (hyphens inside a word are fine)")
+            check_prompt_word(word, label)
         if tokenizer is not None:
             tokens = len(tokenizer(prompt, verbose=False).input_ids)  # verbose=False: no long-input warning
             if tokens > tokenizer.model_max_length:
@@ -176,5 +170,3 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _first_odd(word: str) -> str:
-    return next((ch for ch in word if not (ch.isascii() and (ch.isalpha() or ch == "-"))), word[:1])

@@ -99,13 +99,25 @@ _GIVEN_WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
 _GIVEN_PHRASE = re.compile(r"[a-z]+(?:-[a-z]+)*(?: [a-z]+(?:-[a-z]+)*){0,2}")
 
 
+def check_prompt_word(word: str, label: str) -> None:
+    """The one word check for prompts from every source (typed, caption files, the Python API): a word of
+    letters a-z, hyphens inside it allowed; the refusal says what is wrong with the word."""
+    if _GIVEN_WORD.fullmatch(word):
+        return
+    if any(ch.isalpha() and not ch.isascii() for ch in word):
+        raise DescriptionFormatError(f"{label} prompt word {word!r} is not in Latin letters a-z: Stable "
+                                     f"Diffusion's text encoder and zsharm's condition words are English")
+    odd = next((ch for ch in word if not (ch.isascii() and (ch.isalpha() or ch == "-"))), word[:1])
+    raise DescriptionFormatError(f"{label} prompt word {word!r} holds {odd!r}: use words of letters a-z "
+                                 f"(hyphens inside a word are fine)")
+
+
 def _prompt_words(prompt, label: str) -> list[str]:
     if not isinstance(prompt, str):
         raise DescriptionFormatError(f"the {label} prompt must be text, got {type(prompt).__name__}")
     words = prompt.lower().split()
-    bad = [word for word in words if not _GIVEN_WORD.fullmatch(word)]
-    if bad:
-        raise DescriptionFormatError(f"{label} prompt {prompt!r}: {bad[0]!r} is not a plain word (letters only)")
+    for word in words:
+        check_prompt_word(word, label)
     if not words:
         raise DescriptionFormatError(f"the {label} prompt is empty")
     return words
