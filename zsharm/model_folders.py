@@ -19,6 +19,10 @@ from zsharm.errors import ZsharmError
 log = logging.getLogger(__name__)
 
 SUPPORTED = "Stable Diffusion 1.x / 2.x text-to-image pipelines (StableDiffusionPipeline)"
+# Stable Diffusion's noise schedule (its scheduler_config.json), which the tiny model and the toy prior share:
+# the method's DDIM arithmetic is the same on them as on the real weights
+SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                    clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
 
 
 def check_pipeline_folder(folder: str) -> None:

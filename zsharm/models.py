@@ -15,7 +15,7 @@ import torch
 from zsharm.cache import cache_dir
 from zsharm.config import DEFAULT_MODEL
 from zsharm.errors import ZsharmError, one_line
-from zsharm.model_folders import (SUPPORTED, built_once, check_pipeline_folder, clip_tokenizer_files,
+from zsharm.model_folders import (SD_SCHEDULER, SUPPORTED, built_once, check_pipeline_folder, clip_tokenizer_files,
                                   publish_model_folder)
 
 log = logging.getLogger(__name__)
@@ -260,9 +260,7 @@ def tiny_configs() -> dict:
     text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=4, max_position_embeddings=77, projection_dim=32, hidden_act="gelu",
                 bos_token_id=49406, eos_token_id=49407, pad_token_id=0)
-    scheduler = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                     clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
-    return dict(unet=unet, vae=vae, text_encoder=text, scheduler=scheduler)
+    return dict(unet=unet, vae=vae, text_encoder=text, scheduler=dict(SD_SCHEDULER))
 
 
 def build_tiny_pipeline(out_dir, seed: int = 0, unet_out_scale: float = 0.1) -> Path:

@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+from zsharm.model_folders import SD_SCHEDULER
+
 RESOLUTION = 128
 # PiDiNet learnt its edges from photographs (BSDS) and its weights are a download; the toy world's edges are
 # its shapes' outlines, which Sobel sees, so the toy prior's edge loss is Sobel's alone (gamma 0) and it runs
@@ -35,9 +37,7 @@ def configs(scaling_factor: float = 1.0) -> dict:
     text = dict(vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=4, max_position_embeddings=77, projection_dim=64, hidden_act="gelu",
                 bos_token_id=49406, eos_token_id=49407, pad_token_id=0)
-    scheduler = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                     clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
-    return dict(unet=unet, vae=vae, text_encoder=text, scheduler=scheduler)
+    return dict(unet=unet, vae=vae, text_encoder=text, scheduler=dict(SD_SCHEDULER))
 
 
 def new_models(scaling_factor: float = 1.0):
