@@ -371,6 +371,29 @@ def test_repo_root_and_tokenizer(tmp_path):
     assert load_tokenizer("tiny")("cat").input_ids == [49406, 2368, 49407]
 
 
+def test_notebook_01_asks_smolvlm_where_it_can_be_had_and_the_tiny_vlm_offline(monkeypatch, tmp_path):
+    """A student offline on a laptop (the toy prior) must not meet a download error in notebook 01."""
+    from zsharm.describe.vlm import DEFAULT_VLM
+    from zsharm.teaching.setup import course_vlm
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.delenv("ZSHARM_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert course_vlm("auto") == DEFAULT_VLM                        # a connection: the real one
+    assert course_vlm("auto", tiny=True) == "tiny"                  # the tests' quick run
+    assert course_vlm("my/vlm", tiny=True) == "my/vlm"              # asked for: as asked
+    monkeypatch.setenv("ZSHARM_OFFLINE", "1")
+    assert course_vlm("auto") == "tiny"                             # offline, nothing cached
+    snapshot = tmp_path / "empty-hub" / "models--HuggingFaceTB--SmolVLM-Instruct"
+    (snapshot / "snapshots" / "abc").mkdir(parents=True)
+    (snapshot / "refs").mkdir()
+    (snapshot / "refs" / "main").write_text("abc")
+    (snapshot / "snapshots" / "abc" / "config.json").write_text("{}")
+    assert course_vlm("auto") == DEFAULT_VLM                        # offline, cached
+    code = (REPO / "scripts" / "notebooks" / "01_vlm_prompting.py").read_text()
+    assert 'os.environ.get("ZSHARM_VLM", "auto")' in code and "course_vlm(VLM" in code
+
+
 # ----------------------------------------------------------------------------- zsharm figures
 
 def _png(path):

@@ -20,9 +20,9 @@ import os
 MODEL = os.environ.get("ZSHARM_MODEL", "auto")   # for its tokenizer; auto: SD 2 base where it can run, else the toy
 QUICK = os.environ.get("ZSHARM_QUICK") == "1"   # the tests' run: tiny models
 FULL = False                                     # True: the paper's settings everywhere (nothing changes here)
-# The VLM to ask: "tiny" builds a random-weight model of the default family (offline, seconds);
-# otherwise a Hugging Face id (the default SmolVLM-Instruct is 4.5 GB) or a local folder.
-VLM = os.environ.get("ZSHARM_VLM", "tiny" if QUICK or MODEL.startswith("tiny") else "HuggingFaceTB/SmolVLM-Instruct")
+# The VLM to ask: auto: SmolVLM-Instruct (4.5 GB) where it can be had, else (offline) "tiny", a random-weight
+# model of the same family (seconds); or a Hugging Face id or a local folder.
+VLM = os.environ.get("ZSHARM_VLM", "auto")
 DEVICE = None                                    # None: CUDA if there is one, else Apple MPS, else CPU
 
 # %%
@@ -30,10 +30,11 @@ DEVICE = None                                    # None: CUDA if there is one, e
 import matplotlib.pyplot as plt
 
 from zsharm.teaching.plots import show_images
-from zsharm.teaching.setup import TINY_NOTE, setup
+from zsharm.teaching.setup import TINY_NOTE, course_vlm, setup
 
 course = setup(MODEL, DEVICE, quick=QUICK, full=FULL)
 image, mask, DATA = course.image, course.mask, course.data
+VLM = course_vlm(VLM, tiny=QUICK or course.tiny)
 if VLM == "tiny" and not course.tiny:
     print(TINY_NOTE)
 

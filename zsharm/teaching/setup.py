@@ -78,6 +78,23 @@ def course_model(model: str = "auto") -> str:
     return DEFAULT_MODEL if isinstance(cached, str) else "toy"
 
 
+def course_vlm(vlm: str = "auto", tiny: bool = False) -> str:
+    """The VLM notebook 01 asks: `vlm` as given, or for "auto" SmolVLM-Instruct where it can be had (a
+    connection, or its weights cached), else the tiny random VLM (offline: the mechanism, not the answers),
+    which `tiny` (the tests' quick run, a tiny diffusion model) asks for always."""
+    if str(vlm) != "auto":
+        return str(vlm)
+    if tiny:
+        return "tiny"
+    from zsharm.cache import offline
+    from zsharm.describe.vlm import DEFAULT_VLM
+    if not offline():
+        return DEFAULT_VLM
+    from huggingface_hub import try_to_load_from_cache
+    cached = try_to_load_from_cache(DEFAULT_VLM, "config.json")
+    return DEFAULT_VLM if isinstance(cached, str) else "tiny"
+
+
 def load_tokenizer(model: str):
     """The CLIP tokenizer of a model spec (hub id, diffusers folder, toy, tiny or auto) without loading weights."""
     from transformers import CLIPTokenizer
