@@ -122,3 +122,42 @@ def git_blob_id_of(folder, data: bytes) -> str:
     path = folder / "expected.bin"
     path.write_bytes(data)
     return git_blob_id(path)
+
+
+def test_a_file_pinned_by_sha256_is_fetched_and_a_wrong_one_is_refused(loopback_server, tmp_path):
+    import hashlib
+    body = b"pinned" * 1000
+    loopback_server.files["/p.bin"] = body
+    dest = cache_dir("t") / "p.bin"
+    assert fetch(loopback_server.url("/p.bin"), dest, sha256=hashlib.sha256(body).hexdigest(), progress=False) == dest
+    assert dest.read_bytes() == body
+    wrong = hashlib.sha256(b"other").hexdigest()
+    with pytest.raises(ZsharmError, match=f"the weights at .*sha256 {hashlib.sha256(body).hexdigest()[:12]}.*"
+                                          f"expected {wrong[:12]}"):
+        fetch(loopback_server.url("/p.bin"), dest, sha256=wrong, what="the weights", progress=False)
+
+
+def test_the_file_hash_is_sha256_of_the_whole_file(tmp_path):
+    import hashlib
+
+    from zsharm.cache import sha256_of
+    body = bytes(range(256)) * 9000  # over two of the reader's 1 MiB chunks
+    (tmp_path / "f").write_bytes(body)
+    assert sha256_of(tmp_path / "f") == hashlib.sha256(body).hexdigest()
+
+
+def test_a_cache_refusal_says_which_variable_set_it_or_which_to_set(monkeypatch, tmp_path):
+    from zsharm.cache import check_cache
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("ZSHARM_CACHE", str(tmp_path / "afile"))
+    with pytest.raises(ZsharmError, match=f"set by ZSHARM_CACHE={tmp_path / 'afile'}: point ZSHARM_CACHE at"):
+        check_cache()
+    monkeypatch.delenv("ZSHARM_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "afile"))
+    with pytest.raises(ZsharmError, match="not writable .* set by XDG_CACHE_HOME=.*: point XDG_CACHE_HOME at"):
+        check_cache()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".cache").write_text("")  # ~/.cache a file: the default cache cannot be made
+    with pytest.raises(ZsharmError, match="not writable .*; set ZSHARM_CACHE to a writable folder"):
+        check_cache()

@@ -87,6 +87,7 @@ def decisions(result):
     ([0.9, 0.8, 0.7], False, "regenerate"),
     ([0.9, 0.8, 0.7], True, "conclude"),
     ([0.9, 0.8, 0.8], False, "continue"),        # a tie is not a fall
+    ([0.8, 0.8, 0.7], False, "continue"),        # nor is an earlier one
     ([0.7, 0.8, 0.9], False, "continue"),
     ([0.8, 0.9, 0.7], False, "continue"),        # one fall only
     ([0.2, 0.9, 0.8, 0.7], False, "regenerate"),  # only the last three count
