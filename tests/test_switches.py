@@ -90,3 +90,21 @@ def test_ablate_command_writes_the_table(tmp_path, capsys, monkeypatch, pidinet_
 def test_ablate_command_needs_the_mask_of_a_given_image(tmp_path, capsys):
     assert main(["ablate", "--image", str(tmp_path / "composite.png"), "--size", "64"]) == 2
     assert "--image needs its --mask" in capsys.readouterr().err
+
+
+def test_the_ablation_takes_the_models_own_values_the_toy_priors_map_resolution():
+    """Notebook 10 on a laptop (the toy prior) stopped with "no 4x4 cross-attention maps": the rows were built
+    with SD's map resolution, not the one the toy prior's zsharm.json sets."""
+    from zsharm.io.masks import load_mask
+    from zsharm.io.pictures import load_image
+    from zsharm.models import model_config
+    toy = model_config("toy")
+    assert toy["attention_res_divisor"] != HarmonizeConfig().attention_res_divisor
+    configs = {name: cfg for name, cfg, _ in row_configs(size=128, steps=2, model_values=toy)}
+    assert all(cfg.attention_res_divisor == toy["attention_res_divisor"] and cfg.size == 128 and cfg.steps == 2
+               for cfg in configs.values())
+    image = load_image("data/toy/composite_images/t1000000_1_1.png").to_pil_rgb8()
+    mask = load_mask("data/toy/masks/t1000000_1.png", size=image.size)
+    rows = ablate("toy", image, mask, "house dim warm daylight", "house bright warm daylight", size=128, steps=2,
+                  device="cpu", progress=False, only=["fast"])
+    assert [r.name for r in rows] == ["paper", "fast"] and rows[0].identical

@@ -149,9 +149,7 @@ for switch in fast_switches():
 del pipe, unet, outputs  # the ablation loads the model in each precision it needs
 if device.type == "cuda":
     torch.cuda.empty_cache()
-from zsharm.io.pictures import load_image
-
-image, mask, source, target = load_image(DATA / "demo" / "composite.png"), course.mask, course.source, course.target
+image, mask, source, target = course.image, course.mask, course.source, course.target
 rows = ablate(MODEL, image, mask, source, target, size=SIZE, steps=STEPS, device=device, only=ROWS)
 
 # %%

@@ -88,13 +88,14 @@ class AblationRow:
         return self.counts.total("unet_images", grad=True)
 
 
-def row_configs(size: int = 512, steps: int = None, device="cpu") -> list:
+def row_configs(size: int = 512, steps: int = None, device="cpu", model_values: dict | None = None) -> list:
     """[(row name, HarmonizeConfig, changes)]: paper, paper + each switch, fast, fast - each switch.
 
     Both schedules' arithmetic is fixed to what it is on `device` (paper's is the authors' on CPU only), so that
     no other switch changes it; a row that would equal its base schedule is left out. `steps` (for a quick
-    look) replaces both schedules' step counts, and the steps switch then has no row."""
-    common = dict(size=size) if steps is None else dict(size=size, steps=steps)
+    look) replaces both schedules' step counts, and the steps switch then has no row. `model_values`: what the
+    model's own zsharm.json sets (the toy prior's map resolution), under `size` and `steps`."""
+    common = {**(model_values or {}), "size": size, **({} if steps is None else {"steps": steps})}
     paper, fast = HarmonizeConfig.paper(**common), HarmonizeConfig.fast(**common)
     device = torch.device(device)
     # an explicit arithmetic makes authors_arithmetic_on_cpu moot: one value for both, so only `arithmetic` differs
@@ -123,10 +124,11 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
         at_work_size,
         iterate_at_work_size,
     )
-    from zsharm.models import default_device, default_dtype, load_pipeline
+    from zsharm.models import default_device, default_dtype, load_pipeline, model_config
 
     device = torch.device(device) if device else default_device()
-    rows = row_configs(size, steps, device)
+    model_values = model_config(model)
+    rows = row_configs(size, steps, device, model_values=model_values)
     if only is not None:
         unknown = set(only) - {name for name, _, _ in rows}
         if unknown:
@@ -135,7 +137,7 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
     from zsharm.io.masks import read_pair
     picture, full_mask = read_pair(image, mask)
     work_input, mask_work = at_work_size(picture, full_mask, HarmonizeConfig(size=size))
-    if pidinet is None:
+    if pidinet is None and any(config.edge_pidinet_weight > 0 for _, config, _ in rows):  # the toy prior's is 0
         from zsharm.edit.pidinet import load_pidinet
         pidinet = load_pidinet(variant="tiny", device=device)
     pipes, results, reference = {}, [], None
@@ -145,7 +147,8 @@ def ablate(model, image, mask, source: str, target: str, size: int = 512, steps:
             pipes[dtype] = load_pipeline(model, device=device, dtype=dtype)
             if device.type == "cuda":  # kernels are chosen and compiled on first use: keep that out of the timings
                 iterate_at_work_size(pipes[dtype], work_input, mask_work, source, target,
-                                     HarmonizeConfig.fast(size=size, steps=2, dtype=config.dtype), progress=False,
+                                     HarmonizeConfig.fast(**{**model_values, "size": size, "steps": 2,
+                                                             "dtype": config.dtype}), progress=False,
                                      pidinet=pidinet)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
