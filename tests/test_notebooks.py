@@ -222,6 +222,31 @@ def test_notebook_runs_on_the_tiny_model(path, tmp_path, monkeypatch, pidinet_di
     assert not any(REPO.joinpath(p).exists() for p in ("notebooks/figures", "notebooks/runs"))
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_on_the_toy_prior_a_laptops_default(path, tmp_path, monkeypatch, pidinet_dir,
+                                                           kernel_of_this_interpreter):
+    """`auto` on a CPU is the toy prior: its own map resolution and edge loss, the tiny VLM offline. Run short
+    (ZSHARM_QUICK), every notebook must still run through (notebook 10 once stopped on the toy's maps). PiDiNet's
+    weights (0.4 MB, fetched on first use) are there: 02, 05, 06 and 08 show its edges on the toy too."""
+    papermill = pytest.importorskip("papermill")
+    monkeypatch.setenv("JUPYTER_PATH", str(kernel_of_this_interpreter))
+    for name, value in dict(ZSHARM_MODEL="toy", ZSHARM_QUICK="1", ZSHARM_OFFLINE="1", HF_HUB_OFFLINE="1",
+                            MPLBACKEND="module://matplotlib_inline.backend_inline", OMP_NUM_THREADS="1",
+                            MKL_NUM_THREADS="1").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ZSHARM_PIDINET_WEIGHTS", str(pidinet_dir))
+    for name in ("ZSHARM_EVALUATOR", "ZSHARM_VLM"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / path.name
+    papermill.execute_notebook(str(path), str(out), kernel_name="zsharm-test", cwd=str(path.parent),
+                               progress_bar=False, log_output=False, execution_timeout=CELL_TIMEOUT)
+    outputs = [o for c in _nb(out)["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert [o for o in outputs if "image/png" in o.get("data", {})], f"{path.name} drew no figure"
+    text = "".join("".join(o.get("text", "")) for o in outputs if o["output_type"] == "stream")
+    assert "Traceback" not in text, f"{path.name} printed a traceback"
+
+
 # ----------------------------------------------------------------------------- zsharm.teaching.plots
 
 def _image(width=128, height=96, seed=0):
