@@ -161,3 +161,23 @@ def test_a_cache_refusal_says_which_variable_set_it_or_which_to_set(monkeypatch,
     (tmp_path / ".cache").write_text("")  # ~/.cache a file: the default cache cannot be made
     with pytest.raises(ZsharmError, match="not writable .*; set ZSHARM_CACHE to a writable folder"):
         check_cache()
+
+
+def test_a_download_that_fails_its_sha256_is_refused_and_nothing_is_cached(loopback_server, tmp_path):
+    import hashlib
+    loopback_server.files["/s.bin"] = b"tampered"
+    dest = cache_dir("t") / "s.bin"
+    with pytest.raises(ZsharmError, match="fails its check"):
+        fetch(loopback_server.url("/s.bin"), dest, sha256=hashlib.sha256(b"genuine").hexdigest(), progress=False)
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_a_fetch_makes_its_folders_and_leaves_only_the_file_there_and_nothing_where_it_ran(loopback_server, tmp_path,
+                                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    loopback_server.files["/n.bin"] = b"nested"
+    dest = tmp_path / "deep" / "er" / "n.bin"
+    fetch(loopback_server.url("/n.bin"), dest, progress=False)
+    assert dest.read_bytes() == b"nested" and list(dest.parent.iterdir()) == [dest]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "deep"]  # the lock lives in the cache
+    assert [p.suffix for p in cache_dir(".locks").iterdir()] == [".lock"]
