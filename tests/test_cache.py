@@ -181,3 +181,11 @@ def test_a_fetch_makes_its_folders_and_leaves_only_the_file_there_and_nothing_wh
     assert dest.read_bytes() == b"nested" and list(dest.parent.iterdir()) == [dest]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "deep"]  # the lock lives in the cache
     assert [p.suffix for p in cache_dir(".locks").iterdir()] == [".lock"]
+
+
+def test_a_fetch_shows_its_progress_bar_unless_asked_not_to(loopback_server, capfd):
+    loopback_server.files["/b.bin"] = b"bar" * 1000
+    fetch(loopback_server.url("/b.bin"), cache_dir("t") / "quiet.bin", progress=False)
+    assert capfd.readouterr().err == ""
+    fetch(loopback_server.url("/b.bin"), cache_dir("t") / "shown.bin")  # the default: a bar
+    assert "100%" in capfd.readouterr().err
