@@ -199,12 +199,11 @@ def zsharm_method(model: str = DEFAULT_MODEL, config: HarmonizeConfig = None, it
     """
     import numpy as np
 
-    from zsharm.models import load_pipeline, model_companions
+    from zsharm.models import load_pipeline, model_config
 
     if (source is None) != (target is None):
         raise ZsharmError("give both --source and --target, or neither")
-    companions = model_companions(model)
-    config = config or HarmonizeConfig(**companions.get("config", {}))
+    config = config or HarmonizeConfig(**model_config(model))
     pipe = load_pipeline(model, device=device, dtype=dtype, progress=progress)
     state = {"describer": describer}
 

@@ -67,15 +67,18 @@ def course_model(model: str = "auto") -> str:
         return str(model)
     import torch
 
-    from zsharm.cache import offline
     from zsharm.config import DEFAULT_MODEL
     if not torch.cuda.is_available():
         return "toy"
-    if not offline():
-        return DEFAULT_MODEL
+    return DEFAULT_MODEL if _can_be_had(DEFAULT_MODEL, "model_index.json") else "toy"
+
+
+def _can_be_had(repo: str, file: str) -> bool:
+    """Whether hub repository `repo` can be loaded here: downloads allowed, or `file` of it already cached."""
     from huggingface_hub import try_to_load_from_cache
-    cached = try_to_load_from_cache(DEFAULT_MODEL, "model_index.json")
-    return DEFAULT_MODEL if isinstance(cached, str) else "toy"
+
+    from zsharm.cache import offline
+    return not offline() or isinstance(try_to_load_from_cache(repo, file), str)
 
 
 def course_vlm(vlm: str = "auto", tiny: bool = False) -> str:
@@ -86,13 +89,8 @@ def course_vlm(vlm: str = "auto", tiny: bool = False) -> str:
         return str(vlm)
     if tiny:
         return "tiny"
-    from zsharm.cache import offline
     from zsharm.describe.vlm import DEFAULT_VLM
-    if not offline():
-        return DEFAULT_VLM
-    from huggingface_hub import try_to_load_from_cache
-    cached = try_to_load_from_cache(DEFAULT_VLM, "config.json")
-    return DEFAULT_VLM if isinstance(cached, str) else "tiny"
+    return DEFAULT_VLM if _can_be_had(DEFAULT_VLM, "config.json") else "tiny"
 
 
 def load_tokenizer(model: str):
